@@ -1,0 +1,97 @@
+"""One entry point for reading a mammogram from any supported file: DICOM, PGM, PNG, JPEG, TIFF.
+
+Returns a `Mammogram`: float32 pixels in [0, 1], brighter = denser, on the original grid, plus `ImageMeta`.
+Every failure is an `ImageReadError` naming the file, so a batch can record it and go on.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from mammo import dicom
+from mammo.errors import ImageReadError
+from mammo.records import ImageMeta, Mammogram
+
+RASTER_SUFFIXES = {".pgm", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
+DICOM_SUFFIXES = {".dcm", ".dicom", ".dic"}
+IMAGE_SUFFIXES = RASTER_SUFFIXES | DICOM_SUFFIXES
+
+
+def is_image_file(path) -> bool:
+    """Recognized by extension or, for DICOM files that often have none, by the 'DICM' preamble."""
+    path = Path(path)
+    return path.suffix.lower() in IMAGE_SUFFIXES or (path.is_file() and dicom.is_dicom(path))
+
+
+def read_mammogram(path, *, window_index: int = 0) -> Mammogram:
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(path, "file not found" if not path.exists() else "not a regular file")
+    if path.stat().st_size == 0:
+        raise ImageReadError(path, "empty file (0 bytes)")
+    if dicom.is_dicom(path) or path.suffix.lower() in DICOM_SUFFIXES:
+        return dicom.read_dicom(path, window_index=window_index)
+    if path.suffix.lower() in RASTER_SUFFIXES:
+        return read_raster(path)
+    raise ImageReadError(path, f"unsupported file type '{path.suffix}': expected DICOM, PGM, PNG, JPEG or TIFF")
+
+
+def read_raster(path) -> Mammogram:
+    path = Path(path)
+    raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED | cv2.IMREAD_ANYDEPTH)
+    if raw is None:
+        raise ImageReadError(path, "not a readable image (corrupt or not the format its extension says)")
+    if raw.ndim == 3:
+        # Exports of greyscale mammograms are often saved as RGB(A); drop alpha and average the colours.
+        raw = raw[..., :3].mean(axis=2).astype(raw.dtype)
+    pixels = normalize_to_unit(raw)
+    h, w = pixels.shape
+    meta = ImageMeta(
+        image_id=path.stem,
+        patient_id=path.stem,  # no patient field in a raster file; annotation readers supply the real one
+        laterality=laterality_from_text(path.stem),
+        view=view_from_text(path.stem),
+        pixel_spacing=None,
+        original_shape=(h, w),
+        photometric="MONOCHROME2",
+        source=str(path),
+        bits_stored=_bits_used(raw),
+    )
+    return Mammogram(pixels, meta)
+
+
+def _bits_used(raw: np.ndarray) -> int | None:
+    if raw.dtype == np.uint8:
+        return 8
+    if raw.dtype == np.uint16:
+        # 16-bit containers often hold 10-14 bit data: scale by what is used, not by the container
+        return max(8, int(np.ceil(np.log2(int(raw.max()) + 1))))
+    return None
+
+
+def normalize_to_unit(raw: np.ndarray) -> np.ndarray:
+    """Integer images scale by their bit depth (so one image's intensities mean the same as another's);
+    float images, which carry no depth, are min-max normalized."""
+    bits = _bits_used(raw)
+    if bits is not None:
+        return (raw.astype(np.float32) / float(2**bits - 1)).clip(0, 1)
+    raw = raw.astype(np.float32)
+    lo, hi = float(raw.min()), float(raw.max())
+    return np.zeros_like(raw) if hi <= lo else (raw - lo) / (hi - lo)
+
+
+_LATERALITY = re.compile(r"(?:^|[_\-. ])(L|R|LEFT|RIGHT)(?:CC|MLO)?(?=$|[_\-. ])", re.IGNORECASE)
+_VIEW = re.compile(r"(?:^|[_\-. ])[LR]?(CC|MLO|ML|LM|XCCL)(?=$|[_\-. ])", re.IGNORECASE)
+
+
+def laterality_from_text(text: str) -> str | None:
+    m = _LATERALITY.search(text or "")
+    return m.group(1)[0].upper() if m else None
+
+
+def view_from_text(text: str) -> str | None:
+    m = _VIEW.search(text or "")
+    return m.group(1).upper() if m else None

@@ -1,0 +1,18 @@
+"""The runtime module goes first: it fixes the torch-before-TensorFlow import order and the offline switches."""
+import mammo.runtime  # noqa: F401  (must stay the first import)
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+MIAS_DIR = Path(os.environ.get("MAMMO_MIAS_DIR", REPO.parent / "shared" / "data" / "mias"))
+
+
+@pytest.fixture(scope="session")
+def mias_dir() -> Path:
+    """The mini-MIAS development data; tests that need it skip, saying where they looked, when it is absent."""
+    if not (MIAS_DIR / "Info.txt").is_file():
+        pytest.skip(f"mini-MIAS not found at {MIAS_DIR} (set MAMMO_MIAS_DIR to run this test)")
+    return MIAS_DIR
