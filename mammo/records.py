@@ -103,3 +103,16 @@ class ImageRecord:
     @property
     def boxed_lesions(self) -> tuple[Lesion, ...]:
         return tuple(l for l in self.lesions if l.box is not None)
+
+
+@dataclass(frozen=True)
+class Detection:
+    """One candidate region found by the detector, in ORIGINAL pixels (same convention as `Lesion.box`)."""
+
+    box: tuple[float, float, float, float]
+    score: float
+    label: str = "lesion"
+
+    def to_dict(self) -> dict:
+        return {"box": [round(float(v), 2) for v in self.box], "score": round(float(self.score), 5),
+                "label": self.label}
