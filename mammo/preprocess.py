@@ -51,13 +51,22 @@ def breast_mask(pixels: np.ndarray) -> np.ndarray:
     otsu, _ = cv2.threshold(small8, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
     # Otsu splits background from dense tissue and cuts into fatty tissue at the skin line; half of it keeps
     # the fat while staying above the noise of the background.
-    binary = (small8 > max(otsu * 0.5, 4)).astype(np.uint8)
-    binary = cv2.morphologyEx(binary, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (7, 7)))
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
+    raw = (small8 > max(otsu * 0.5, 4)).astype(np.uint8)
+    binary = cv2.morphologyEx(raw, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (7, 7)))
+    # Scanners leave bright frame lines along the image border that would join breast and labels into one
+    # region: find the breast without a thin border band, then give it back the band where it touches it.
+    band = max(2, round(0.01 * max(small8.shape)))
+    inner = binary.copy()
+    inner[:band], inner[-band:], inner[:, :band], inner[:, -band:] = 0, 0, 0, 0
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(inner, connectivity=8)
     if n <= 1:
         return np.ones((h, w), dtype=bool)  # nothing stands out from the background: keep the whole image
     largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
     component = (labels == largest).astype(np.uint8)
+    near = cv2.dilate(component, np.ones((2 * band + 1, 2 * band + 1), np.uint8))
+    in_band = np.ones_like(component)
+    in_band[band:-band, band:-band] = 0
+    component |= near & raw & in_band
     # Fill holes: flood the background from the border; whatever the flood cannot reach is inside the breast.
     padded = np.pad(component, 1)
     flood = padded.copy()

