@@ -1,0 +1,301 @@
+"""Evaluate `infer` outputs against annotations: image level, lesion level, FROC, each with patient-level CIs.
+
+The operating threshold comes from the models (chosen on validation data) or from the command line; it is never
+tuned on the set being evaluated, which would flatter every threshold-dependent figure.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from mammo import metrics  # noqa: E402
+from mammo.atomic import atomic_path, atomic_write_text  # noqa: E402
+from mammo.errors import MammoError  # noqa: E402
+from mammo.froc import FP_RATES, froc_curve, hit_matrix  # noqa: E402
+from pipeline.results import ImageResult, read_results  # noqa: E402
+
+
+@dataclass
+class Matched:
+    """Predictions paired with the truth of the same image."""
+
+    results: list[ImageResult]
+    records: list  # ImageRecord, same order
+    unmatched_predictions: list[str]
+    unpredicted_images: list[str]
+
+
+def match(results: list[ImageResult], records) -> Matched:
+    """Pair by resolved source path, falling back to the file stem (e.g. mdb001 for .../mdb001.pgm)."""
+    by_path = {str(Path(r.path).resolve()): r for r in records}
+    by_stem = {Path(r.path).stem: r for r in records}
+    pairs, unmatched, used = [], [], set()
+    for res in results:
+        rec = by_path.get(str(Path(res.source).resolve())) or by_stem.get(Path(res.source).stem)
+        if rec is None:
+            unmatched.append(res.image_id)
+        else:
+            pairs.append((res, rec))
+            used.add(rec.image_id)
+    unpredicted = [r.image_id for r in records if r.image_id not in used]
+    return Matched([p[0] for p in pairs], [p[1] for p in pairs], unmatched, unpredicted)
+
+
+def lesion_level(m: Matched, hit_iou: float):
+    """One row per true boxed lesion (score: the highest malignancy among predictions that hit it, 0 when the
+    detector missed it) plus one per prediction that hits no lesion (label 0). Returns y, p, patient groups."""
+    y, p, groups = [], [], []
+    for res, rec in zip(m.results, m.records):
+        true = np.array([l.box for l in rec.boxed_lesions], dtype=np.float64).reshape(-1, 4)
+        pred = np.array([l.box for l in res.lesions], dtype=np.float64).reshape(-1, 4)
+        mal = np.array([l.malignancy for l in res.lesions], dtype=np.float64)
+        hits = hit_matrix(pred, true, hit_iou)
+        for j, lesion in enumerate(rec.boxed_lesions):
+            y.append(int(lesion.malignant))
+            p.append(float(mal[hits[:, j]].max()) if hits[:, j].any() else 0.0)
+            groups.append(rec.patient_id)
+        for i in np.flatnonzero(~hits.any(axis=1)):
+            y.append(0)
+            p.append(float(mal[i]))
+            groups.append(rec.patient_id)
+    return np.array(y, int), np.array(p, float), np.array(groups)
+
+
+def metric_table(y, p, groups, threshold: float, beta: float, n_boot: int, seed: int) -> dict:
+    """Each metric with its patient-bootstrap 95 % CI: {name: {value, low, high}}."""
+    fns = {
+        "auroc": metrics.auroc,
+        "aupr": metrics.aupr,
+        f"f{beta:g}": lambda y_, p_: metrics.fbeta(y_, p_, threshold, beta),
+        "sensitivity": lambda y_, p_: metrics.sensitivity_specificity(y_, p_, threshold)[0],
+        "specificity": lambda y_, p_: metrics.sensitivity_specificity(y_, p_, threshold)[1],
+    }
+    out = {}
+    for name, fn in fns.items():
+        value, low, high = metrics.bootstrap_ci(fn, y, p, groups, n=n_boot, seed=seed)
+        out[name] = {"value": value, "low": low, "high": high}
+    out["n"] = int(len(y))
+    out["n_positive"] = int(np.sum(y))
+    out["threshold"] = float(threshold)
+    out["confusion"] = metrics.confusion(y, p, threshold) if len(y) else {}
+    return out
+
+
+# --- curves with bootstrap bands ------------------------------------------------------------------------
+def _roc_points(y, p):
+    order = np.argsort(-p, kind="mergesort")
+    ys = y[order]
+    tpr = np.r_[0, np.cumsum(ys)] / max(ys.sum(), 1)
+    fpr = np.r_[0, np.cumsum(1 - ys)] / max((1 - ys).sum(), 1)
+    return fpr, tpr
+
+
+def _pr_points(y, p):
+    order = np.argsort(-p, kind="mergesort")
+    ys = y[order]
+    tp = np.cumsum(ys)
+    precision = tp / np.arange(1, len(ys) + 1)
+    recall = tp / max(ys.sum(), 1)
+    return recall, precision
+
+
+def _bands(y, p, groups, curve, grid, n_boot, seed):
+    """2.5/97.5 percentiles of the curve's value on `grid` over patient-bootstrap resamples."""
+    ids, inverse = np.unique(groups, return_inverse=True)
+    rows_of = [np.flatnonzero(inverse == k) for k in range(len(ids))]
+    rng = np.random.default_rng(seed)
+    samples = []
+    for _ in range(n_boot):
+        rows = np.concatenate([rows_of[k] for k in rng.integers(0, len(ids), len(ids))])
+        yy = y[rows]
+        if yy.min() == yy.max():
+            continue
+        x, v = curve(yy, p[rows])
+        samples.append(np.interp(grid, x, v))  # x (FPR, recall) never decreases along the curve
+    if not samples:
+        return None
+    return np.percentile(samples, [2.5, 97.5], axis=0)
+
+
+def plot_curves(sets: dict, out_dir: Path, n_boot: int, seed: int) -> list[str]:
+    """ROC and PR curves for each named (y, p, groups) set, with 95 % bootstrap bands."""
+    written = []
+    grid = np.linspace(0, 1, 101)
+    for kind, curve, xlabel, ylabel in (("roc", _roc_points, "1 - specificity", "sensitivity"),
+                                        ("pr", _pr_points, "recall (sensitivity)", "precision")):
+        fig, ax = plt.subplots(figsize=(5, 5))
+        for name, (y, p, groups) in sets.items():
+            if len(y) == 0 or y.min() == y.max():
+                continue
+            x, v = curve(y, p)
+            label = f"{name} ({'auROC' if kind == 'roc' else 'auPR'} " \
+                    f"{(metrics.auroc if kind == 'roc' else metrics.aupr)(y, p):.3f})"
+            line, = ax.plot(x, v, label=label)
+            band = _bands(y, p, groups, curve, grid, min(n_boot, 300), seed)
+            if band is not None:
+                ax.fill_between(grid, band[0], band[1], color=line.get_color(), alpha=0.15)
+        if kind == "roc":
+            ax.plot([0, 1], [0, 1], ":", color="grey")
+        ax.set(xlabel=xlabel, ylabel=ylabel, xlim=(0, 1), ylim=(0, 1.02),
+               title=f"{kind.upper()} with 95 % patient-bootstrap band")
+        ax.legend(loc="lower right" if kind == "roc" else "lower left", fontsize=8)
+        path = out_dir / f"{kind}.png"
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=120, bbox_inches="tight")
+        plt.close(fig)
+        written.append(path.name)
+    return written
+
+
+def plot_confusion_and_distribution(y, p, threshold: float, out_dir: Path, title: str) -> list[str]:
+    c = metrics.confusion(y, p, threshold)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    grid = np.array([[c["tn"], c["fp"]], [c["fn"], c["tp"]]])
+    axes[0].imshow(grid, cmap="Blues")
+    for (i, j), v in np.ndenumerate(grid):
+        axes[0].text(j, i, str(v), ha="center", va="center", fontsize=14)
+    axes[0].set(xticks=[0, 1], yticks=[0, 1], xticklabels=["not malignant", "malignant"],
+                yticklabels=["not malignant", "malignant"], xlabel="predicted", ylabel="true",
+                title=f"{title}: confusion at {threshold:.2f}")
+    bins = np.linspace(0, 1, 21)
+    axes[1].hist(p[y == 0], bins=bins, alpha=0.6, label=f"not malignant (n={int((y == 0).sum())})")
+    axes[1].hist(p[y == 1], bins=bins, alpha=0.6, label=f"malignant (n={int((y == 1).sum())})")
+    axes[1].axvline(threshold, color="k", ls="--", label="threshold")
+    axes[1].set(xlabel="predicted malignancy", ylabel="images", title="score distribution by class")
+    axes[1].legend(fontsize=8)
+    path = out_dir / "confusion_distribution.png"
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return [path.name]
+
+
+def gradcam_grid(m: Matched, predictions_dir: Path, threshold: float, out_dir: Path, per_group: int = 4) -> str:
+    """Overlay panels of a few true/false positives/negatives (most confident first), one row per group."""
+    groups = {"true positive": [], "false positive": [], "false negative": [], "true negative": []}
+    for res, rec in zip(m.results, m.records):
+        call, truth = res.score >= threshold, rec.label == 1
+        key = {(True, True): "true positive", (True, False): "false positive",
+               (False, True): "false negative", (False, False): "true negative"}[(call, truth)]
+        groups[key].append(res)
+    fig, axes = plt.subplots(4, per_group, figsize=(4 * per_group, 13), squeeze=False)
+    for row, (name, items) in enumerate(groups.items()):
+        items = sorted(items, key=lambda r: -abs(r.score - threshold))[:per_group]
+        for col in range(per_group):
+            ax = axes[row, col]
+            ax.axis("off")
+            if col < len(items):
+                img = cv2.imread(str(predictions_dir / items[col].overlay)) if items[col].overlay else None
+                if img is not None:
+                    third = img.shape[1] // 3
+                    ax.imshow(cv2.cvtColor(img[:, 2 * third:], cv2.COLOR_BGR2RGB))
+                ax.set_title(f"{name}\n{items[col].image_id}: {items[col].score:.2f}", fontsize=9)
+    path = out_dir / "gradcam_examples.png"
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=80, bbox_inches="tight")
+    plt.close(fig)
+    return path.name
+
+
+def _fmt(entry) -> str:
+    if not isinstance(entry, dict) or not math.isfinite(entry["value"]):
+        return "n/a"
+    if not math.isfinite(entry["low"]):
+        return f"{entry['value']:.3f}"
+    return f"{entry['value']:.3f} [{entry['low']:.3f}, {entry['high']:.3f}]"
+
+
+def markdown_report(report: dict) -> str:
+    beta = report["beta"]
+    names = ["auroc", "aupr", f"f{beta:g}", "sensitivity", "specificity"]
+    lines = ["# Evaluation", "", f"Predictions: {report['n_images']} images matched to annotations "
+             f"({len(report['unmatched_predictions'])} predictions without annotation, "
+             f"{len(report['unpredicted_images'])} annotated images without prediction). "
+             f"Threshold {report['threshold']:.3f} ({report['threshold_source']}). 95 % CIs from "
+             f"{report['bootstrap']} patient-level bootstrap resamples.", "",
+             "| level | system | n (pos) | " + " | ".join(names) + " |",
+             "| --- | --- | --- | " + " | ".join("---" for _ in names) + " |"]
+    for level in ("image", "lesion"):
+        for system, table in report[level].items():
+            lines.append(f"| {level} | {system} | {table['n']} ({table['n_positive']}) | "
+                         + " | ".join(_fmt(table[n]) for n in names) + " |")
+    froc = report.get("froc")
+    if froc:
+        lines += ["", "## FROC (detection)", "", "| FP / image | " + " | ".join(f"{r:g}" for r in FP_RATES) + " |",
+                  "| --- | " + " | ".join("---" for _ in FP_RATES) + " |",
+                  "| sensitivity | " + " | ".join(f"{froc['sensitivity'][str(float(r))]:.3f}" for r in FP_RATES)
+                  + " |", "", f"{froc['n_lesions']} lesions with boxes on {froc['n_images']} images."]
+    lines += ["", "Figures: " + ", ".join(f"[{f}]({f})" for f in report["figures"])]
+    return "\n".join(lines) + "\n"
+
+
+def evaluate(predictions_dir, records, out_dir, *, threshold: float | None = None, beta: float = 2.0,
+             hit_iou: float = 0.1, n_boot: int = 1000, seed: int = 0, baselines: dict | None = None) -> dict:
+    """`records`: the annotated images to evaluate on (e.g. the validation split). `baselines`: optional
+    {name: {image_id_or_path_stem: score}} of other systems scored on the same images (image level only)."""
+    predictions_dir, out_dir = Path(predictions_dir), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = read_results(predictions_dir)
+    if not results:
+        raise MammoError(f"{predictions_dir}: no prediction JSON files (run `python -m pipeline infer` first)")
+    m = match(results, records)
+    if not m.results:
+        raise MammoError(f"{predictions_dir}: none of the {len(results)} predictions matches an annotated image")
+    source = "given" if threshold is not None else "shipped with the models (chosen on validation)"
+    threshold = float(threshold if threshold is not None else m.results[0].threshold)
+
+    y_img = np.array([r.label for r in m.records], int)
+    p_img = np.array([r.score for r in m.results], float)
+    g_img = np.array([r.patient_id for r in m.records])
+    y_les, p_les, g_les = lesion_level(m, hit_iou)
+    report = {"n_images": len(m.results), "threshold": threshold, "threshold_source": source, "beta": beta,
+              "bootstrap": n_boot, "unmatched_predictions": m.unmatched_predictions,
+              "unpredicted_images": m.unpredicted_images,
+              "image": {"two-stage": metric_table(y_img, p_img, g_img, threshold, beta, n_boot, seed)},
+              "lesion": {"two-stage": metric_table(y_les, p_les, g_les, threshold, beta, n_boot, seed)}}
+    curve_sets = {"two-stage (image)": (y_img, p_img, g_img), "two-stage (lesion)": (y_les, p_les, g_les)}
+    for name, scores in (baselines or {}).items():
+        b = np.array([scores.get(Path(r.path).stem, np.nan) for r in m.records], float)
+        keep = np.isfinite(b)
+        b_threshold = scores.get("__threshold__", threshold)
+        report["image"][name] = metric_table(y_img[keep], b[keep], g_img[keep], b_threshold, beta, n_boot, seed)
+        curve_sets[f"{name} (image)"] = (y_img[keep], b[keep], g_img[keep])
+
+    truths = [np.array([l.box for l in r.boxed_lesions], float).reshape(-1, 4) for r in m.records]
+    preds = [(np.array([l.box for l in r.lesions], float).reshape(-1, 4),
+              np.array([l.detector_score for l in r.lesions], float)) for r in m.results]
+    curve = froc_curve(preds, truths, hit_iou)
+    report["froc"] = {"sensitivity": {str(float(k)): v for k, v in curve.table().items()},
+                      "n_lesions": curve.n_lesions, "n_images": curve.n_images}
+    figures = plot_curves(curve_sets, out_dir, n_boot, seed)
+    figures += plot_confusion_and_distribution(y_img, p_img, threshold, out_dir, "image level")
+    figures.append(_plot_froc(curve, out_dir))
+    figures.append(gradcam_grid(m, predictions_dir, threshold, out_dir))
+    report["figures"] = figures
+    atomic_write_text(out_dir / "metrics.json", json.dumps(report, indent=2, default=float))
+    atomic_write_text(out_dir / "metrics.md", markdown_report(report))
+    return report
+
+
+def _plot_froc(curve, out_dir: Path) -> str:
+    fig, ax = plt.subplots(figsize=(5, 4))
+    ok = np.isfinite(curve.sensitivity)
+    ax.step(curve.fp_per_image[ok], curve.sensitivity[ok], where="post")
+    for r in FP_RATES:
+        ax.axvline(r, color="grey", lw=0.5, ls=":")
+    ax.set(xscale="symlog", xlim=(0, max(8, float(curve.fp_per_image.max()) if len(curve.fp_per_image) else 8)),
+           ylim=(0, 1.02), xlabel="false positives per image", ylabel="lesion sensitivity", title="FROC")
+    path = out_dir / "froc.png"
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path.name

@@ -1,0 +1,61 @@
+"""Turn the command line's INPUTs (files, folders, CSV lists) into a stream of image paths.
+
+Folders are searched recursively; an image is recognized by its extension or, for DICOM files that often have
+none, by the 'DICM' preamble. Other files are skipped and counted. A CSV list names one image per row (column
+`image`, `path` or the first column), relative to the CSV's folder.
+"""
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mammo.dicom import is_dicom
+from mammo.imaging import IMAGE_SUFFIXES
+
+
+@dataclass
+class Discovery:
+    images: list[Path] = field(default_factory=list)
+    skipped: list[Path] = field(default_factory=list)  # files that are not images (counted, not failed)
+    missing: list[Path] = field(default_factory=list)  # inputs named on the command line that do not exist
+
+
+def _from_csv(path: Path) -> list[Path]:
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        rows = list(csv.reader(f))
+    if not rows:
+        return []
+    header = [h.strip().lower() for h in rows[0]]
+    col = next((header.index(c) for c in ("image", "path", "file") if c in header), None)
+    body = rows[1:] if col is not None else rows
+    col = col or 0
+    return [(path.parent / r[col].strip()) for r in body if len(r) > col and r[col].strip()]
+
+
+def discover(inputs) -> Discovery:
+    """Expand INPUTs in order (folders sorted), without duplicates, never reading pixel data."""
+    out, seen = Discovery(), set()
+
+    def add(p: Path):
+        key = p.resolve()
+        if key not in seen:
+            seen.add(key)
+            out.images.append(p)
+
+    for raw in inputs:
+        p = Path(raw)
+        if p.is_dir():
+            for child in sorted(q for q in p.rglob("*") if q.is_file()):
+                if child.name.startswith("."):
+                    continue
+                (add(child) if (child.suffix.lower() in IMAGE_SUFFIXES or is_dicom(child))
+                 else out.skipped.append(child))
+        elif p.suffix.lower() == ".csv" and p.is_file():
+            for q in _from_csv(p):
+                add(q)  # a listed path that does not exist becomes a failed row with the reason
+        elif p.exists() or p.suffix.lower() in IMAGE_SUFFIXES:
+            add(p)  # named explicitly: try it, a bad one fails with its reason
+        else:
+            out.missing.append(p)
+    return out

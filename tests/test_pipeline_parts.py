@@ -1,0 +1,160 @@
+"""Pipeline pieces that need no model: inputs, ids, the output contract, heatmap mapping, evaluation."""
+import json
+
+import cv2
+import numpy as np
+import pytest
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+from mammo.crops import crop_roi
+from mammo.geometry import Transform
+from mammo.records import ImageRecord, Lesion
+from pipeline.evaluate import evaluate, lesion_level, match
+from pipeline.heatmap import HeatmapCanvas
+from pipeline.ids import IdAllocator, image_id_for, looks_like_identifier
+from pipeline.inputs import discover
+from pipeline.results import (ImageResult, LesionResult, aggregate_scores, decide, read_result, read_results,
+                              write_result)
+
+
+def test_discover_mixes_files_folders_csv_and_counts_skips(tmp_path):
+    (tmp_path / "a").mkdir()
+    cv2.imwrite(str(tmp_path / "a" / "one.png"), np.zeros((8, 8), np.uint8))
+    (tmp_path / "a" / "notes.txt").write_text("not an image")
+    dicm = tmp_path / "a" / "sub" / "IM0001"
+    dicm.parent.mkdir()
+    dicm.write_bytes(b"\0" * 128 + b"DICM" + b"\0" * 16)  # recognized by its preamble, no extension
+    (tmp_path / "list.csv").write_text("image\nb.png\n")
+    cv2.imwrite(str(tmp_path / "b.png"), np.zeros((8, 8), np.uint8))
+    found = discover([tmp_path / "a", tmp_path / "list.csv", tmp_path / "a" / "one.png", tmp_path / "nope.png",
+                      tmp_path / "missing_dir"])
+    names = [p.name for p in found.images]
+    assert names == ["one.png", "IM0001", "b.png", "nope.png"]  # no duplicate; an explicit missing image is tried
+    assert [p.name for p in found.skipped] == ["notes.txt"]
+    assert [p.name for p in found.missing] == ["missing_dir"]
+
+
+@pytest.mark.parametrize("name,expected", [
+    ("mdb001", False), ("1-282", False), ("left_cc", False),
+    ("Mass-Test_P_00820_LEFT_CC", True), ("20586908_6c613a14b80a8591_MG_R_CC_ANON", True),
+    ("1.3.6.1.4.1.9590.100.1.2", True), ("patient_smith", True),
+])
+def test_identifier_detection(name, expected):
+    assert looks_like_identifier(name) is expected
+
+
+def test_image_ids_hide_identifiers_and_stay_unique(tmp_path):
+    assert image_id_for(tmp_path / "mdb001.pgm") == "mdb001"
+    hashed = image_id_for(tmp_path / "Mass-Test_P_00820_LEFT_CC.dcm")
+    assert hashed.startswith("img_") and "00820" not in hashed
+    assert image_id_for(tmp_path / "scan.dcm", patient_fields=["SCAN"]).startswith("img_")
+    allocate = IdAllocator("auto", "salt")
+    a, b = allocate(tmp_path / "x" / "img.png"), allocate(tmp_path / "y" / "img.png")
+    assert a == "img" and b.startswith("img_") and a != b
+    assert allocate(tmp_path / "x" / "img.png") == "img"  # same file, same id
+
+
+def test_aggregate_and_decision():
+    assert aggregate_scores([], "max") == 0.0
+    assert aggregate_scores([0.2, 0.5], "max") == 0.5
+    assert aggregate_scores([0.2, 0.5], "noisy_or") == pytest.approx(1 - 0.8 * 0.5)
+    assert decide(0.5, 0.5) == "malignant" and decide(0.49, 0.5) == "not malignant"
+
+
+def test_result_json_round_trip_and_contract(tmp_path):
+    r = ImageResult("im1", "/data/im1.png", 300, 200, 0.7, 0.5, "malignant",
+                    [LesionResult([1, 2, 30, 40], 0.9, 0.3), LesionResult([50, 60, 70, 80], 0.4, 0.7)],
+                    "im1_heatmap.png", "im1_overlay.png")
+    write_result(tmp_path, r)
+    data = json.loads((tmp_path / "im1.json").read_text())
+    assert {"image_id", "source", "width", "height", "score", "lesions", "threshold", "decision",
+            "heatmap"} <= data.keys()
+    assert [l["malignancy"] for l in data["lesions"]] == [0.7, 0.3]  # sorted by malignancy
+    assert set(data["lesions"][0]) == {"box", "detector_score", "malignancy"}
+    back = read_result(tmp_path / "im1.json")
+    assert back.lesions[0].box == [50, 60, 70, 80]
+    (tmp_path / "other.json").write_text('{"not": "a result"}')
+    assert [x.image_id for x in read_results(tmp_path)] == ["im1"]
+
+
+@pytest.mark.parametrize("downscale", [1, 2, 4])
+@pytest.mark.parametrize("box", [(300, 200, 360, 250), (0, 0, 40, 30), (560, 370, 600, 400)])
+def test_heatmap_lands_where_the_crop_came_from(downscale, box):
+    """A crop-space map with a peak at the crop's centre is pasted back onto the box's centre."""
+    shape = (400, 600)
+    image = np.zeros(shape, np.float32)
+    crop, to_crop = crop_roi(image, box, 0.25, 64)
+    yy, xx = np.mgrid[0:64, 0:64]
+    cam = np.exp(-((xx + 0.5 - 32) ** 2 + (yy + 0.5 - 32) ** 2) / (2 * 4.0 ** 2)).astype(np.float32)
+    canvas = HeatmapCanvas(shape, downscale)
+    canvas.paste_max(cam, to_crop)
+    peak = np.unravel_index(np.argmax(canvas.pixels), canvas.shape)
+    peak_original = (np.array([peak[1], peak[0]]) + 0.5) * downscale
+    centre = np.array([(box[0] + box[2]) / 2, (box[1] + box[3]) / 2])
+    assert np.abs(peak_original - centre).max() <= downscale + 1.0
+    # point sampling on a coarser canvas may fall beside the narrow peak, never far from it
+    assert canvas.pixels.max() >= (0.95 if downscale == 1 else 0.5)
+
+
+def test_heatmap_fuses_by_maximum():
+    canvas = HeatmapCanvas((100, 100))
+    t = Transform.identity((100, 100))
+    a = np.zeros((100, 100), np.float32)
+    a[10:20, 10:20] = 0.3
+    b = np.zeros((100, 100), np.float32)
+    b[15:25, 15:25] = 0.8
+    canvas.paste_max(a, t)
+    canvas.paste_max(b, t)
+    assert canvas.pixels[12, 12] == pytest.approx(0.3) and canvas.pixels[17, 17] == pytest.approx(0.8)
+
+
+def _records_and_results(tmp_path, rng, n=30):
+    records, results = [], []
+    for i in range(n):
+        path = tmp_path / f"im{i:03d}.png"
+        lesions, preds = (), []
+        malignant = i % 3 == 0
+        if i % 2 == 0:
+            box = (100.0, 100.0, 140.0, 150.0)
+            lesions = (Lesion(f"im{i:03d}", f"p{i // 2}", box, "mass", "malignant" if malignant else "benign", "t"),)
+            if i % 4 != 0:  # the detector finds three in four... of the even ones, half
+                preds.append(LesionResult([105, 110, 135, 145], 0.8, float(rng.uniform(0.4, 1) if malignant
+                                                                              else rng.uniform(0, 0.6))))
+        if i % 5 == 0:
+            preds.append(LesionResult([300, 300, 320, 320], 0.3, float(rng.uniform(0, 0.5))))  # a false positive
+        records.append(ImageRecord(f"im{i:03d}", f"p{i // 2}", path, lesions))
+        score = max([l.malignancy for l in preds], default=0.0)
+        results.append(ImageResult(f"im{i:03d}", str(path), 500, 500, score, 0.5, decide(score, 0.5), preds))
+    return records, results
+
+
+def test_lesion_level_rows_hand_case(tmp_path):
+    records, results = _records_and_results(tmp_path, np.random.default_rng(0), n=6)
+    m = match(results, records)
+    y, p, groups = lesion_level(m, 0.1)
+    # images 0, 2, 4 have a lesion; 2 is found (i % 4 != 0), 0 and 4 missed -> score 0;
+    # images 0 and 5 have a false positive (i % 5 == 0); only image 0's lesion is malignant (i % 3 == 0).
+    # rows: lesion of im000, FP of im000, lesion of im002, lesion of im004, FP of im005
+    assert list(y) == [1, 0, 0, 0, 0]
+    assert p[0] == 0.0 and p[2] == results[2].lesions[0].malignancy and p[3] == 0.0
+    assert p[1] == results[0].lesions[0].malignancy and p[4] == results[5].lesions[0].malignancy
+    assert list(groups) == ["p0", "p0", "p1", "p2", "p2"]
+
+
+def test_evaluate_matches_sklearn_and_writes_reports(tmp_path):
+    records, results = _records_and_results(tmp_path, np.random.default_rng(1))
+    preds = tmp_path / "preds"
+    for r in results:
+        write_result(preds, r)
+    report = evaluate(preds, records, tmp_path / "eval", n_boot=50)
+    y = [r.label for r in records]
+    s = [r.score for r in results]
+    table = report["image"]["two-stage"]
+    assert table["auroc"]["value"] == pytest.approx(roc_auc_score(y, s))
+    assert table["aupr"]["value"] == pytest.approx(average_precision_score(y, s))
+    assert table["auroc"]["low"] <= table["auroc"]["value"] <= table["auroc"]["high"]
+    assert report["threshold"] == 0.5 and "shipped" in report["threshold_source"]
+    for name in ("metrics.json", "metrics.md", "roc.png", "pr.png", "froc.png", "confusion_distribution.png",
+                 "gradcam_examples.png"):
+        assert (tmp_path / "eval" / name).is_file(), name
+    assert "| image | two-stage |" in (tmp_path / "eval" / "metrics.md").read_text()
