@@ -1,0 +1,1 @@
+"""The pipeline users run: full-image inference, evaluation, ROI export."""

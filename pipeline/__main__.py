@@ -1,0 +1,199 @@
+"""`python -m pipeline <command>`: infer, evaluate, export-rois, train-all. What users run."""
+import mammo.runtime  # noqa: F401  (must stay the first import: import order, offline switches)
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from mammo.config import DEFAULT_CONFIG, load_config
+from mammo.errors import MammoError
+from mammo.runs import make_run_dir, start_run
+
+EXAMPLES = """\
+examples:
+  # the main job: the embedded sample (8 real DICOMs) with the shipped models
+  python -m pipeline infer --out runs/demo
+
+  # a folder (searched recursively; DICOMs without extension found by their preamble), files and CSV lists
+  python -m pipeline infer scans/ extra.dcm list.csv --out results/ pipeline.aggregate=noisy_or
+  # the validation split of a dataset, then its evaluation with patient-bootstrap CIs
+  python -m pipeline infer --config configs/mias.yaml --split val --out runs/mias-val
+  python -m pipeline evaluate --predictions runs/mias-val --config configs/mias.yaml --split val
+
+  # crops with Grad-CAM, rois.csv and index.html for a radiologist's review
+  python -m pipeline export-rois scans/ --out review/
+  python -m pipeline export-rois --config configs/mias.yaml --split val --with-truth --out review/
+
+  # train detector + classifier on one patient split and package them (threshold chosen on validation)
+  python -m pipeline train-all --config configs/mias.yaml --out weights/
+
+Trailing key=value words override the config (e.g. run.device=cuda:0 detector.mode=tiled); other trailing
+words are inputs. Every command writes its resolved config.yaml beside its outputs.
+Exit codes: 0 all done, 1 some inputs failed (listed in predictions.csv), 2 bad usage, config or models.
+"""
+
+
+def split_args(items) -> tuple[list[str], list[str]]:
+    """Trailing words: 'key=value' overrides (unless an existing path) and inputs."""
+    overrides, inputs = [], []
+    for item in items:
+        (overrides if "=" in item and not Path(item).exists() else inputs).append(item)
+    return overrides, inputs
+
+
+def resolve_config(args, overrides):
+    """The bundle's training settings sit under the user's overrides; returns (cfg, bundle)."""
+    from pipeline.demo import default_models_dir
+    from pipeline.models import read_bundle
+
+    bundle = read_bundle(args.models) if args.models else read_bundle(default_models_dir())
+    cfg = load_config(args.config, bundle.config_overrides + overrides)
+    return cfg, bundle
+
+
+def split_records(cfg, split: str):
+    from mammo.datasets import load_split_dataset
+
+    annotations, splits = load_split_dataset(cfg.data)
+    if split not in splits:
+        raise MammoError(f"--split {split}: the dataset has splits {sorted(splits)}")
+    return annotations, splits[split]
+
+
+def cmd_infer(args, overrides, inputs) -> int:
+    from pipeline.demo import sample_inputs
+    from pipeline.infer import run_inference
+    from pipeline.models import PipelineModels
+
+    cfg, bundle = resolve_config(args, overrides)
+    if args.split:
+        inputs = [str(r.path) for r in split_records(cfg, args.split)[1]]
+    elif not inputs:
+        inputs = [str(p) for p in sample_inputs()]
+        print(f"no INPUT given: running on the embedded sample ({len(inputs)} real CBIS-DDSM DICOMs)")
+    out = make_run_dir("pipeline", "infer", cfg.run.name, args.out)
+    start_run(cfg, out)
+    print(f"models: {bundle.root} ({bundle.description or 'no description'})")
+    with PipelineModels.load(bundle, cfg) as models:
+        summary = run_inference(inputs, out, models, cfg, overwrite=args.overwrite)
+    print(f"{summary['done']} done ({summary['resumed']} from an earlier run), {summary['failed']} failed, "
+          f"{summary['skipped_not_images']} non-image files skipped -> {out}/predictions.csv")
+    return 1 if summary["failed"] else 0
+
+
+def cmd_evaluate(args, overrides, inputs) -> int:
+    from mammo.annotations import read_annotations
+    from pipeline.evaluate import evaluate
+
+    cfg = load_config(args.config, overrides)
+    if args.annotations:
+        records = read_annotations(args.format or cfg.data.format, args.annotations, args.images_root).images
+        if args.split:
+            raise MammoError("--split takes the dataset from --config; with --annotations, give the split's files")
+    elif args.split:
+        records = split_records(cfg, args.split)[1]
+    else:
+        records = split_records(cfg, "val")[1]
+        print("evaluating on the validation split of the config's dataset")
+    out = Path(args.out) if args.out else Path(args.predictions) / "evaluation"
+    out.mkdir(parents=True, exist_ok=True)
+    start_run(cfg, out)
+    report = evaluate(args.predictions, records, out, threshold=args.threshold, beta=cfg.pipeline.fbeta,
+                      hit_iou=cfg.detector.hit_iou, n_boot=cfg.pipeline.bootstrap, seed=cfg.run.seed)
+    print((out / "metrics.md").read_text())
+    print(f"written: {out}")
+    return 0 if report else 1
+
+
+def cmd_export_rois(args, overrides, inputs) -> int:
+    from pipeline.export import export_rois
+    from pipeline.models import PipelineModels
+
+    cfg, bundle = resolve_config(args, overrides)
+    annotations = None
+    if args.split:
+        annotations, records = split_records(cfg, args.split)
+        inputs = [str(r.path) for r in records]
+        if not args.with_truth:
+            annotations = None
+    elif args.with_truth:
+        annotations, _ = split_records(cfg, "train")  # any split: the reader's records cover all images
+    if not inputs:
+        from pipeline.demo import sample_inputs
+
+        inputs = [str(p) for p in sample_inputs()]
+        print(f"no INPUT given: exporting the embedded sample ({len(inputs)} real CBIS-DDSM DICOMs)")
+    out = make_run_dir("pipeline", "export-rois", cfg.run.name, args.out)
+    start_run(cfg, out)
+    with PipelineModels.load(bundle, cfg) as models:
+        summary = export_rois(inputs, out, models, cfg, annotations, overwrite=args.overwrite)
+    print(f"{summary['rois']} ROIs from {summary['images']} images ({summary['failed']} failed) -> "
+          f"{out}/index.html")
+    return 1 if summary["failed"] else 0
+
+
+def cmd_train_all(args, overrides, inputs) -> int:
+    from pipeline.train_all import train_all
+
+    cfg = load_config(args.config, overrides)
+    work = make_run_dir("pipeline", "train-all", cfg.run.name)
+    out = Path(args.out) if args.out else work / "bundle"
+    summary = train_all(cfg, out, work, description=args.description or f"trained on {cfg.data.format}")
+    print(json.dumps(summary["image_level_val"], indent=1, default=float))
+    print(f"bundle: {out} (use it with --models {out})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__, epilog=EXAMPLES,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="command")
+
+    def add(name, func, help_text, rest="key=value config overrides"):
+        p = sub.add_parser(name, help=help_text, description=help_text, epilog=EXAMPLES,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML config (default: %(default)s)")
+        p.add_argument("rest", nargs="*", metavar="INPUT|key=value", help=rest)
+        p.set_defaults(func=func)
+        return p
+
+    inputs_help = "image files, folders, CSV lists (none: the embedded sample), and key=value overrides"
+    for name, func, text in (("infer", cmd_infer, "full-image inference: boxes, malignancy, Grad-CAM heatmaps"),
+                             ("export-rois", cmd_export_rois, "ROI crops with Grad-CAM, rois.csv, index.html")):
+        p = add(name, func, text, inputs_help)
+        p.add_argument("--out", help="output folder (default: runs/pipeline/<command>/<run.name>)")
+        p.add_argument("--models", help="model bundle folder (default: weights/, else demo models)")
+        p.add_argument("--split", help="run on this split (train/val/test) of the config's dataset instead")
+        p.add_argument("--overwrite", action="store_true", help="redo images already done in --out")
+    sub.choices["export-rois"].add_argument("--with-truth", action="store_true",
+                                            help="also export the annotated lesions of the config's dataset")
+    p = add("evaluate", cmd_evaluate, "metrics of infer outputs against annotations, with 95 % CIs")
+    p.add_argument("--predictions", required=True, help="the --out folder of `infer`")
+    p.add_argument("--annotations", help="annotation file/folder (default: the config's data section)")
+    p.add_argument("--format", choices=("mias", "cbis-ddsm", "inbreast", "vindr", "csv"), help="its format")
+    p.add_argument("--images-root", help="folder the annotation's image paths are relative to")
+    p.add_argument("--split", help="evaluate on this split of the config's dataset (default: val)")
+    p.add_argument("--threshold", type=float, help="operating point (default: the one shipped with the models)")
+    p.add_argument("--out", help="report folder (default: PREDICTIONS/evaluation)")
+    p = add("train-all", cmd_train_all, "train detector and classifier on one split and bundle them")
+    p.add_argument("--out", help="bundle folder (default: runs/pipeline/train-all/<run.name>/bundle)")
+    p.add_argument("--description", help="what these models are, stored in the bundle")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    overrides, inputs = split_args(args.rest)
+    if inputs and args.command not in ("infer", "export-rois"):
+        print(f"error: unexpected argument(s) {inputs} (overrides are key=value)", file=sys.stderr)
+        return 2
+    try:
+        return args.func(args, overrides, inputs)
+    except MammoError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

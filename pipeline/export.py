@@ -1,0 +1,170 @@
+"""ROI export for a radiologist's review: crops with their Grad-CAM, a CSV to fill in, and an offline HTML sheet.
+
+Nothing patient-identifying leaves: files are named by image id (hashed when the name looks like an
+identifier), crops are re-encoded from pixels (no DICOM tags), and the CSV holds no paths.
+"""
+from __future__ import annotations
+
+import csv
+import html
+import io
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from mammo.atomic import atomic_path, atomic_write_text
+from mammo.config import Config
+from mammo.crops import crop_roi
+from mammo.imaging import read_mammogram
+from pipeline.heatmap import HeatmapCanvas
+from pipeline.ids import IdAllocator
+from pipeline.inputs import discover
+from pipeline.render import colorize, three_panels
+
+ROI_COLUMNS = ["roi_id", "image_id", "kind", "x1", "y1", "x2", "y2", "detector_score", "malignancy", "true_label",
+               "review_label"]
+TILE = 192  # pixels per half of a review tile (crop | crop with Grad-CAM)
+
+
+def review_tile(crop: np.ndarray, cam: np.ndarray) -> np.ndarray:
+    grey = cv2.resize(np.round(np.clip(crop, 0, 1) * 255).astype(np.uint8), (TILE, TILE),
+                      interpolation=cv2.INTER_AREA)
+    grey = cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR)
+    heat = colorize(cv2.resize(cam.astype(np.float32), (TILE, TILE)))
+    blended = cv2.addWeighted(grey, 0.6, heat, 0.4, 0)
+    return np.concatenate([grey, np.full((TILE, 4, 3), 255, np.uint8), blended], axis=1)
+
+
+def _true_label(box, truth) -> str:
+    """The pathology of the true lesion this box belongs to (centre inside it), '' when none or unknown."""
+    if truth is None:
+        return ""
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    for lesion in truth.boxed_lesions:
+        x1, y1, x2, y2 = lesion.box
+        if x1 <= cx <= x2 and y1 <= cy <= y2:
+            return lesion.pathology
+    return "none"  # annotated image, no true lesion here: a false-positive candidate
+
+
+def export_rois(inputs, out_dir, models, cfg: Config, annotations=None, *, overwrite: bool = False,
+                progress: bool = True) -> dict:
+    out_dir = Path(out_dir)
+    (out_dir / "crops").mkdir(parents=True, exist_ok=True)
+    (out_dir / "overlays").mkdir(parents=True, exist_ok=True)
+    state = out_dir / ".done"
+    state.mkdir(exist_ok=True)
+    truth_by_path = {str(Path(r.path).resolve()): r for r in annotations.images} if annotations else {}
+    paths = discover(inputs).images if inputs else [Path(r.path) for r in annotations.images] if annotations else []
+    allocate = IdAllocator(cfg.pipeline.image_id, cfg.pipeline.id_salt)
+    clf = models.classifier
+    failures = []
+    for path in tqdm(paths, desc="export-rois", unit="img", disable=not progress):
+        truth = truth_by_path.get(str(path.resolve()))
+        try:
+            mammogram = read_mammogram(path)
+        except Exception as exc:  # recorded, the batch goes on
+            failures.append(str(exc))
+            continue
+        meta = mammogram.meta
+        patient_fields = [meta.patient_id, truth.patient_id if truth else ""]
+        image_id = allocate(path, patient_fields)
+        marker = state / f"{image_id}.json"
+        if marker.exists() and not overwrite:
+            continue
+        rois = [("detected", d.box, d.score, _true_label(d.box, truth))
+                for d in models.detector.predict(mammogram, cfg.preprocess)]
+        rois += [("true", l.box, None, l.pathology) for l in (truth.boxed_lesions if truth else ())]
+        rows, canvas = [], HeatmapCanvas(mammogram.shape, 4)
+        if rois:
+            pairs = [crop_roi(mammogram.pixels, box, clf.context_margin, clf.input_size) for _, box, _, _ in rois]
+            batch = np.stack([c for c, _ in pairs]).astype(np.float32)
+            probs = np.asarray(clf.predict(batch)).reshape(-1)
+            cams = clf.gradcam(batch)
+            for i, ((kind, box, det_score, label), (crop, to_crop), p, cam) in enumerate(
+                    zip(rois, pairs, probs, cams)):
+                roi_id = f"{image_id}_r{i + 1:02d}"
+                with atomic_path(out_dir / "crops" / f"{roi_id}.png") as tmp:
+                    cv2.imwrite(str(tmp), review_tile(crop, cam))
+                canvas.paste_max(cam, to_crop)
+                rows.append({"roi_id": roi_id, "image_id": image_id, "kind": kind,
+                             **dict(zip(("x1", "y1", "x2", "y2"), (round(float(v), 1) for v in box))),
+                             "detector_score": "" if det_score is None else round(float(det_score), 4),
+                             "malignancy": round(float(p), 4), "true_label": label, "review_label": ""})
+        figure = three_panels(mammogram.pixels, canvas.pixels, [roi[1] for roi in rois],
+                              [f"{r['malignancy']:.2f}" for r in rows])
+        with atomic_path(out_dir / "overlays" / f"{image_id}.png") as tmp:
+            cv2.imwrite(str(tmp), figure)
+        atomic_write_text(marker, json.dumps(rows))  # last: marks the image as exported
+    all_rows = [r for f in sorted(state.glob("*.json")) for r in json.loads(f.read_text())]
+    all_rows.sort(key=lambda r: -float(r["malignancy"]))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=ROI_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(all_rows)
+    atomic_write_text(out_dir / "rois.csv", buf.getvalue())
+    atomic_write_text(out_dir / "index.html", contact_sheet(all_rows, models.threshold))
+    return {"images": len(paths), "rois": len(all_rows), "failed": len(failures), "failures": failures}
+
+
+def contact_sheet(rows, threshold: float) -> str:
+    """A static page: cards sorted by malignancy, a label filter, each crop linking to its full-image overlay.
+    On load it counts images that rendered, so a headless browser can check that every link resolved."""
+    cards = []
+    for r in rows:
+        predicted = "malignant" if float(r["malignancy"]) >= threshold else "not-malignant"
+        truth = r["true_label"] or "unknown"
+        cards.append(
+            f'<figure class="card" data-pred="{predicted}" data-truth="{html.escape(truth)}" '
+            f'data-kind="{r["kind"]}"><a href="overlays/{html.escape(r["image_id"])}.png">'
+            f'<img src="crops/{html.escape(r["roi_id"])}.png" alt="{html.escape(r["roi_id"])}"></a>'
+            f'<figcaption><b>{html.escape(r["roi_id"])}</b> ({r["kind"]})<br>malignancy {float(r["malignancy"]):.2f}'
+            f'{"" if r["detector_score"] == "" else f" · detector {float(r["detector_score"]):.2f}"}'
+            f'<br>truth: {html.escape(truth)}</figcaption></figure>')
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>ROI review</title>
+<style>
+body {{ font-family: sans-serif; margin: 1em; }} .grid {{ display: flex; flex-wrap: wrap; gap: 10px; }}
+.card {{ margin: 0; border: 1px solid #ccc; padding: 4px; font-size: 12px; width: 388px; }}
+.card img {{ width: 388px; display: block; }} .hidden {{ display: none; }}
+</style></head><body>
+<h1>Regions of interest for review</h1>
+<p>{len(rows)} regions, sorted by malignancy; operating threshold {threshold:.2f}. Fill the
+<code>review_label</code> column of <code>rois.csv</code>. Click a crop for its full-image overlay.
+Research tool, not a medical device.</p>
+<label>Show: <select id="filter">
+<option value="all">all</option>
+<option value="pred:malignant">predicted malignant</option>
+<option value="pred:not-malignant">predicted not malignant</option>
+<option value="truth:malignant">truth: malignant</option>
+<option value="truth:benign">truth: benign</option>
+<option value="truth:none">truth: no lesion (false-positive candidates)</option>
+<option value="truth:unknown">truth: unknown</option>
+</select></label> <span id="count"></span>
+<div class="grid">
+{chr(10).join(cards)}
+</div>
+<script>
+const cards = Array.from(document.querySelectorAll('.card'));
+function applyFilter() {{
+  const [key, value] = document.getElementById('filter').value.split(':');
+  let shown = 0;
+  for (const c of cards) {{
+    const keep = key === 'all' || c.dataset[key] === value;
+    c.classList.toggle('hidden', !keep); shown += keep;
+  }}
+  document.getElementById('count').textContent = shown + ' shown';
+}}
+document.getElementById('filter').addEventListener('change', applyFilter);
+applyFilter();
+window.addEventListener('load', () => {{
+  const imgs = Array.from(document.images);
+  document.body.dataset.imagesOk = imgs.filter(i => i.complete && i.naturalWidth > 0).length;
+  document.body.dataset.imagesBroken = imgs.filter(i => !(i.complete && i.naturalWidth > 0)).length;
+}});
+</script>
+</body></html>
+"""

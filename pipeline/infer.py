@@ -1,0 +1,150 @@
+"""Full-image inference: read -> detect -> crop -> classify -> Grad-CAM -> map back -> write.
+
+Images are streamed one at a time (memory stays bounded on a folder of any size). Each image's JSON is written
+last and atomically, so it marks the image as done: a rerun on the same folder skips done images, and a killed
+run loses at most the image it was working on. A bad input becomes a `failed` row and the run goes on.
+"""
+from __future__ import annotations
+
+import json
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from mammo.atomic import atomic_path, atomic_write_text
+from mammo.config import Config
+from mammo.crops import crop_roi
+from mammo.errors import MammoError
+from mammo.imaging import read_mammogram
+from pipeline.heatmap import HeatmapCanvas
+from pipeline.ids import IdAllocator
+from pipeline.inputs import discover
+from pipeline.render import three_panels
+from pipeline.results import (ImageResult, LesionResult, aggregate_scores, decide, read_results, write_predictions_csv,
+                              write_result)
+
+FAILURES_FILE = "failures.json"  # inputs that failed, retried on the next run
+
+
+@dataclass
+class StepTimer:
+    """Seconds per pipeline step, summed over images (the benchmark reports medians per image from `per_image`)."""
+
+    totals: dict = field(default_factory=lambda: defaultdict(float))
+    per_image: list = field(default_factory=list)
+    _current: dict = field(default_factory=dict)
+
+    @contextmanager
+    def step(self, name: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            dt = time.perf_counter() - t0
+            self.totals[name] += dt
+            self._current[name] = self._current.get(name, 0.0) + dt
+
+    def end_image(self):
+        self.per_image.append(self._current)
+        self._current = {}
+
+
+def analyse_image(mammogram, models, cfg: Config, timer: StepTimer):
+    """The two stages and Grad-CAM on one image; returns (lesions, heatmap canvas)."""
+    with timer.step("detect"):
+        detections = models.detector.predict(mammogram, cfg.preprocess)
+    clf = models.classifier
+    crops, transforms = [], []
+    with timer.step("crop"):
+        for det in detections:
+            crop, to_crop = crop_roi(mammogram.pixels, det.box, clf.context_margin, clf.input_size)
+            crops.append(crop)
+            transforms.append(to_crop)
+    canvas = HeatmapCanvas(mammogram.shape, cfg.pipeline.heatmap_downscale)
+    if not crops:
+        return [], canvas
+    batch = np.stack(crops).astype(np.float32)
+    with timer.step("classify"):
+        probs = np.asarray(clf.predict(batch), dtype=np.float64).reshape(-1)
+    with timer.step("gradcam"):
+        cams = clf.gradcam(batch)
+    with timer.step("map_back"):
+        for cam, to_crop in zip(cams, transforms):
+            canvas.paste_max(cam, to_crop)
+    lesions = [LesionResult(list(map(float, d.box)), float(d.score), float(p)) for d, p in zip(detections, probs)]
+    return lesions, canvas
+
+
+def write_outputs(out_dir: Path, image_id: str, mammogram, lesions, canvas, result: ImageResult) -> None:
+    with atomic_path(out_dir / result.heatmap) as tmp:
+        cv2.imwrite(str(tmp), canvas.as_uint16())
+    ordered = sorted(lesions, key=lambda l: -l.malignancy)
+    figure = three_panels(mammogram.pixels, canvas.pixels, [l.box for l in ordered],
+                          [f"{l.malignancy:.2f}" for l in ordered],
+                          f"(score {result.score:.2f}, threshold {result.threshold:.2f})")
+    with atomic_path(out_dir / result.overlay) as tmp:
+        cv2.imwrite(str(tmp), figure)
+    write_result(out_dir, result)  # last: its presence marks the image as done
+
+
+def run_inference(inputs, out_dir, models, cfg: Config, *, overwrite: bool = False, progress: bool = True,
+                  timer: StepTimer | None = None) -> dict:
+    """Process every image of `inputs`; returns a summary dict (counts, failures, timings)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    timer = timer or StepTimer()
+    found = discover(inputs)
+    threshold = cfg.pipeline.threshold if cfg.pipeline.threshold is not None else models.threshold
+
+    # What is already done (by source path) and which ids are taken, so a rerun skips and keeps ids stable.
+    done = {} if overwrite else {str(Path(r.source).resolve()): r for r in read_results(out_dir)}
+    allocate = IdAllocator(cfg.pipeline.image_id, cfg.pipeline.id_salt)
+    for r in done.values():
+        allocate.used[r.image_id] = str(Path(r.source).resolve())
+
+    rows, failures, n_skipped_done = [], [], 0
+    for path in found.missing:
+        failures.append({"image_id": "", "source": str(path), "status": "failed", "error": "input not found"})
+    bar = tqdm(found.images, desc="infer", unit="img", disable=not progress)
+    for path in bar:
+        key = str(path.resolve())
+        if key in done:
+            r = done[key]
+            rows.append({"image_id": r.image_id, "source": r.source, "score": f"{r.score:.5f}",
+                         "n_lesions": len(r.lesions), "status": "done", "error": ""})
+            n_skipped_done += 1
+            continue
+        image_id = ""
+        try:
+            with timer.step("read"):
+                mammogram = read_mammogram(path)
+            meta = mammogram.meta
+            image_id = allocate(path, [meta.patient_id])
+            lesions, canvas = analyse_image(mammogram, models, cfg, timer)
+            score = aggregate_scores([l.malignancy for l in lesions], cfg.pipeline.aggregate)
+            h, w = mammogram.shape
+            result = ImageResult(image_id=image_id, source=str(path), width=int(w), height=int(h), score=score,
+                                 threshold=float(threshold), decision=decide(score, threshold), lesions=lesions,
+                                 heatmap=f"{image_id}_heatmap.png", overlay=f"{image_id}_overlay.png",
+                                 aggregate=cfg.pipeline.aggregate, calibrated=bool(models.classifier.calibrated),
+                                 heatmap_downscale=cfg.pipeline.heatmap_downscale)
+            with timer.step("write"):
+                write_outputs(out_dir, image_id, mammogram, lesions, canvas, result)
+            timer.end_image()
+            rows.append({"image_id": image_id, "source": str(path), "score": f"{score:.5f}",
+                         "n_lesions": len(lesions), "status": "done", "error": ""})
+        except Exception as exc:  # one bad file must not stop the batch; KeyboardInterrupt still does
+            timer._current = {}
+            reason = str(exc) if isinstance(exc, MammoError) else f"{path}: {type(exc).__name__}: {exc}"
+            failures.append({"image_id": image_id, "source": str(path), "status": "failed", "error": reason})
+            bar.write(f"failed: {reason}")
+    write_predictions_csv(out_dir, rows + [dict(f, score="", n_lesions="") for f in failures])
+    atomic_write_text(out_dir / FAILURES_FILE, json.dumps(failures, indent=2))
+    return {"images": len(found.images), "done": len(rows), "resumed": n_skipped_done, "failed": len(failures),
+            "skipped_not_images": len(found.skipped), "failures": failures, "timings": dict(timer.totals)}

@@ -1,0 +1,87 @@
+"""Train both stages on one patient-level split and package them as a model bundle, in one command.
+
+detector (export-dataset + train) -> classifier (train, calibrated on validation) -> the image-level operating
+threshold chosen on the validation images (max F-beta of the image score) -> bundle folder with pipeline.json.
+The demo bundle (synthetic data) and the shipped MIAS bundle are both made here.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from mammo import metrics
+from mammo.atomic import atomic_write_text
+from mammo.config import Config, to_dict
+from mammo.datasets import load_split_dataset
+from mammo.imaging import read_mammogram
+from mammo.runs import start_run
+from pipeline.infer import StepTimer, analyse_image
+from pipeline.models import PipelineModels, write_bundle
+from pipeline.results import aggregate_scores
+
+# Settings the models are trained with and inference must reuse: shipped inside the bundle.
+BUNDLED_SECTIONS = ("preprocess", "detector")
+
+
+def bundled_overrides(cfg: Config) -> list[str]:
+    sections = to_dict(cfg)
+    return [f"{section}.{key}={json.dumps(value)}" for section in BUNDLED_SECTIONS
+            for key, value in sections[section].items()] + [f"pipeline.aggregate={cfg.pipeline.aggregate}"]
+
+
+def image_scores(models: PipelineModels, records, cfg: Config, progress: bool = True) -> np.ndarray:
+    """The pipeline's image score for each record (the same code path as `infer`)."""
+    timer, scores = StepTimer(), []
+    for rec in tqdm(records, desc="score images", unit="img", disable=not progress):
+        lesions, _ = analyse_image(read_mammogram(rec.path), models, cfg, timer)
+        scores.append(aggregate_scores([l.malignancy for l in lesions], cfg.pipeline.aggregate))
+    return np.asarray(scores, dtype=np.float64)
+
+
+def train_all(cfg: Config, out_dir, work_dir, *, description: str, progress: bool = True) -> dict:
+    from classifier.inference import MalignancyClassifier
+    from classifier.train import train as train_classifier
+    from detector.dataset import export_from_config
+    from detector.model import LesionDetector
+    from detector.train import train as train_detector
+
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    start_run(cfg, work_dir)
+    started = time.time()
+    _, splits = load_split_dataset(cfg.data, work_dir)  # split.csv: the one split both stages use
+    cfg_split = cfg if cfg.data.split_file else _with_split_file(cfg, work_dir / "split.csv")
+
+    print("== 1/3 detector")
+    export = export_from_config(cfg_split, work_dir / "detector-data")
+    det_metrics = train_detector(cfg_split, export.data_yaml, work_dir / "detector")
+    print("== 2/3 classifier")
+    clf_metrics = train_classifier(cfg_split, work_dir / "classifier")
+    print("== 3/3 operating threshold on the validation images")
+    detector = LesionDetector.load(work_dir / "detector" / "weights" / "best.pt", cfg.detector,
+                                   device=cfg.run.device, threads=cfg.run.threads)
+    classifier = MalignancyClassifier.load(work_dir / "classifier", threads=cfg.run.threads)
+    val = splits["val"]
+    with PipelineModels(detector, classifier, 0.5) as models:
+        scores = image_scores(models, val, cfg_split, progress)
+    labels = np.array([r.label for r in val])
+    threshold, f = metrics.best_threshold(labels, scores, cfg.pipeline.fbeta)
+    val_metrics = metrics.summary(labels, scores, threshold, cfg.pipeline.fbeta)
+    summary = {"detector": det_metrics, "classifier": clf_metrics, "image_level_val": val_metrics,
+               "threshold": threshold, "train_seconds": round(time.time() - started, 1),
+               "split_sizes": {k: len(v) for k, v in splits.items()}}
+    atomic_write_text(work_dir / "summary.json", json.dumps(summary, indent=2, default=float))
+    write_bundle(out_dir, work_dir / "detector" / "weights" / "best.pt", work_dir / "classifier", threshold,
+                 bundled_overrides(cfg), description, val_metrics=val_metrics,
+                 trained_on=cfg.data.format, train_seconds=summary["train_seconds"])
+    return summary
+
+
+def _with_split_file(cfg: Config, split_file: Path) -> Config:
+    import dataclasses
+
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, split_file=str(split_file)))
