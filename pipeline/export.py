@@ -117,12 +117,12 @@ def contact_sheet(rows, threshold: float) -> str:
     for r in rows:
         predicted = "malignant" if float(r["malignancy"]) >= threshold else "not-malignant"
         truth = r["true_label"] or "unknown"
+        detector = "" if r["detector_score"] == "" else f" · detector {float(r['detector_score']):.2f}"
+        roi, image = html.escape(r["roi_id"]), html.escape(r["image_id"])
         cards.append(
             f'<figure class="card" data-pred="{predicted}" data-truth="{html.escape(truth)}" '
-            f'data-kind="{r["kind"]}"><a href="overlays/{html.escape(r["image_id"])}.png">'
-            f'<img src="crops/{html.escape(r["roi_id"])}.png" alt="{html.escape(r["roi_id"])}"></a>'
-            f'<figcaption><b>{html.escape(r["roi_id"])}</b> ({r["kind"]})<br>malignancy {float(r["malignancy"]):.2f}'
-            f'{"" if r["detector_score"] == "" else f" · detector {float(r["detector_score"]):.2f}"}'
+            f'data-kind="{r["kind"]}"><a href="overlays/{image}.png"><img src="crops/{roi}.png" alt="{roi}"></a>'
+            f'<figcaption><b>{roi}</b> ({r["kind"]})<br>malignancy {float(r["malignancy"]):.2f}{detector}'
             f'<br>truth: {html.escape(truth)}</figcaption></figure>')
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>ROI review</title>

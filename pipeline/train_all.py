@@ -78,6 +78,7 @@ def train_all(cfg: Config, out_dir, work_dir, *, description: str, progress: boo
     write_bundle(out_dir, work_dir / "detector" / "weights" / "best.pt", work_dir / "classifier", threshold,
                  bundled_overrides(cfg), description, val_metrics=val_metrics,
                  trained_on=cfg.data.format, train_seconds=summary["train_seconds"])
+    atomic_write_text(Path(out_dir) / "training_summary.json", json.dumps(summary, indent=2, default=float))
     return summary
 
 

@@ -30,3 +30,14 @@ def real_mammograms():
     from mammo.imaging import read_mammogram
 
     return [read_mammogram(p) for p in sample_dicom_paths()]
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory) -> Path:
+    """Detector + classifier trained for a few minutes on synthetic mammograms (bright discs = malignant,
+    rings = benign), bundled exactly as `pipeline train-all` does. MAMMO_TEST_BUNDLE reuses a built one."""
+    if os.environ.get("MAMMO_TEST_BUNDLE"):
+        return Path(os.environ["MAMMO_TEST_BUNDLE"])
+    from pipeline.demo import build_demo_bundle
+
+    return build_demo_bundle(tmp_path_factory.mktemp("bundle") / "bundle", size="tiny", progress=False)

@@ -408,7 +408,8 @@ def test_pixel_spacing(tmp_path, tags, spacing):
     [
         ("case-1.dcm", {"PatientID": "P1", "PatientName": "Doe^Jane"}, "case-1", "P1"),
         ("case-2.DCM", {"PatientName": "Doe^Jane"}, "case-2", "Doe^Jane"),
-        ("1.2.840.99.7", {}, "1.2.840.99.7", "1.2.840.99.7"),  # UID-named file: no suffix to cut
+        ("1.2.840.99.7", {}, "1.2.840.99.7", ""),  # UID-named file: no suffix to cut; no patient field: ''
+
     ],
 )
 def test_ids(tmp_path, name, tags, image_id, patient_id):

@@ -1,0 +1,129 @@
+"""Binary classification metrics in plain numpy, shared by the classifier, the pipeline and the tuning stage.
+
+`y` are 0/1 labels, `p` scores (higher = more likely positive). Metrics that are undefined for the data (auROC
+with one class only, precision without any positive call) return nan rather than a made-up number, so that a
+report shows the gap. `bootstrap_ci` resamples PATIENTS, not rows: a woman's images are correlated.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+
+def _check(y, p) -> tuple[np.ndarray, np.ndarray]:
+    y = np.asarray(y).astype(int).ravel()
+    p = np.asarray(p, dtype=np.float64).ravel()
+    if y.shape != p.shape:
+        raise ValueError(f"labels and scores differ in length: {y.shape[0]} vs {p.shape[0]}")
+    if not np.isin(y, (0, 1)).all():
+        raise ValueError("labels must be 0 or 1")
+    return y, p
+
+
+def auroc(y, p) -> float:
+    """Area under the ROC curve = P(score of a random positive > score of a random negative), ties count 1/2
+    (the Mann-Whitney statistic with mid-ranks)."""
+    y, p = _check(y, p)
+    n_pos, n_neg = int(y.sum()), int((1 - y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = np.argsort(p, kind="mergesort")
+    ranks = np.empty(len(p), dtype=np.float64)
+    sorted_p = p[order]
+    # mid-ranks of tied groups
+    starts = np.r_[0, np.flatnonzero(np.diff(sorted_p)) + 1]
+    ends = np.r_[starts[1:], len(p)]
+    for s, e in zip(starts, ends):
+        ranks[order[s:e]] = (s + e + 1) / 2.0
+    return float((ranks[y == 1].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def aupr(y, p) -> float:
+    """Average precision: sum over thresholds of (recall step) x precision, as scikit-learn computes it
+    (no interpolation, which would be optimistic)."""
+    y, p = _check(y, p)
+    n_pos = int(y.sum())
+    if n_pos == 0:
+        return float("nan")
+    order = np.argsort(-p, kind="mergesort")
+    y_sorted, p_sorted = y[order], p[order]
+    last_of_tie = np.r_[np.flatnonzero(np.diff(p_sorted)), len(p) - 1]  # thresholds at distinct scores
+    tp = np.cumsum(y_sorted)[last_of_tie]
+    fp = (last_of_tie + 1) - tp
+    precision = tp / (tp + fp)
+    recall = tp / n_pos
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def confusion(y, p, threshold: float) -> dict:
+    """Counts at `threshold` (score >= threshold is a positive call)."""
+    y, p = _check(y, p)
+    call = p >= threshold
+    return {"tp": int((call & (y == 1)).sum()), "fp": int((call & (y == 0)).sum()),
+            "tn": int((~call & (y == 0)).sum()), "fn": int((~call & (y == 1)).sum())}
+
+
+def sensitivity_specificity(y, p, threshold: float) -> tuple[float, float]:
+    c = confusion(y, p, threshold)
+    sens = c["tp"] / (c["tp"] + c["fn"]) if c["tp"] + c["fn"] else float("nan")
+    spec = c["tn"] / (c["tn"] + c["fp"]) if c["tn"] + c["fp"] else float("nan")
+    return float(sens), float(spec)
+
+
+def fbeta(y, p, threshold: float, beta: float = 2.0) -> float:
+    """F-beta at a threshold; beta = 2 weighs recall (missed cancers) four times as much as precision.
+    0 when nothing is called positive or no positive is found (sklearn's zero_division=0)."""
+    c = confusion(y, p, threshold)
+    b2 = beta * beta
+    denom = (1 + b2) * c["tp"] + b2 * c["fn"] + c["fp"]
+    return float((1 + b2) * c["tp"] / denom) if denom and c["tp"] else 0.0
+
+
+def best_threshold(y, p, beta: float = 2.0) -> tuple[float, float]:
+    """(threshold, F-beta) maximizing F-beta over the observed scores (fit on validation, apply elsewhere).
+    Ties go to the highest threshold, i.e. the fewest positive calls."""
+    y, p = _check(y, p)
+    if len(p) == 0:
+        return 0.5, float("nan")
+    best_t, best_f = float(p.max()), -1.0
+    for t in np.unique(p)[::-1]:
+        f = fbeta(y, p, float(t), beta)
+        if f > best_f:
+            best_t, best_f = float(t), f
+    return best_t, best_f
+
+
+def summary(y, p, threshold: float, beta: float = 2.0) -> dict:
+    """The usual set at once: auroc, aupr, fbeta, sensitivity, specificity, counts."""
+    y_, _ = _check(y, p)
+    sens, spec = sensitivity_specificity(y, p, threshold)
+    return {"auroc": auroc(y, p), "aupr": aupr(y, p), f"f{beta:g}": fbeta(y, p, threshold, beta),
+            "sensitivity": sens, "specificity": spec, "threshold": float(threshold),
+            "n": int(len(y_)), "n_positive": int(y_.sum())}
+
+
+def bootstrap_ci(metric: Callable, y, p, groups, n: int = 1000, alpha: float = 0.05,
+                 seed: int = 0) -> tuple[float, float, float]:
+    """(point estimate, low, high) of `metric(y, p)` with a percentile CI from resampling `groups` (patient
+    ids) with replacement; every row of a drawn patient comes along. Resamples where the metric is undefined
+    (e.g. one class only) are skipped."""
+    y, p = _check(y, p)
+    groups = np.asarray(groups).ravel()
+    if groups.shape != y.shape:
+        raise ValueError("groups must have one entry per row")
+    ids, inverse = np.unique(groups, return_inverse=True)
+    rows_of = [np.flatnonzero(inverse == k) for k in range(len(ids))]
+    rng = np.random.default_rng(seed)
+    stats = []
+    for _ in range(n):
+        draw = rng.integers(0, len(ids), len(ids))
+        rows = np.concatenate([rows_of[k] for k in draw])
+        v = metric(y[rows], p[rows])
+        if np.isfinite(v):
+            stats.append(v)
+    point = float(metric(y, p))
+    if not stats:
+        return point, float("nan"), float("nan")
+    lo, hi = np.percentile(stats, [100 * alpha / 2, 100 * (1 - alpha / 2)])
+    return point, float(lo), float(hi)

@@ -1,0 +1,81 @@
+"""Metrics against hand-computed cases and against scikit-learn on random data with ties."""
+import numpy as np
+import pytest
+from sklearn import metrics as skm
+
+from mammo import metrics as M
+
+
+def test_hand_cases():
+    y = [0, 0, 1, 1]
+    p = [0.1, 0.4, 0.35, 0.8]
+    # pairs (pos, neg): (0.35>0.1) (0.35<0.4) (0.8>0.1) (0.8>0.4) -> 3 of 4
+    assert M.auroc(y, p) == pytest.approx(0.75)
+    # ranked: 0.8(+) 0.4(-) 0.35(+) 0.1(-): precision at the two positives 1 and 2/3, recall steps 1/2 each
+    assert M.aupr(y, p) == pytest.approx(0.5 * 1 + 0.5 * 2 / 3)
+    # threshold 0.35: calls 0.35, 0.4, 0.8 -> tp 2, fp 1, fn 0; F2 = 5*2 / (5*2 + 4*0 + 1) = 10/11
+    assert M.fbeta(y, p, 0.35, beta=2) == pytest.approx(10 / 11)
+    assert M.sensitivity_specificity(y, p, 0.35) == pytest.approx((1.0, 0.5))
+    assert M.confusion(y, p, 0.5) == {"tp": 1, "fp": 0, "tn": 2, "fn": 1}
+
+
+def test_ties_count_half():
+    assert M.auroc([0, 1], [0.5, 0.5]) == pytest.approx(0.5)
+    assert M.auroc([0, 0, 1], [0.2, 0.5, 0.5]) == pytest.approx(0.75)
+
+
+def test_undefined_cases_are_nan_or_zero():
+    assert np.isnan(M.auroc([1, 1], [0.2, 0.3]))
+    assert np.isnan(M.aupr([0, 0], [0.2, 0.3]))
+    assert M.fbeta([1, 0], [0.1, 0.2], threshold=0.9) == 0.0  # nothing called positive
+    with pytest.raises(ValueError, match="differ in length"):
+        M.auroc([0, 1], [0.1])
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_agree_with_sklearn(seed):
+    rng = np.random.default_rng(seed)
+    n = 200
+    y = rng.integers(0, 2, n)
+    p = np.round(rng.random(n) * 0.5 + 0.3 * y, 2)  # rounded: many ties
+    assert M.auroc(y, p) == pytest.approx(skm.roc_auc_score(y, p))
+    assert M.aupr(y, p) == pytest.approx(skm.average_precision_score(y, p))
+    t = float(np.median(p))
+    assert M.fbeta(y, p, t, 2.0) == pytest.approx(skm.fbeta_score(y, p >= t, beta=2.0))
+    assert M.fbeta(y, p, t, 0.5) == pytest.approx(skm.fbeta_score(y, p >= t, beta=0.5))
+
+
+def test_best_threshold_maximizes_fbeta_over_all_cut_points():
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 60)
+    p = rng.random(60) * 0.6 + 0.3 * y
+    t, f = M.best_threshold(y, p, 2.0)
+    assert f == pytest.approx(M.fbeta(y, p, t, 2.0))
+    assert f >= max(M.fbeta(y, p, float(c), 2.0) for c in np.linspace(0, 1, 101)) - 1e-12
+    # beta = 2 favours recall: its threshold is not above the F0.5 one
+    assert t <= M.best_threshold(y, p, 0.5)[0]
+
+
+def test_bootstrap_resamples_patients():
+    # Two rows per patient with identical scores: a row-level bootstrap would treat them as independent.
+    y = np.array([0, 0, 1, 1, 0, 0, 1, 1, 0, 0, 1, 1])
+    p = np.array([.1, .1, .9, .9, .6, .6, .4, .4, .2, .2, .8, .8])
+    groups = np.repeat(np.arange(6), 2)
+    point, lo, hi = M.bootstrap_ci(M.auroc, y, p, groups, n=500, seed=0)
+    assert point == pytest.approx(M.auroc(y, p))
+    assert lo <= point <= hi and hi - lo > 0.05
+    assert M.bootstrap_ci(M.auroc, y, p, groups, n=500, seed=0) == (point, lo, hi)  # seeded
+    # One patient with 4 rows, 8 with one: a resample has 9 patients, i.e. 9 + 3a rows when patient 0 is
+    # drawn a times (a row-level bootstrap would always have 12 rows).
+    groups = np.array([0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8])
+    seen = []
+    M.bootstrap_ci(lambda yy, pp: seen.append(len(yy)) or 0.0, y, p, groups, n=50, seed=1)
+    assert all((k - 9) % 3 == 0 for k in seen) and len(set(seen)) > 1
+    with pytest.raises(ValueError, match="one entry per row"):
+        M.bootstrap_ci(M.auroc, y, p, groups[:-1])
+
+
+def test_summary_has_the_usual_set():
+    s = M.summary([0, 1, 1, 0], [0.2, 0.9, 0.6, 0.7], threshold=0.6, beta=2.0)
+    assert set(s) >= {"auroc", "aupr", "f2", "sensitivity", "specificity", "threshold", "n", "n_positive"}
+    assert s["n"] == 4 and s["n_positive"] == 2 and s["sensitivity"] == 1.0 and s["specificity"] == 0.5

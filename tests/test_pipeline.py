@@ -1,0 +1,188 @@
+"""End to end: `pipeline infer` and `export-rois` with real (tiny, synthetic-trained) models on real files."""
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from mammo.config import load_config
+from mammo.synthetic import synthetic_mammogram, write_synthetic_dataset
+from pipeline.models import PipelineModels, read_bundle
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def models(tiny_bundle):
+    bundle = read_bundle(tiny_bundle)
+    cfg = load_config(overrides=bundle.config_overrides)
+    with PipelineModels.load(bundle, cfg) as m:
+        yield m, cfg
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+    csv_path = write_synthetic_dataset(tmp_path / "data", 4, seed=7, n_lesions=1)
+    return csv_path.parent / "images"
+
+
+def run_cli(*args, timeout=900):
+    return subprocess.run([sys.executable, "-m", "pipeline", *map(str, args)], cwd=REPO, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_folder_with_bad_files_fails_those_and_does_the_rest(tiny_bundle, image_folder, tmp_path):
+    from dicom_fixtures import write_dicom
+
+    good = sorted(image_folder.glob("*.png"))
+    corrupt = write_dicom(image_folder / "corrupt.dcm", np.zeros((64, 64), np.uint16))
+    corrupt.write_bytes(corrupt.read_bytes()[:-2000])  # pixel data cut short
+    (image_folder / "empty.dcm").write_bytes(b"")
+    (image_folder / "notes.dcm").write_text("this is a text file renamed .dcm\n")
+    (image_folder / "readme.txt").write_text("not an image: skipped and counted, not failed")
+    out = tmp_path / "out"
+    result = run_cli("infer", image_folder, "--out", out, "--models", tiny_bundle)
+    assert result.returncode == 1, result.stderr[-3000:]  # something failed: the exit code says so
+    rows = {Path(r["source"]).name: r for r in csv.DictReader(open(out / "predictions.csv"))}
+    assert list(csv.DictReader(open(out / "predictions.csv")))[0].keys() == {
+        "image_id", "source", "score", "n_lesions", "status", "error"}
+    for bad in ("corrupt.dcm", "empty.dcm", "notes.dcm"):
+        assert rows[bad]["status"] == "failed" and bad in rows[bad]["error"], rows[bad]
+    assert "empty" in rows["empty.dcm"]["error"]
+    for g in good:
+        assert rows[g.name]["status"] == "done"
+        check_contract(out, rows[g.name]["image_id"], g)
+    assert "readme.txt" not in rows
+    assert (out / "config.yaml").is_file()
+    assert not list(out.glob("*.partial*")) and not list(out.glob(".*partial*"))
+
+
+def check_contract(out: Path, image_id: str, source: Path):
+    data = json.loads((out / f"{image_id}.json").read_text())
+    h, w = cv2.imread(str(source), cv2.IMREAD_UNCHANGED).shape[:2]
+    assert (data["width"], data["height"]) == (w, h)
+    assert data["source"] == str(source)
+    assert 0 <= data["score"] <= 1 and 0 <= data["threshold"] <= 1
+    assert data["decision"] == ("malignant" if data["score"] >= data["threshold"] else "not malignant")
+    mal = [l["malignancy"] for l in data["lesions"]]
+    assert mal == sorted(mal, reverse=True)
+    if mal:
+        assert data["score"] == pytest.approx(max(mal), abs=1e-4)  # aggregate: max (the bundle's default)
+    for l in data["lesions"]:
+        x1, y1, x2, y2 = l["box"]
+        assert 0 <= x1 < x2 <= w and 0 <= y1 < y2 <= h
+        assert 0 <= l["detector_score"] <= 1 and 0 <= l["malignancy"] <= 1
+    heat = cv2.imread(str(out / data["heatmap"]), cv2.IMREAD_UNCHANGED)
+    assert heat.shape == (h, w) and heat.dtype == np.uint16
+    assert (out / f"{image_id}_overlay.png").is_file()
+
+
+def test_heatmap_lands_on_the_lesion_after_crop_flip_resize(models):
+    """A malignant disc on a breast facing right (so preprocessing crops AND flips before the detector's
+    letterbox resize): the detector finds it, and the fused Grad-CAM heatmap peaks on it in original pixels."""
+    from pipeline.infer import StepTimer, analyse_image
+
+    m, cfg = models
+    found = 0
+    for seed in range(6):
+        mammogram, lesions = synthetic_mammogram(1000 + seed, n_lesions=1, side="right", radius=(18, 22))
+        if not lesions or lesions[0].pathology != "malignant":
+            continue
+        lesion = lesions[0].box
+        results, canvas = analyse_image(mammogram, m, cfg, StepTimer())
+        hits = [r for r in results if r.box[0] <= (lesion[0] + lesion[2]) / 2 <= r.box[2]
+                and r.box[1] <= (lesion[1] + lesion[3]) / 2 <= r.box[3]]
+        if not hits:
+            continue
+        found += 1
+        heat = canvas.pixels
+        assert heat.shape == mammogram.shape
+        peak_y, peak_x = np.unravel_index(np.argmax(heat), heat.shape)
+        cx, cy = (lesion[0] + lesion[2]) / 2, (lesion[1] + lesion[3]) / 2
+        radius = (lesion[2] - lesion[0]) / 2
+        # The peak falls on the disc (within its radius plus a Grad-CAM cell of the 64-px crop, ~4 px here).
+        assert np.hypot(peak_x + 0.5 - cx, peak_y + 0.5 - cy) <= radius + 8, (seed, peak_x, peak_y, cx, cy)
+    assert found >= 2, "the tiny detector should find most large discs"
+
+
+def test_killed_run_resumes_without_redoing_or_losing_images(tiny_bundle, tmp_path):
+    csv_path = write_synthetic_dataset(tmp_path / "data", 8, seed=3)
+    images = csv_path.parent / "images"
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "pipeline", "infer", str(images), "--out", str(out), "--models", str(tiny_bundle)]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    while time.time() < deadline and len(list(out.glob("syn*.json"))) < 2 and proc.poll() is None:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = {p.name: p.stat().st_mtime_ns for p in out.glob("syn*.json")}
+    assert 2 <= len(done_before) < 8, "killed mid-run"
+    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for name, mtime in done_before.items():
+        assert (out / name).stat().st_mtime_ns == mtime, f"{name} was redone"
+    rows = list(csv.DictReader(open(out / "predictions.csv")))
+    assert len(rows) == 8 and all(r["status"] == "done" for r in rows)
+    assert len({r["image_id"] for r in rows}) == 8
+    assert len(list(out.glob("syn*.json"))) == 8
+    assert not [p for p in out.iterdir() if "partial" in p.name]
+
+
+def test_no_patient_identifier_reaches_output_names(tiny_bundle, tmp_path):
+    from dicom_fixtures import write_dicom
+
+    mammogram, _ = synthetic_mammogram(5, n_lesions=1)
+    src = tmp_path / "in" / "Mass-Test_P_00820_LEFT_CC.dcm"
+    src.parent.mkdir()
+    write_dicom(src, np.round(mammogram.pixels * 4095).astype(np.uint16), bits_stored=12,
+                PatientID="P_00820", PatientName="Mass-Test_P_00820_LEFT_CC")
+    out = tmp_path / "out"
+    result = run_cli("infer", src, "--out", out, "--models", tiny_bundle)
+    assert result.returncode == 0, result.stderr[-3000:]
+    names = [p.name for p in out.iterdir()]
+    assert not [n for n in names if "00820" in n], names
+    row = next(csv.DictReader(open(out / "predictions.csv")))
+    assert row["image_id"].startswith("img_") and "00820" not in row["image_id"]
+
+
+def test_export_rois_contact_sheet_opens_in_a_browser(tiny_bundle, tmp_path):
+    from mammo.annotations import read_annotations
+    from pipeline.export import ROI_COLUMNS, export_rois
+
+    csv_path = write_synthetic_dataset(tmp_path / "data", 4, seed=11, n_lesions=1)
+    annotations = read_annotations("csv", csv_path)
+    bundle = read_bundle(tiny_bundle)
+    cfg = load_config(overrides=bundle.config_overrides)
+    out = tmp_path / "review"
+    with PipelineModels.load(bundle, cfg) as m:
+        summary = export_rois([], out, m, cfg, annotations, progress=False)
+    rows = list(csv.DictReader(open(out / "rois.csv")))
+    assert rows and list(rows[0].keys()) == ROI_COLUMNS
+    assert sum(r["kind"] == "true" for r in rows) == 4  # every annotated lesion is exported
+    assert all(r["review_label"] == "" for r in rows)
+    assert [float(r["malignancy"]) for r in rows] == sorted((float(r["malignancy"]) for r in rows), reverse=True)
+    for r in rows:
+        assert (out / "crops" / f"{r['roi_id']}.png").is_file()
+        assert (out / "overlays" / f"{r['image_id']}.png").is_file()
+    assert summary["rois"] == len(rows)
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed (scripts/system-deps.sh installs it in CI)")
+        pytest.skip("no headless browser installed (apt-get install chromium) to open index.html")
+    dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                          "--disable-component-update", "--disable-sync", "--no-first-run",
+                          f"--user-data-dir={tmp_path / 'chrome'}", "--virtual-time-budget=5000", "--dump-dom",
+                          (out / "index.html").as_uri()], capture_output=True, text=True, timeout=120).stdout
+    assert f'data-images-ok="{len(rows)}"' in dom, dom[-2000:]
+    assert 'data-images-broken="0"' in dom
+    assert f"{len(rows)} shown" in dom
