@@ -1,4 +1,4 @@
-"""`python -m pipeline <command>`: infer, evaluate, export-rois, train-all. What users run."""
+"""`python -m pipeline <command>`: infer, evaluate, export-rois, train-all, bundle. What users run."""
 import mammo.runtime  # noqa: F401  (must stay the first import: import order, offline switches)
 
 import argparse
@@ -27,6 +27,9 @@ examples:
 
   # train detector + classifier on one patient split and package them (threshold chosen on validation)
   python -m pipeline train-all --config configs/mias.yaml --out weights/
+  # or package models trained separately
+  python -m pipeline bundle --config configs/mias.yaml --detector runs/detector/train/mias/weights/best.pt \\
+      --classifier runs/classifier/train/mias --out weights/
 
 Trailing key=value words override the config (e.g. run.device=cuda:0 detector.mode=tiled); other trailing
 words are inputs. Every command writes its resolved config.yaml beside its outputs.
@@ -44,10 +47,10 @@ def split_args(items) -> tuple[list[str], list[str]]:
 
 def resolve_config(args, overrides):
     """The bundle's training settings sit under the user's overrides; returns (cfg, bundle)."""
-    from pipeline.demo import default_models_dir
+    from pipeline.demo import default_bundle
     from pipeline.models import read_bundle
 
-    bundle = read_bundle(args.models) if args.models else read_bundle(default_models_dir())
+    bundle = read_bundle(args.models) if args.models else default_bundle()
     cfg = load_config(args.config, bundle.config_overrides + overrides)
     return cfg, bundle
 
@@ -145,6 +148,19 @@ def cmd_train_all(args, overrides, inputs) -> int:
     return 0
 
 
+def cmd_bundle(args, overrides, inputs) -> int:
+    from pipeline.train_all import make_bundle
+
+    cfg = load_config(args.config, overrides)
+    out = Path(args.out)
+    start_run(cfg, make_run_dir("pipeline", "bundle", cfg.run.name))
+    summary = make_bundle(cfg, args.detector, args.classifier, out,
+                          description=args.description or f"trained on {cfg.data.format}")
+    print(json.dumps(summary["image_level_val"], indent=1, default=float))
+    print(f"bundle: {out} (use it with --models {out})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__, epilog=EXAMPLES,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -168,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--overwrite", action="store_true", help="redo images already done in --out")
     sub.choices["export-rois"].add_argument("--with-truth", action="store_true",
                                             help="also export the annotated lesions of the config's dataset")
-    p = add("evaluate", cmd_evaluate, "metrics of infer outputs against annotations, with 95 % CIs")
+    p = add("evaluate", cmd_evaluate, "metrics of infer outputs against annotations, with 95 %% CIs")
     p.add_argument("--predictions", required=True, help="the --out folder of `infer`")
     p.add_argument("--annotations", help="annotation file/folder (default: the config's data section)")
     p.add_argument("--format", choices=("mias", "cbis-ddsm", "inbreast", "vindr", "csv"), help="its format")
@@ -178,6 +194,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="report folder (default: PREDICTIONS/evaluation)")
     p = add("train-all", cmd_train_all, "train detector and classifier on one split and bundle them")
     p.add_argument("--out", help="bundle folder (default: runs/pipeline/train-all/<run.name>/bundle)")
+    p.add_argument("--description", help="what these models are, stored in the bundle")
+    p = add("bundle", cmd_bundle, "package a trained detector and classifier (threshold chosen on validation)")
+    p.add_argument("--detector", required=True, help="detector weights (.pt) from `python -m detector train`")
+    p.add_argument("--classifier", required=True, help="classifier run folder from `python -m classifier train`")
+    p.add_argument("--out", required=True, help="bundle folder to write (e.g. weights/)")
     p.add_argument("--description", help="what these models are, stored in the bundle")
     return parser
 

@@ -69,6 +69,15 @@ def build_demo_bundle(root: Path, size: str = "demo", progress: bool = True) -> 
     return root
 
 
+def default_bundle(progress: bool = True):
+    """The shipped bundle (manifest required) or, until it exists, the demo bundle."""
+    from pipeline.models import read_bundle
+
+    if (SHIPPED / BUNDLE_FILE).is_file():
+        return read_bundle(SHIPPED, require_manifest=True)
+    return read_bundle(default_models_dir(progress))
+
+
 def default_models_dir(progress: bool = True) -> Path:
     if (SHIPPED / BUNDLE_FILE).is_file():
         return SHIPPED

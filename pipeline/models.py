@@ -10,8 +10,10 @@ the user's own command-line overrides. `threshold` is the image-level operating 
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +22,49 @@ from mammo.config import Config
 from mammo.errors import WeightsError
 
 BUNDLE_FILE = "pipeline.json"
+MANIFEST = "MANIFEST.sha256"  # '<sha256>  <relative path>' per model file, checked before anything is loaded
+PT_WARNING = ("warning: {path} has no SHA-256 manifest. Model files (.pt especially) can run code when loaded: "
+              "load only models from a source you trust.")
+
+
+def sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def model_files(root: Path) -> list[Path]:
+    """Every file of a bundle but the manifest itself and documents (the model card)."""
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.name != MANIFEST and p.suffix != ".md"
+                  and ".partial" not in p.name)
+
+
+def write_manifest(root) -> Path:
+    root = Path(root)
+    lines = [f"{sha256(p)}  {p.relative_to(root).as_posix()}" for p in model_files(root)]
+    return atomic_write_text(root / MANIFEST, "\n".join(lines) + "\n")
+
+
+def verify_manifest(root) -> None:
+    """Refuse a bundle whose files differ from its manifest (modified, missing or added model files)."""
+    root = Path(root)
+    listed = {}
+    for line in (root / MANIFEST).read_text().splitlines():
+        if line.strip():
+            digest, name = line.split(maxsplit=1)
+            listed[name.strip()] = digest
+    for name, digest in listed.items():
+        path = root / name
+        if not path.is_file():
+            raise WeightsError(path, f"listed in {MANIFEST} but missing: refusing the bundle")
+        if sha256(path) != digest:
+            raise WeightsError(path, f"SHA-256 differs from {MANIFEST}: the file was modified or damaged; "
+                                     f"refusing to load it (restore it with git, or retrain)")
+    extra = [p.relative_to(root).as_posix() for p in model_files(root) if p.relative_to(root).as_posix() not in listed]
+    if extra:
+        raise WeightsError(root, f"files not in {MANIFEST}: {extra}; refusing the bundle")
 
 
 @dataclass
@@ -33,7 +78,8 @@ class Bundle:
     info: dict = field(default_factory=dict)
 
 
-def read_bundle(root) -> Bundle:
+def read_bundle(root, require_manifest: bool = False) -> Bundle:
+    """Read (and, when it has a manifest, verify) a bundle. The shipped bundle must have its manifest."""
     root = Path(root)
     path = root / BUNDLE_FILE
     if not path.is_file():
@@ -48,6 +94,12 @@ def read_bundle(root) -> Bundle:
     for part in (bundle.detector, bundle.classifier):
         if not part.exists():
             raise WeightsError(part, "named in pipeline.json but missing")
+    if (root / MANIFEST).is_file():
+        verify_manifest(root)
+    elif require_manifest:
+        raise WeightsError(root / MANIFEST, "missing: the shipped models are loaded only with their manifest")
+    else:
+        print(PT_WARNING.format(path=root), file=sys.stderr)
     return bundle
 
 
@@ -66,7 +118,9 @@ def write_bundle(root, detector_weights, classifier_dir, threshold: float, confi
             (target / f"{name}.partial").replace(target / name)
     data = {"detector": "detector.pt", "classifier": "classifier", "threshold": float(threshold),
             "config_overrides": list(config_overrides), "description": description, **info}
-    return atomic_write_text(root / BUNDLE_FILE, json.dumps(data, indent=2))
+    atomic_write_text(root / BUNDLE_FILE, json.dumps(data, indent=2))
+    write_manifest(root)
+    return root / BUNDLE_FILE
 
 
 class PipelineModels:

@@ -17,6 +17,7 @@ from mammo import metrics
 from mammo.atomic import atomic_write_text
 from mammo.config import Config, to_dict
 from mammo.datasets import load_split_dataset
+from mammo.errors import MammoError
 from mammo.imaging import read_mammogram
 from mammo.runs import start_run
 from pipeline.infer import StepTimer, analyse_image
@@ -43,17 +44,15 @@ def image_scores(models: PipelineModels, records, cfg: Config, progress: bool = 
 
 
 def train_all(cfg: Config, out_dir, work_dir, *, description: str, progress: bool = True) -> dict:
-    from classifier.inference import MalignancyClassifier
     from classifier.train import train as train_classifier
     from detector.dataset import export_from_config
-    from detector.model import LesionDetector
     from detector.train import train as train_detector
 
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     start_run(cfg, work_dir)
     started = time.time()
-    _, splits = load_split_dataset(cfg.data, work_dir)  # split.csv: the one split both stages use
+    load_split_dataset(cfg.data, work_dir)  # split.csv: the one split both stages use
     cfg_split = cfg if cfg.data.split_file else _with_split_file(cfg, work_dir / "split.csv")
 
     print("== 1/3 detector")
@@ -62,23 +61,36 @@ def train_all(cfg: Config, out_dir, work_dir, *, description: str, progress: boo
     print("== 2/3 classifier")
     clf_metrics = train_classifier(cfg_split, work_dir / "classifier")
     print("== 3/3 operating threshold on the validation images")
-    detector = LesionDetector.load(work_dir / "detector" / "weights" / "best.pt", cfg.detector,
-                                   device=cfg.run.device, threads=cfg.run.threads)
-    classifier = MalignancyClassifier.load(work_dir / "classifier", threads=cfg.run.threads)
+    summary = make_bundle(cfg_split, work_dir / "detector" / "weights" / "best.pt", work_dir / "classifier",
+                          out_dir, description=description, progress=progress,
+                          extra={"detector": det_metrics, "classifier": clf_metrics})
+    summary["train_seconds"] = round(time.time() - started, 1)
+    return summary
+
+
+def make_bundle(cfg: Config, detector_weights, classifier_dir, out_dir, *, description: str, progress: bool = True,
+                extra: dict | None = None) -> dict:
+    """Package trained models: choose the image-level threshold on the validation split (max F-beta of the
+    pipeline's own image scores), then write the bundle with its manifest."""
+    from classifier.inference import MalignancyClassifier
+    from detector.model import LesionDetector
+
+    _, splits = load_split_dataset(cfg.data)
+    if "val" not in splits or not splits["val"]:
+        raise MammoError("the config's dataset has no validation split to choose the operating threshold on")
     val = splits["val"]
+    detector = LesionDetector.load(detector_weights, cfg.detector, device=cfg.run.device, threads=cfg.run.threads)
+    classifier = MalignancyClassifier.load(classifier_dir, threads=cfg.run.threads)
     with PipelineModels(detector, classifier, 0.5) as models:
-        scores = image_scores(models, val, cfg_split, progress)
+        scores = image_scores(models, val, cfg, progress)
     labels = np.array([r.label for r in val])
-    threshold, f = metrics.best_threshold(labels, scores, cfg.pipeline.fbeta)
+    threshold, _ = metrics.best_threshold(labels, scores, cfg.pipeline.fbeta)
     val_metrics = metrics.summary(labels, scores, threshold, cfg.pipeline.fbeta)
-    summary = {"detector": det_metrics, "classifier": clf_metrics, "image_level_val": val_metrics,
-               "threshold": threshold, "train_seconds": round(time.time() - started, 1),
+    summary = {**(extra or {}), "image_level_val": val_metrics, "threshold": threshold,
                "split_sizes": {k: len(v) for k, v in splits.items()}}
-    atomic_write_text(work_dir / "summary.json", json.dumps(summary, indent=2, default=float))
-    write_bundle(out_dir, work_dir / "detector" / "weights" / "best.pt", work_dir / "classifier", threshold,
-                 bundled_overrides(cfg), description, val_metrics=val_metrics,
-                 trained_on=cfg.data.format, train_seconds=summary["train_seconds"])
     atomic_write_text(Path(out_dir) / "training_summary.json", json.dumps(summary, indent=2, default=float))
+    write_bundle(out_dir, detector_weights, classifier_dir, threshold, bundled_overrides(cfg), description,
+                 val_metrics=val_metrics, trained_on=cfg.data.format)
     return summary
 
 

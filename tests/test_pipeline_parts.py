@@ -158,3 +158,51 @@ def test_evaluate_matches_sklearn_and_writes_reports(tmp_path):
                  "gradcam_examples.png"):
         assert (tmp_path / "eval" / name).is_file(), name
     assert "| image | two-stage |" in (tmp_path / "eval" / "metrics.md").read_text()
+
+
+def _fake_bundle(tmp_path):
+    from pipeline.models import write_bundle
+
+    (tmp_path / "det.pt").write_bytes(b"detector weights")
+    (tmp_path / "clf").mkdir()
+    (tmp_path / "clf" / "model.keras").write_bytes(b"classifier weights")
+    (tmp_path / "clf" / "calibration.json").write_text("{}")
+    write_bundle(tmp_path / "bundle", tmp_path / "det.pt", tmp_path / "clf", 0.4, ["detector.imgsz=320"], "fake")
+    return tmp_path / "bundle"
+
+
+def test_bundle_manifest_accepts_the_written_files(tmp_path):
+    from pipeline.models import read_bundle
+
+    bundle = read_bundle(_fake_bundle(tmp_path), require_manifest=True)
+    assert bundle.threshold == 0.4 and bundle.config_overrides == ["detector.imgsz=320"]
+    (bundle.root / "MODEL_CARD.md").write_text("documents are not model files")
+    read_bundle(bundle.root, require_manifest=True)
+
+
+@pytest.mark.parametrize("tamper", ["modify", "delete", "add"])
+def test_bundle_manifest_refuses_a_modified_weight_file(tmp_path, tamper):
+    from mammo.errors import WeightsError
+    from pipeline.models import read_bundle
+
+    root = _fake_bundle(tmp_path)
+    if tamper == "modify":
+        (root / "detector.pt").write_bytes(b"detector weights, with a payload")
+    elif tamper == "delete":
+        (root / "classifier" / "calibration.json").unlink()
+    else:
+        (root / "classifier" / "evil.pt").write_bytes(b"not shipped")
+    with pytest.raises(WeightsError, match="MANIFEST|refus"):
+        read_bundle(root)
+
+
+def test_bundle_without_manifest_warns_and_shipped_requires_it(tmp_path, capsys):
+    from mammo.errors import WeightsError
+    from pipeline.models import read_bundle
+
+    root = _fake_bundle(tmp_path)
+    (root / "MANIFEST.sha256").unlink()
+    read_bundle(root)
+    assert "can run code" in capsys.readouterr().err
+    with pytest.raises(WeightsError, match="manifest"):
+        read_bundle(root, require_manifest=True)
