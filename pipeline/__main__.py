@@ -20,6 +20,8 @@ examples:
   # the validation split of a dataset, then its evaluation with patient-bootstrap CIs
   python -m pipeline infer --config configs/mias.yaml --split val --out runs/mias-val
   python -m pipeline evaluate --predictions runs/mias-val --config configs/mias.yaml --split val
+  # ... side by side with a single-stage baseline (one classifier on the whole breast) trained on the same split
+  python -m pipeline evaluate --predictions runs/mias-val --config configs/mias.yaml --split val --train-baseline
 
   # crops with Grad-CAM, rois.csv and index.html for a radiologist's review
   python -m pipeline export-rois scans/ --out review/
@@ -102,8 +104,18 @@ def cmd_evaluate(args, overrides, inputs) -> int:
     out = Path(args.out) if args.out else Path(args.predictions) / "evaluation"
     out.mkdir(parents=True, exist_ok=True)
     start_run(cfg, out)
+    baselines = {}
+    if args.train_baseline or args.baseline:
+        from pipeline.baseline import score_images, train_baseline
+
+        model_dir = args.baseline
+        if args.train_baseline:  # on the train/val split of the config's dataset: the same split as the models
+            model_dir = make_run_dir("pipeline", "baseline", cfg.run.name)
+            train_baseline(cfg, model_dir)
+        baselines["single-stage baseline"] = score_images(model_dir, records, cfg)
     report = evaluate(args.predictions, records, out, threshold=args.threshold, beta=cfg.pipeline.fbeta,
-                      hit_iou=cfg.detector.hit_iou, n_boot=cfg.pipeline.bootstrap, seed=cfg.run.seed)
+                      hit_iou=cfg.detector.hit_iou, n_boot=cfg.pipeline.bootstrap, seed=cfg.run.seed,
+                      baselines=baselines)
     print((out / "metrics.md").read_text())
     print(f"written: {out}")
     return 0 if report else 1
@@ -192,6 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", help="evaluate on this split of the config's dataset (default: val)")
     p.add_argument("--threshold", type=float, help="operating point (default: the one shipped with the models)")
     p.add_argument("--out", help="report folder (default: PREDICTIONS/evaluation)")
+    p.add_argument("--baseline", help="a trained single-stage baseline (classifier run folder) to compare with")
+    p.add_argument("--train-baseline", action="store_true",
+                   help="train the single-stage baseline (whole breast, same split and classifier settings) first")
     p = add("train-all", cmd_train_all, "train detector and classifier on one split and bundle them")
     p.add_argument("--out", help="bundle folder (default: runs/pipeline/train-all/<run.name>/bundle)")
     p.add_argument("--description", help="what these models are, stored in the bundle")

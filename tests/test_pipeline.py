@@ -34,9 +34,9 @@ def image_folder(tmp_path):
     return csv_path.parent / "images"
 
 
-def run_cli(*args, timeout=900):
+def run_cli(*args, timeout=900, env=None):
     return subprocess.run([sys.executable, "-m", "pipeline", *map(str, args)], cwd=REPO, capture_output=True,
-                          text=True, timeout=timeout)
+                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
 
 
 def test_folder_with_bad_files_fails_those_and_does_the_rest(tiny_bundle, image_folder, tmp_path):
@@ -186,3 +186,22 @@ def test_export_rois_contact_sheet_opens_in_a_browser(tiny_bundle, tmp_path):
     assert f'data-images-ok="{len(rows)}"' in dom, dom[-2000:]
     assert 'data-images-broken="0"' in dom
     assert f"{len(rows)} shown" in dom
+
+
+def test_evaluate_with_a_trained_single_stage_baseline_side_by_side(tiny_bundle, tmp_path):
+    """`evaluate --train-baseline`: infer on the validation split, train the whole-breast baseline on the same
+    split, and report both (image level) from one command."""
+    csv_path = write_synthetic_dataset(tmp_path / "data", 24, seed=21, shape=(256, 192))
+    data = ["data.format=csv", f"data.annotations={csv_path}", "data.split_fractions={train: 0.5, val: 0.5}",
+            "classifier.input_size=32", "classifier.epochs=2", "classifier.batch_size=8", "pipeline.bootstrap=50",
+            "run.name=t"]
+    preds = tmp_path / "preds"
+    result = run_cli("infer", "--split", "val", "--out", preds, "--models", tiny_bundle, *data)
+    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_cli("evaluate", "--predictions", preds, "--split", "val", "--train-baseline", *data,
+                     "--out", tmp_path / "eval", env={"MAMMO_RUN_DIR": str(tmp_path / "runs")})
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert set(report["image"]) == {"two-stage", "single-stage baseline"}
+    assert report["image"]["single-stage baseline"]["n"] == report["image"]["two-stage"]["n"] == 12
+    assert "| image | single-stage baseline |" in (tmp_path / "eval" / "metrics.md").read_text()
