@@ -206,3 +206,22 @@ def test_bundle_without_manifest_warns_and_shipped_requires_it(tmp_path, capsys)
     assert "can run code" in capsys.readouterr().err
     with pytest.raises(WeightsError, match="manifest"):
         read_bundle(root, require_manifest=True)
+
+
+@pytest.mark.parametrize("package,commands", [
+    ("pipeline", ["infer", "evaluate", "export-rois", "train-all", "bundle"]),
+    ("detector", ["export-dataset", "train", "predict", "evaluate"]),
+    ("classifier", ["train", "predict", "crops", "weights"]),
+    ("tuning", ["run", "best", "report"]),
+])
+def test_every_entry_point_explains_its_commands(package, commands):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = subprocess.run([sys.executable, "-m", package, "--help"], capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).resolve().parent.parent)
+    assert out.returncode == 0, out.stderr[-2000:]
+    for command in commands:
+        assert command in out.stdout
+    assert "examples" in out.stdout
