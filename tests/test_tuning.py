@@ -120,9 +120,13 @@ def test_default_search_space_is_valid_and_conditional():
         chosen = suggest(trial, space, cfg)
         assert ("classifier.momentum" in chosen) == (chosen["classifier.optimizer"] == "sgd")
         assert ("classifier.dense_units" in chosen) == (chosen["classifier.head"] == "dense")
-        # fine-tuning depth: only for a pretrained backbone (weights given, and a backbone that has them)
-        tunes_depth = cfg.classifier.weights != "none" and chosen["classifier.backbone"] != "small_cnn"
+        # weights (scratch / imagenet-offline) are tuned for MobileNetV2 only; fine-tuning depth and the freeze
+        # schedule only for a pretrained backbone (weights given, and a backbone that has them)
+        assert ("classifier.weights" in chosen) == (chosen["classifier.backbone"] == "mobilenet_v2")
+        weights = chosen.get("classifier.weights", cfg.classifier.weights)
+        tunes_depth = weights != "none" and chosen["classifier.backbone"] != "small_cnn"
         assert ("classifier.fine_tune_fraction" in chosen) == tunes_depth
+        assert ("classifier.frozen_epochs" in chosen) == (weights != "none")
         assert set(chosen) == set(trial.params)  # optuna sees exactly the active parameters
         seen[chosen["classifier.optimizer"]] += 1
         seen["finetune"] += tunes_depth
