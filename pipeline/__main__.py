@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+from mammo.cli import split_args
 from mammo.config import DEFAULT_CONFIG, load_config
 from mammo.errors import MammoError
 from mammo.runs import make_run_dir, start_run
@@ -37,14 +38,6 @@ Trailing key=value words override the config (e.g. run.device=cuda:0 detector.mo
 words are inputs. Every command writes its resolved config.yaml beside its outputs.
 Exit codes: 0 all done, 1 some inputs failed (listed in predictions.csv), 2 bad usage, config or models.
 """
-
-
-def split_args(items) -> tuple[list[str], list[str]]:
-    """Trailing words: 'key=value' overrides (unless an existing path) and inputs."""
-    overrides, inputs = [], []
-    for item in items:
-        (overrides if "=" in item and not Path(item).exists() else inputs).append(item)
-    return overrides, inputs
 
 
 def resolve_config(args, overrides):

@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from netguard import BLOCK_NETWORK
+
 from mammo import weights_store
 from mammo.errors import WeightsError
 
@@ -147,20 +149,7 @@ def test_imagenet_offline_without_package_says_what_to_do(store, monkeypatch):
 
 
 # Runs in a fresh interpreter: socket patching and import order are per-process facts (see test_runtime.py).
-DETECTOR_PROBE = textwrap.dedent('''
-    import mammo.runtime
-    import json, socket
-    attempts = []
-    def refuse(name):
-        def f(*args, **kwargs):
-            attempts.append([name, repr(args)[:200]])
-            raise OSError(f"network blocked by test: {name}")
-        return f
-    socket.socket.connect = refuse("connect")
-    socket.socket.connect_ex = refuse("connect_ex")
-    socket.getaddrinfo = refuse("getaddrinfo")
-    socket.create_connection = refuse("create_connection")
-    socket.gethostbyname = refuse("gethostbyname")
+DETECTOR_PROBE = BLOCK_NETWORK + textwrap.dedent('''
 
     from pathlib import Path
     import cv2, numpy as np, torch

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from netguard import BLOCK_NETWORK
+
 REPO = Path(__file__).resolve().parent.parent
 
 # Predicting with YOLO loads triton; with TensorFlow imported first that used to kill the process (exit 139).
@@ -45,20 +47,7 @@ def test_stage_modules_import_in_either_order(tmp_path):
         assert result.returncode == 0 and "ok" in result.stdout, (order, result.stderr[-2000:])
 
 
-NETWORK_PROBE = textwrap.dedent('''
-    import mammo.runtime
-    import json, socket
-    attempts = []
-    def refuse(name):
-        def f(*args, **kwargs):
-            attempts.append([name, repr(args)[:200]])
-            raise OSError(f"network blocked by test: {name}")
-        return f
-    socket.socket.connect = refuse("connect")
-    socket.socket.connect_ex = refuse("connect_ex")
-    socket.getaddrinfo = refuse("getaddrinfo")
-    socket.create_connection = refuse("create_connection")
-    socket.gethostbyname = refuse("gethostbyname")
+NETWORK_PROBE = BLOCK_NETWORK + textwrap.dedent('''
 
     from pathlib import Path
     import cv2, numpy as np
