@@ -18,3 +18,22 @@ BLOCK_NETWORK = textwrap.dedent('''
     socket.create_connection = refuse("create_connection")
     socket.gethostbyname = refuse("gethostbyname")
 ''')
+
+# A 4+4-image YOLO dataset (bright square on noise, 1 channel) at `root`, for probes that train a step.
+# `{root}` is filled by the caller with str.replace (the code's own braces stay literal).
+TINY_YOLO_DATASET = textwrap.dedent('''
+    from pathlib import Path
+    import cv2, numpy as np
+    root = Path(r"{root}")
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        (root / "images" / split).mkdir(parents=True)
+        (root / "labels" / split).mkdir(parents=True)
+        for i in range(4):
+            img = (rng.random((64, 64)) * 40).astype(np.uint8)
+            img[20:36, 24:40] = 230
+            cv2.imwrite(str(root / "images" / split / f"{i}.png"), img)
+            (root / "labels" / split / f"{i}.txt").write_text("0 0.5 0.4375 0.25 0.25\\n")
+    (root / "data.yaml").write_text(f"path: {root}\\ntrain: images/train\\nval: images/val\\n"
+                                    "names: {0: lesion}\\nchannels: 1\\n")
+''')

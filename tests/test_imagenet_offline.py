@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from netguard import BLOCK_NETWORK
+from netguard import BLOCK_NETWORK, TINY_YOLO_DATASET
 
 from mammo import weights_store
 from mammo.errors import WeightsError
@@ -149,23 +149,11 @@ def test_imagenet_offline_without_package_says_what_to_do(store, monkeypatch):
 
 
 # Runs in a fresh interpreter: socket patching and import order are per-process facts (see test_runtime.py).
-DETECTOR_PROBE = BLOCK_NETWORK + textwrap.dedent('''
+DETECTOR_PROBE = BLOCK_NETWORK + TINY_YOLO_DATASET + textwrap.dedent('''
 
-    from pathlib import Path
-    import cv2, numpy as np, torch
+    import torch
     from mammo import weights_store
-    root, yaml_path = Path(r"{root}"), r"{yaml}"
-    rng = np.random.default_rng(0)
-    for split in ("train", "val"):
-        (root / "images" / split).mkdir(parents=True)
-        (root / "labels" / split).mkdir(parents=True)
-        for i in range(4):
-            img = (rng.random((64, 64)) * 40).astype(np.uint8)
-            img[20:36, 24:40] = 230
-            cv2.imwrite(str(root / "images" / split / f"{i}.png"), img)
-            (root / "labels" / split / f"{i}.txt").write_text("0 0.5 0.4375 0.25 0.25\\n")
-    (root / "data.yaml").write_text(f"path: {root}\\ntrain: images/train\\nval: images/val\\n"
-                                    "names: {0: lesion}\\nchannels: 1\\n")
+    yaml_path = r"{yaml}"
     pretrained = torch.load(weights_store.imagenet_mobilenet_v2_path(), weights_only=True)
     checks = {}
     def backbone_is_pretrained(model):  # every tensor of torchvision's features[0..17], and its BatchNorm eps

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from netguard import BLOCK_NETWORK
+from netguard import BLOCK_NETWORK, TINY_YOLO_DATASET
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -47,22 +47,8 @@ def test_stage_modules_import_in_either_order(tmp_path):
         assert result.returncode == 0 and "ok" in result.stdout, (order, result.stderr[-2000:])
 
 
-NETWORK_PROBE = BLOCK_NETWORK + textwrap.dedent('''
+NETWORK_PROBE = BLOCK_NETWORK + TINY_YOLO_DATASET + textwrap.dedent('''
 
-    from pathlib import Path
-    import cv2, numpy as np
-    root = Path(r"{root}")
-    rng = np.random.default_rng(0)
-    for split in ("train", "val"):
-        (root / "images" / split).mkdir(parents=True)
-        (root / "labels" / split).mkdir(parents=True)
-        for i in range(4):
-            img = (rng.random((64, 64)) * 40).astype(np.uint8)
-            img[20:36, 24:40] = 230
-            cv2.imwrite(str(root / "images" / split / f"{i}.png"), img)
-            (root / "labels" / split / f"{i}.txt").write_text("0 0.5 0.4375 0.25 0.25\\n")
-    (root / "data.yaml").write_text(f"path: {root}\\ntrain: images/train\\nval: images/val\\n"
-                                    "names: {0: lesion}\\nchannels: 1\\n")
     mammo.runtime.configure_ultralytics()
     from ultralytics import YOLO
     YOLO("yolov8n.yaml").train(data=str(root / "data.yaml"), epochs=1, imgsz=64, batch=4, workers=0, amp=False,
