@@ -37,3 +37,14 @@ def atomic_write_bytes(path, data: bytes) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
     return Path(path)
+
+
+def remove_stale_partials(folder) -> int:
+    """Delete temporary files that a killed writer left in `folder` (SIGKILL skips the cleanup above).
+    Call at the start of a run that owns the folder; returns how many were removed."""
+    removed = 0
+    for path in Path(folder).glob(".*.partial*"):
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            removed += 1
+    return removed

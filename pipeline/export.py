@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from mammo.atomic import atomic_path, atomic_write_text
+from mammo.atomic import atomic_path, atomic_write_text, remove_stale_partials
 from mammo.config import Config
 from mammo.crops import crop_roi
 from mammo.imaging import read_mammogram
@@ -57,6 +57,8 @@ def export_rois(inputs, out_dir, models, cfg: Config, annotations=None, *, overw
     (out_dir / "overlays").mkdir(parents=True, exist_ok=True)
     state = out_dir / ".done"
     state.mkdir(exist_ok=True)
+    for folder in (out_dir, out_dir / "crops", out_dir / "overlays", state):
+        remove_stale_partials(folder)  # left by a run that was killed mid-write
     truth_by_path = {str(Path(r.path).resolve()): r for r in annotations.images} if annotations else {}
     paths = discover(inputs).images if inputs else [Path(r.path) for r in annotations.images] if annotations else []
     allocate = IdAllocator(cfg.pipeline.image_id, cfg.pipeline.id_salt)

@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from mammo.atomic import atomic_path, atomic_write_text
+from mammo.atomic import atomic_path, atomic_write_text, remove_stale_partials
 from mammo.config import Config
 from mammo.crops import crop_roi
 from mammo.errors import MammoError
@@ -98,6 +98,7 @@ def run_inference(inputs, out_dir, models, cfg: Config, *, overwrite: bool = Fal
     """Process every image of `inputs`; returns a summary dict (counts, failures, timings)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_partials(out_dir)  # left by a run that was killed mid-write; this run owns the folder now
     timer = timer or StepTimer()
     found = discover(inputs)
     threshold = cfg.pipeline.threshold if cfg.pipeline.threshold is not None else models.threshold

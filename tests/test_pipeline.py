@@ -126,6 +126,7 @@ def test_killed_run_resumes_without_redoing_or_losing_images(tiny_bundle, tmp_pa
     proc.wait()
     done_before = {p.name: p.stat().st_mtime_ns for p in out.glob("syn*.json")}
     assert 2 <= len(done_before) < 8, "killed mid-run"
+    (out / ".syn003_0009_overlay.x1y2z3.partial.png").write_bytes(b"half a file")  # as a kill mid-write leaves
     result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     for name, mtime in done_before.items():
