@@ -225,3 +225,11 @@ def test_every_entry_point_explains_its_commands(package, commands):
     for command in commands:
         assert command in out.stdout
     assert "examples" in out.stdout
+
+
+def test_json_decision_stays_consistent_at_the_threshold(tmp_path):
+    """A score a hair above the threshold must still read back as above it (no rounding of either)."""
+    score, threshold = 0.99999403, 0.99999355
+    write_result(tmp_path, ImageResult("b", "/b.png", 10, 10, score, threshold, decide(score, threshold)))
+    data = json.loads((tmp_path / "b.json").read_text())
+    assert data["decision"] == "malignant" == decide(data["score"], data["threshold"])
