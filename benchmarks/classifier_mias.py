@@ -67,15 +67,20 @@ def main(argv=None) -> int:
     for line in crops.report:
         print(f"note: {line}")
     val = crops.select("val", ("truth",))
+    # earlier runs stay in the JSON so scratch and pretrained can be compared across invocations
+    previous = json.loads(out_path.read_text()) if out_path.is_file() else {"runs": {}}
     results = {"crops": {"seconds": crop_seconds, "counts": {f"{s}/{k}/{l}": int(n) for (s, k, l), n in
-                         crops.manifest.groupby(["split", "kind", "label"]).size().items()}}, "runs": {}}
+                         crops.manifest.groupby(["split", "kind", "label"]).size().items()}},
+               "runs": dict(previous.get("runs", {}))}
     for backbone in args.backbones:
-        cfg = load_config(args.config, [*args.overrides, f"classifier.backbone={backbone}",
-                                        f"run.name=mias_{backbone}"])
+        cfg = load_config(args.config, [*args.overrides, f"classifier.backbone={backbone}"])
+        # a pretrained run gets its own folder and key, so it sits beside the scratch run instead of replacing it
+        key = backbone if cfg.classifier.weights == "none" else f"{backbone}_{cfg.classifier.weights}"
+        cfg = load_config(args.config, [*args.overrides, f"classifier.backbone={backbone}", f"run.name=mias_{key}"])
         run_dir = make_run_dir("classifier", "train", cfg.run.name)
         if args.measure_only:
             m = json.loads((run_dir / "metrics.json").read_text())
-            wall = json.loads(out_path.read_text())["runs"][backbone]["wall_seconds"] if out_path.is_file() else None
+            wall = previous["runs"].get(key, {}).get("wall_seconds")
         else:
             start_run(cfg, run_dir, [sys.argv[0], *(argv or sys.argv[1:])])
             t = time.perf_counter()
@@ -87,9 +92,9 @@ def main(argv=None) -> int:
         _, lo, hi = M.bootstrap_ci(M.auroc, val.labels, p, groups, n=2000, seed=0)
         r = {**m, "wall_seconds": wall, "auroc_ci95": [lo, hi], "run_dir": str(run_dir),
              **gradcam_ms_per_crop(clf, val.images)}
-        results["runs"][backbone] = r
+        results["runs"][key] = r
         v = r["val"]
-        print(f"== {backbone}: val auROC {v['auroc']:.3f} (95% CI {lo:.2f}-{hi:.2f})  auPR {v['aupr']:.3f}  "
+        print(f"== {key}: val auROC {v['auroc']:.3f} (95% CI {lo:.2f}-{hi:.2f})  auPR {v['aupr']:.3f}  "
               f"F2 {v['f2']:.3f}  [n={v['n']}, {v['n_positive']} malignant]  train {(wall or 0):.0f} s "
               f"({r['epochs_run']} epochs, best {r['best_epoch']})  Grad-CAM {r['gradcam_ms_per_crop']:.1f} ms/crop",
               flush=True)

@@ -151,13 +151,7 @@ class LesionDetector:
 
     def predict_frame(self, frame: Frame, mode: str | None = None) -> list[Detection]:
         """Same, for an already preprocessed frame (its transform leads back to the original pixels)."""
-        mode = mode or self.cfg.mode
-        if mode == "letterbox":
-            inputs = [letterbox_input(frame, self.cfg.imgsz)]
-        elif mode == "tiled":
-            inputs = tile_inputs(frame, self.cfg.tile_size, self.cfg.tile_overlap, self.cfg.tile_scale)
-        else:
-            raise ConfigError(f"detector.mode: expected one of {MODES}, got {mode!r}")
+        inputs = self.model_inputs(frame, mode)
         boxes, scores, labels, cut = self._infer(inputs, frame)
         original_shape = frame.transform.src_shape or frame.pixels.shape[:2]
         if len(inputs) > 1:
@@ -167,6 +161,29 @@ class LesionDetector:
         keep = ((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])).nonzero()[0][: self.cfg.max_det]
         return [Detection(tuple(float(v) for v in boxes[i]), float(scores[i]), self.names[int(labels[i])])
                 for i in keep]
+
+    def model_inputs(self, frame: Frame, mode: str | None = None) -> list[Frame]:
+        """The square uint8 inputs the network sees for this frame (one letterbox, or the tiles)."""
+        mode = mode or self.cfg.mode
+        if mode == "letterbox":
+            return [letterbox_input(frame, self.cfg.imgsz)]
+        if mode == "tiled":
+            return tile_inputs(frame, self.cfg.tile_size, self.cfg.tile_overlap, self.cfg.tile_scale)
+        raise ConfigError(f"detector.mode: expected one of {MODES}, got {mode!r}")
+
+    def forward_only(self, inputs: list[Frame]) -> None:
+        """The network alone on these inputs, batched as `_infer` batches them: no letterboxing by ultralytics,
+        no NMS, no box mapping. The floor the pipeline benchmark compares the whole detect step with."""
+        import torch
+
+        if not self._ready:
+            self.warmup()
+        network = self.yolo.predictor.model  # ultralytics' AutoBackend: the fused model predict() runs
+        x = torch.from_numpy(np.stack([f.pixels for f in inputs])[:, None]).to(network.device)
+        x = x.half() if network.fp16 else x.float()
+        with torch.inference_mode():
+            for start in range(0, len(x), MAX_BATCH):
+                network(x[start:start + MAX_BATCH] / 255.0)
 
     def _infer(self, inputs: list[Frame], frame: Frame | None = None):
         """Run the model on equally sized square uint8 inputs in one batch; boxes mapped to original pixels, and

@@ -111,6 +111,7 @@ class PipelineConfig:
     image_id: str = "auto"  # 'name' | 'hash' | 'auto' (hash when the file name looks like an identifier)
     id_salt: str = "mammo-cad"
     fbeta: float = 2.0
+    min_specificity: float = 0.5  # the shipped threshold maximizes F-beta on validation among those keeping this
     bootstrap: int = 1000
 
 

@@ -214,7 +214,7 @@ def window(x: np.ndarray, center: float, width: float, function: str = "LINEAR")
             return (x > c).astype(np.float32)
     else:
         raise ValueError(f"unknown VOI LUT Function {function!r}")
-    return np.clip((x - c) / w + 0.5, 0.0, 1.0).astype(np.float32)
+    return np.clip((x - c) / w + 0.5, 0.0, 1.0).astype(np.float32, copy=False)
 
 
 def minmax(x: np.ndarray) -> np.ndarray:
@@ -222,7 +222,9 @@ def minmax(x: np.ndarray) -> np.ndarray:
     lo, hi = float(x.min()), float(x.max())
     if hi <= lo:
         return np.zeros(x.shape, np.float32)
-    return ((x - np.float32(lo)) / np.float32(hi - lo)).astype(np.float32)
+    out = np.subtract(x, np.float32(lo), dtype=np.float32)  # one new array, scaled in place (full-size images)
+    out *= np.float32(1.0 / (hi - lo))
+    return out
 
 
 def voi_lut(values: np.ndarray, p: GrayscaleParams) -> np.ndarray:
@@ -237,7 +239,7 @@ def voi_lut(values: np.ndarray, p: GrayscaleParams) -> np.ndarray:
 
 def present(y: np.ndarray, p: GrayscaleParams) -> np.ndarray:
     """[0, 1] VOI output -> displayed brightness: invert once for MONOCHROME1 / INVERSE."""
-    return (1.0 - y).astype(np.float32) if p.invert else y.astype(np.float32)
+    return (1.0 - y).astype(np.float32, copy=False) if p.invert else y.astype(np.float32, copy=False)
 
 
 def to_display(stored: np.ndarray, p: GrayscaleParams) -> np.ndarray:
@@ -436,7 +438,9 @@ def read_dicom(path, *, window_index: int = 0) -> Mammogram:
 
     try:
         stored = ds.pixel_array
-    except Exception as e:
+    except (KeyboardInterrupt, SystemExit, GeneratorExit):
+        raise
+    except BaseException as e:  # also pyo3's PanicException: the Rust RLE decoder panics on damaged segments
         raise ImageReadError(path, _decode_failure(ds, e)) from e
     if stored.shape != (rows, cols):
         raise ImageReadError(path, f"decoded pixels have shape {stored.shape}, header says {(rows, cols)}")

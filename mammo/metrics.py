@@ -80,17 +80,28 @@ def fbeta(y, p, threshold: float, beta: float = 2.0) -> float:
     return float((1 + b2) * c["tp"] / denom) if denom and c["tp"] else 0.0
 
 
-def best_threshold(y, p, beta: float = 2.0) -> tuple[float, float]:
-    """(threshold, F-beta) maximizing F-beta over the observed scores (fit on validation, apply elsewhere).
-    Ties go to the highest threshold, i.e. the fewest positive calls."""
+def best_threshold(y, p, beta: float = 2.0, min_specificity: float = 0.0) -> tuple[float, float]:
+    """(threshold, F-beta) maximizing F-beta over the observed scores (fit on validation, apply elsewhere),
+    among the thresholds whose specificity is at least `min_specificity`. Ties go to the highest threshold,
+    i.e. the fewest positive calls.
+
+    Why the floor: with few positives, F2 can peak at 'call everything malignant' (recall 1, precision = the
+    prevalence), a useless operating point; a specificity floor rules it out. When even the highest score misses
+    the floor (negatives tied at the top), the threshold goes just above it: nothing is called positive."""
     y, p = _check(y, p)
     if len(p) == 0:
         return 0.5, float("nan")
     best_t, best_f = float(p.max()), -1.0
     for t in np.unique(p)[::-1]:
+        _, spec = sensitivity_specificity(y, p, float(t))
+        if spec < min_specificity:  # candidates go down in threshold, so specificity only falls from here
+            break
         f = fbeta(y, p, float(t), beta)
         if f > best_f:
             best_t, best_f = float(t), f
+    if best_f < 0:  # even the highest threshold misses the floor: the strictest operating point there is
+        best_t = float(np.nextafter(p.max(), np.inf))
+        best_f = fbeta(y, p, best_t, beta)
     return best_t, best_f
 
 

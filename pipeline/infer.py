@@ -22,6 +22,7 @@ from mammo.config import Config
 from mammo.crops import crop_roi
 from mammo.errors import MammoError
 from mammo.imaging import read_mammogram
+from mammo.preprocess import preprocess
 from pipeline.heatmap import HeatmapCanvas
 from pipeline.ids import IdAllocator
 from pipeline.inputs import discover
@@ -57,8 +58,10 @@ class StepTimer:
 
 def analyse_image(mammogram, models, cfg: Config, timer: StepTimer):
     """The two stages and Grad-CAM on one image; returns (lesions, heatmap canvas)."""
+    with timer.step("preprocess"):
+        frame = preprocess(mammogram, cfg.preprocess)
     with timer.step("detect"):
-        detections = models.detector.predict(mammogram, cfg.preprocess)
+        detections = models.detector.predict_frame(frame)
     clf = models.classifier
     crops, transforms = [], []
     with timer.step("crop"):

@@ -71,7 +71,8 @@ def train_all(cfg: Config, out_dir, work_dir, *, description: str, progress: boo
 def make_bundle(cfg: Config, detector_weights, classifier_dir, out_dir, *, description: str, progress: bool = True,
                 extra: dict | None = None) -> dict:
     """Package trained models: choose the image-level threshold on the validation split (max F-beta of the
-    pipeline's own image scores), then write the bundle with its manifest."""
+    pipeline's own image scores among thresholds keeping validation specificity >= pipeline.min_specificity),
+    then write the bundle with its manifest."""
     from classifier.inference import MalignancyClassifier
     from detector.model import LesionDetector
 
@@ -84,7 +85,7 @@ def make_bundle(cfg: Config, detector_weights, classifier_dir, out_dir, *, descr
     with PipelineModels(detector, classifier, 0.5) as models:
         scores = image_scores(models, val, cfg, progress)
     labels = np.array([r.label for r in val])
-    threshold, _ = metrics.best_threshold(labels, scores, cfg.pipeline.fbeta)
+    threshold, _ = metrics.best_threshold(labels, scores, cfg.pipeline.fbeta, cfg.pipeline.min_specificity)
     val_metrics = metrics.summary(labels, scores, threshold, cfg.pipeline.fbeta)
     summary = {**(extra or {}), "image_level_val": val_metrics, "threshold": threshold,
                "split_sizes": {k: len(v) for k, v in splits.items()}}

@@ -56,6 +56,23 @@ def test_best_threshold_maximizes_fbeta_over_all_cut_points():
     assert t <= M.best_threshold(y, p, 0.5)[0]
 
 
+def test_specificity_floor_rules_out_calling_everything_positive():
+    # Few positives, many zero scores (images without detections): F2 peaks at 'all malignant' (threshold 0).
+    y = np.array([1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0])
+    p = np.array([0.0, 0.0, 0.6, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.7, 0.5, 0.3, 0.2])
+    t0, _ = M.best_threshold(y, p, 2.0)
+    assert t0 == 0.0 and M.sensitivity_specificity(y, p, t0)[1] == 0.0  # the degenerate point
+    t, f = M.best_threshold(y, p, 2.0, min_specificity=0.5)
+    sens, spec = M.sensitivity_specificity(y, p, t)
+    assert spec >= 0.5 and t == 0.6 and sens == pytest.approx(1 / 3)
+    # the best F2 among every threshold that keeps the floor, found by brute force
+    ok = [c for c in np.unique(p) if M.sensitivity_specificity(y, p, c)[1] >= 0.5]
+    assert f == pytest.approx(max(M.fbeta(y, p, c, 2.0) for c in ok))
+    # a floor nothing reaches but 'call nothing': the threshold goes above every score
+    t1, f1 = M.best_threshold(np.array([1, 0]), np.array([0.5, 0.9]), 2.0, min_specificity=1.0)
+    assert t1 > 0.9 and f1 == 0.0
+
+
 def test_bootstrap_resamples_patients():
     # Two rows per patient with identical scores: a row-level bootstrap would treat them as independent.
     y = np.array([0, 0, 1, 1, 0, 0, 1, 1, 0, 0, 1, 1])
