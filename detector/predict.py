@@ -41,6 +41,7 @@ def predict_files(det: LesionDetector, paths, out_dir, preprocess_cfg: Preproces
     out_dir.mkdir(parents=True, exist_ok=True)
     used: set[str] = set()
     errors, written = [], 0
+    lines = ["image_id,x1,y1,x2,y2,score"]
     for path in tqdm(paths, desc=f"predict ({det.cfg.mode})", unit="img"):
         try:
             mammogram = read_mammogram(path)
@@ -60,7 +61,10 @@ def predict_files(det: LesionDetector, paths, out_dir, preprocess_cfg: Preproces
                   "weights": str(det.weights), "seconds": round(seconds, 4),
                   "detections": [d.to_dict() for d in detections]}
         atomic_write_text(out_dir / f"{stem}.json", json.dumps(record, indent=1))
+        lines += [",".join([stem, *(f"{v:.2f}" for v in d.box), f"{d.score:.5f}"]) for d in detections]
         written += 1
     if errors:
         atomic_write_text(out_dir / "errors.json", json.dumps(errors, indent=1))
+    # every box in one table too: `python -m classifier train --detections` takes it (hard negatives)
+    atomic_write_text(out_dir / "detections.csv", "\n".join(lines) + "\n")
     return written, errors

@@ -26,3 +26,17 @@ def start_run(cfg: Config, run_dir: Path, argv=None) -> Path:
             "python": platform.python_version(), "machine": platform.machine(), "threads": cfg.run.threads}
     atomic_write_text(Path(run_dir) / "run.json", json.dumps(info, indent=2))
     return save_config(cfg, run_dir)
+
+
+def peak_memory_mb() -> float:
+    """This process's peak resident memory (VmHWM). Not getrusage's ru_maxrss: on Linux a child started by
+    fork + exec inherits its parent's maximum there, so a small child of a large parent would report the parent's."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # kB on Linux

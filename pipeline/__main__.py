@@ -1,4 +1,4 @@
-"""`python -m pipeline <command>`: infer, evaluate, export-rois, train-all, bundle. What users run."""
+"""`python -m pipeline <command>`: infer, evaluate, export-rois, benchmark, train-baseline, train-all, bundle."""
 import mammo.runtime  # noqa: F401  (must stay the first import: import order, offline switches)
 
 import argparse
@@ -6,10 +6,11 @@ import json
 import sys
 from pathlib import Path
 
+from mammo.atomic import atomic_write_text
 from mammo.cli import split_args
 from mammo.config import DEFAULT_CONFIG, load_config
 from mammo.errors import MammoError
-from mammo.runs import make_run_dir, start_run
+from mammo.runs import make_run_dir, peak_memory_mb, start_run
 
 EXAMPLES = """\
 examples:
@@ -27,6 +28,10 @@ examples:
   # crops with Grad-CAM, rois.csv and index.html for a radiologist's review
   python -m pipeline export-rois scans/ --out review/
   python -m pipeline export-rois --config configs/mias.yaml --split val --with-truth --out review/
+
+  # speed against the models' floor, throughput and peak memory on folders; quality beside the baseline
+  python -m pipeline benchmark
+  python -m pipeline benchmark --data configs/mias.yaml --folder-sizes 200
 
   # train detector + classifier on one patient split and package them (threshold chosen on validation)
   python -m pipeline train-all --config configs/mias.yaml --out weights/
@@ -75,6 +80,9 @@ def cmd_infer(args, overrides, inputs) -> int:
     print(f"models: {bundle.root} ({bundle.description or 'no description'})")
     with PipelineModels.load(bundle, cfg) as models:
         summary = run_inference(inputs, out, models, cfg, overwrite=args.overwrite)
+    # counts, seconds per step and peak memory of this run (the benchmark reads throughput and memory here)
+    summary["peak_memory_mb"] = peak_memory_mb()
+    atomic_write_text(out / "run_summary.json", json.dumps(summary, indent=2, default=float))
     print(f"{summary['done']} done ({summary['resumed']} from an earlier run), {summary['failed']} failed, "
           f"{summary['skipped_not_images']} non-image files skipped -> {out}/predictions.csv")
     return 1 if summary["failed"] else 0
@@ -159,10 +167,41 @@ def cmd_bundle(args, overrides, inputs) -> int:
     cfg = load_config(args.config, overrides)
     out = Path(args.out)
     start_run(cfg, make_run_dir("pipeline", "bundle", cfg.run.name))
-    summary = make_bundle(cfg, args.detector, args.classifier, out,
+    summary = make_bundle(cfg, args.detector, args.classifier, out, baseline_dir=args.baseline,
                           description=args.description or f"trained on {cfg.data.format}")
     print(json.dumps(summary["image_level_val"], indent=1, default=float))
     print(f"bundle: {out} (use it with --models {out})")
+    return 0
+
+
+def cmd_benchmark(args, overrides, inputs) -> int:
+    from pipeline.benchmark import run_benchmark
+
+    cfg, bundle = resolve_config(args, overrides)
+    if args.data:  # a config YAML whose data section names the dataset, or the annotations themselves
+        data_overrides = [] if args.data.endswith((".yaml", ".yml")) else [
+            f"data.annotations={args.data}", f"data.format={args.format or cfg.data.format}"]
+        cfg = load_config(args.data if not data_overrides else args.config,
+                          bundle.config_overrides + data_overrides + overrides)
+    out = make_run_dir("pipeline", "benchmark", cfg.run.name, args.out)
+    start_run(cfg, out)
+    sizes = args.folder_sizes if args.folder_sizes is not None else ([2] if args.quick else [10, 100])
+    report = run_benchmark(bundle, cfg, out, config_path=args.config, overrides=overrides, quick=args.quick,
+                           repeats=1 if args.quick else args.repeats, folder_sizes=sizes, data=args.data)
+    print((out / "benchmark.md").read_text())
+    print(f"written: {out}/benchmark.json, {out}/benchmark.md")
+    return 0 if report else 1
+
+
+def cmd_train_baseline(args, overrides, inputs) -> int:
+    from pipeline.baseline import train_baseline
+
+    cfg = load_config(args.config, overrides)
+    out = make_run_dir("pipeline", "baseline", cfg.run.name, args.out)
+    start_run(cfg, out)
+    metrics = train_baseline(cfg, out)
+    print(json.dumps(metrics.get("val", metrics), indent=1, default=float))
+    print(f"baseline: {out} (ship it with `python -m pipeline bundle ... --baseline {out}`)")
     return 0
 
 
@@ -200,12 +239,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline", help="a trained single-stage baseline (classifier run folder) to compare with")
     p.add_argument("--train-baseline", action="store_true",
                    help="train the single-stage baseline (whole breast, same split and classifier settings) first")
+    p = add("benchmark", cmd_benchmark, "speed against the models' floor, folder throughput and peak memory, "
+            "and (--data) quality beside the single-stage baseline")
+    p.add_argument("--models", help="model bundle folder (default: weights/, else demo models)")
+    p.add_argument("--data", help="an annotated dataset: a config YAML with its data section (configs/mias.yaml) "
+                                  "or the annotation file/folder (with --format)")
+    p.add_argument("--format", choices=("mias", "cbis-ddsm", "inbreast", "vindr", "csv"),
+                   help="format of --data when it is not a YAML")
+    p.add_argument("--quick", action="store_true", help="one image, one repeat, a folder of 2 (a smoke test)")
+    p.add_argument("--repeats", type=int, default=3, help="passes over the sample DICOMs (default: %(default)s)")
+    p.add_argument("--folder-sizes", type=int, nargs="*", help="folder runs for throughput and peak memory "
+                                                               "(default: 10 100; quick: 2; none: skip)")
+    p.add_argument("--out", help="report folder (default: runs/pipeline/benchmark/<run.name>)")
+    p = add("train-baseline", cmd_train_baseline, "train the single-stage baseline (one classifier on the whole "
+            "breast) on the config's train/val split")
+    p.add_argument("--out", help="run folder (default: runs/pipeline/baseline/<run.name>)")
     p = add("train-all", cmd_train_all, "train detector and classifier on one split and bundle them")
     p.add_argument("--out", help="bundle folder (default: runs/pipeline/train-all/<run.name>/bundle)")
     p.add_argument("--description", help="what these models are, stored in the bundle")
     p = add("bundle", cmd_bundle, "package a trained detector and classifier (threshold chosen on validation)")
     p.add_argument("--detector", required=True, help="detector weights (.pt) from `python -m detector train`")
     p.add_argument("--classifier", required=True, help="classifier run folder from `python -m classifier train`")
+    p.add_argument("--baseline", help="single-stage baseline run folder (from `pipeline evaluate --train-baseline`)"
+                                      " to ship beside the models")
     p.add_argument("--out", required=True, help="bundle folder to write (e.g. weights/)")
     p.add_argument("--description", help="what these models are, stored in the bundle")
     return parser

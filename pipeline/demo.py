@@ -62,7 +62,7 @@ def build_demo_bundle(root: Path, size: str = "demo", progress: bool = True) -> 
     cfg = load_config(overrides=demo_overrides(csv_path, size))
     train_all(cfg, work / "bundle", work / "train",
               description="DEMO models trained on synthetic blobs (not on mammograms): for trying the pipeline "
-                          "only", progress=progress)
+                          "only", progress=progress, baseline=False)
     shutil.rmtree(root, ignore_errors=True)
     (work / "bundle").rename(root)
     shutil.rmtree(work, ignore_errors=True)

@@ -214,20 +214,24 @@ def _fmt(entry) -> str:
     return f"{entry['value']:.3f} [{entry['low']:.3f}, {entry['high']:.3f}]"
 
 
-def markdown_report(report: dict) -> str:
-    beta = report["beta"]
-    names = ["auroc", "aupr", f"f{beta:g}", "sensitivity", "specificity"]
-    lines = ["# Evaluation", "", f"Predictions: {report['n_images']} images matched to annotations "
-             f"({len(report['unmatched_predictions'])} predictions without annotation, "
-             f"{len(report['unpredicted_images'])} annotated images without prediction). "
-             f"Threshold {report['threshold']:.3f} ({report['threshold_source']}). 95 % CIs from "
-             f"{report['bootstrap']} patient-level bootstrap resamples.", "",
-             "| level | system | n (pos) | " + " | ".join(names) + " |",
+def metrics_table(report: dict) -> list[str]:
+    """Markdown rows: one per level and system, each metric with its CI."""
+    names = ["auroc", "aupr", f"f{report['beta']:g}", "sensitivity", "specificity"]
+    lines = ["| level | system | n (pos) | " + " | ".join(names) + " |",
              "| --- | --- | --- | " + " | ".join("---" for _ in names) + " |"]
     for level in ("image", "lesion"):
         for system, table in report[level].items():
             lines.append(f"| {level} | {system} | {table['n']} ({table['n_positive']}) | "
                          + " | ".join(_fmt(table[n]) for n in names) + " |")
+    return lines
+
+
+def markdown_report(report: dict) -> str:
+    lines = ["# Evaluation", "", f"Predictions: {report['n_images']} images matched to annotations "
+             f"({len(report['unmatched_predictions'])} predictions without annotation, "
+             f"{len(report['unpredicted_images'])} annotated images without prediction). "
+             f"Threshold {report['threshold']:.3f} ({report['threshold_source']}). 95 % CIs from "
+             f"{report['bootstrap']} patient-level bootstrap resamples.", "", *metrics_table(report)]
     froc = report.get("froc")
     if froc:
         lines += ["", "## FROC (detection)", "", "| FP / image | " + " | ".join(f"{r:g}" for r in FP_RATES) + " |",

@@ -96,6 +96,22 @@ def write_outputs(out_dir: Path, image_id: str, mammogram, lesions, canvas, resu
     write_result(out_dir, result)  # last: its presence marks the image as done
 
 
+def infer_image(mammogram, image_id: str, source, models, cfg: Config, threshold: float, out_dir: Path,
+                timer: StepTimer) -> ImageResult:
+    """One read image through both stages, its score and decision, and its files written."""
+    lesions, canvas = analyse_image(mammogram, models, cfg, timer)
+    score = aggregate_scores([l.malignancy for l in lesions], cfg.pipeline.aggregate)
+    h, w = mammogram.shape
+    result = ImageResult(image_id=image_id, source=str(source), width=int(w), height=int(h), score=score,
+                         threshold=float(threshold), decision=decide(score, threshold), lesions=lesions,
+                         heatmap=f"{image_id}_heatmap.png", overlay=f"{image_id}_overlay.png",
+                         aggregate=cfg.pipeline.aggregate, calibrated=bool(models.classifier.calibrated),
+                         heatmap_downscale=cfg.pipeline.heatmap_downscale)
+    with timer.step("write"):
+        write_outputs(out_dir, image_id, mammogram, lesions, canvas, result)
+    return result
+
+
 def run_inference(inputs, out_dir, models, cfg: Config, *, overwrite: bool = False, progress: bool = True,
                   timer: StepTimer | None = None) -> dict:
     """Process every image of `inputs`; returns a summary dict (counts, failures, timings)."""
@@ -115,6 +131,7 @@ def run_inference(inputs, out_dir, models, cfg: Config, *, overwrite: bool = Fal
     rows, failures, n_skipped_done = [], [], 0
     for path in found.missing:
         failures.append({"image_id": "", "source": str(path), "status": "failed", "error": "input not found"})
+    started = time.perf_counter()
     bar = tqdm(found.images, desc="infer", unit="img", disable=not progress)
     for path in bar:
         key = str(path.resolve())
@@ -130,19 +147,10 @@ def run_inference(inputs, out_dir, models, cfg: Config, *, overwrite: bool = Fal
                 mammogram = read_mammogram(path)
             meta = mammogram.meta
             image_id = allocate(path, [meta.patient_id])
-            lesions, canvas = analyse_image(mammogram, models, cfg, timer)
-            score = aggregate_scores([l.malignancy for l in lesions], cfg.pipeline.aggregate)
-            h, w = mammogram.shape
-            result = ImageResult(image_id=image_id, source=str(path), width=int(w), height=int(h), score=score,
-                                 threshold=float(threshold), decision=decide(score, threshold), lesions=lesions,
-                                 heatmap=f"{image_id}_heatmap.png", overlay=f"{image_id}_overlay.png",
-                                 aggregate=cfg.pipeline.aggregate, calibrated=bool(models.classifier.calibrated),
-                                 heatmap_downscale=cfg.pipeline.heatmap_downscale)
-            with timer.step("write"):
-                write_outputs(out_dir, image_id, mammogram, lesions, canvas, result)
+            result = infer_image(mammogram, image_id, path, models, cfg, threshold, out_dir, timer)
             timer.end_image()
-            rows.append({"image_id": image_id, "source": str(path), "score": f"{score:.5f}",
-                         "n_lesions": len(lesions), "status": "done", "error": ""})
+            rows.append({"image_id": image_id, "source": str(path), "score": f"{result.score:.5f}",
+                         "n_lesions": len(result.lesions), "status": "done", "error": ""})
         except Exception as exc:  # one bad file must not stop the batch; KeyboardInterrupt still does
             timer._current = {}
             reason = str(exc) if isinstance(exc, MammoError) else f"{path}: {type(exc).__name__}: {exc}"
@@ -151,4 +159,5 @@ def run_inference(inputs, out_dir, models, cfg: Config, *, overwrite: bool = Fal
     write_predictions_csv(out_dir, rows + [dict(f, score="", n_lesions="") for f in failures])
     atomic_write_text(out_dir / FAILURES_FILE, json.dumps(failures, indent=2))
     return {"images": len(found.images), "done": len(rows), "resumed": n_skipped_done, "failed": len(failures),
-            "skipped_not_images": len(found.skipped), "failures": failures, "timings": dict(timer.totals)}
+            "skipped_not_images": len(found.skipped), "failures": failures, "timings": dict(timer.totals),
+            "processed": len(timer.per_image), "loop_seconds": time.perf_counter() - started}

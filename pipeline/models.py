@@ -4,6 +4,8 @@
                           "config_overrides": ["detector.imgsz=640", ...], "description": "..."}
     detector.pt          ultralytics weights
     classifier/          model.keras + calibration.json
+    baseline/            optional: the single-stage baseline (whole-breast classifier) trained on the same split,
+                         so anyone can measure the two-stage design against it (`pipeline benchmark --data`)
 
 `config_overrides` are the settings the models were trained with (input size, preprocessing); they sit under
 the user's own command-line overrides. `threshold` is the image-level operating point chosen on validation.
@@ -76,6 +78,7 @@ class Bundle:
     config_overrides: list[str] = field(default_factory=list)
     description: str = ""
     info: dict = field(default_factory=dict)
+    baseline: Path | None = None
 
 
 def read_bundle(root, require_manifest: bool = False) -> Bundle:
@@ -88,10 +91,11 @@ def read_bundle(root, require_manifest: bool = False) -> Bundle:
     try:
         data = json.loads(path.read_text())
         bundle = Bundle(root, root / data["detector"], root / data["classifier"], float(data["threshold"]),
-                        list(data.get("config_overrides", [])), data.get("description", ""), data)
+                        list(data.get("config_overrides", [])), data.get("description", ""), data,
+                        root / data["baseline"] if data.get("baseline") else None)
     except (KeyError, ValueError, TypeError) as exc:
         raise WeightsError(path, f"malformed bundle file ({type(exc).__name__}: {exc})") from None
-    for part in (bundle.detector, bundle.classifier):
+    for part in filter(None, (bundle.detector, bundle.classifier, bundle.baseline)):
         if not part.exists():
             raise WeightsError(part, "named in pipeline.json but missing")
     if (root / MANIFEST).is_file():
@@ -104,23 +108,45 @@ def read_bundle(root, require_manifest: bool = False) -> Bundle:
 
 
 def write_bundle(root, detector_weights, classifier_dir, threshold: float, config_overrides=(),
-                 description: str = "", **info) -> Path:
+                 description: str = "", baseline_dir=None, **info) -> Path:
     """Copy the trained models into `root` and describe them (pipeline.json is written last)."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(detector_weights, root / "detector.pt.partial")
-    (root / "detector.pt.partial").replace(root / "detector.pt")
-    target = root / "classifier"
-    target.mkdir(exist_ok=True)
-    for name in ("model.keras", "calibration.json"):
-        if (Path(classifier_dir) / name).is_file():
-            shutil.copyfile(Path(classifier_dir) / name, target / f"{name}.partial")
-            (target / f"{name}.partial").replace(target / name)
+    _copy(Path(detector_weights), root / "detector.pt")
+    parts = {"classifier": classifier_dir, "baseline": baseline_dir}
+    for name, source in parts.items():
+        if source is None:
+            continue
+        if not (Path(source) / "model.keras").is_file():
+            raise WeightsError(Path(source) / "model.keras", f"no trained {name} model here")
+        _copy_keras_model(Path(source) / "model.keras", root / name / "model.keras")
+        if (Path(source) / "calibration.json").is_file():
+            _copy(Path(source) / "calibration.json", root / name / "calibration.json")
     data = {"detector": "detector.pt", "classifier": "classifier", "threshold": float(threshold),
-            "config_overrides": list(config_overrides), "description": description, **info}
+            "config_overrides": list(config_overrides), "description": description,
+            **({"baseline": "baseline"} if baseline_dir is not None else {}), **info}
     atomic_write_text(root / BUNDLE_FILE, json.dumps(data, indent=2))
     write_manifest(root)
     return root / BUNDLE_FILE
+
+
+def _copy_keras_model(source: Path, target: Path) -> None:
+    """The model without its optimizer state (Adam keeps two slots per weight): a third of the size, and
+    inference needs none of it."""
+    import keras
+
+    model = keras.models.load_model(source, compile=False)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(target.name + ".partial.keras")  # keras insists on the .keras suffix
+    model.save(partial)
+    partial.replace(target)
+
+
+def _copy(source: Path, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(target.name + ".partial")
+    shutil.copyfile(source, partial)
+    partial.replace(target)
 
 
 class PipelineModels:

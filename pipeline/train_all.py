@@ -43,7 +43,8 @@ def image_scores(models: PipelineModels, records, cfg: Config, progress: bool = 
     return np.asarray(scores, dtype=np.float64)
 
 
-def train_all(cfg: Config, out_dir, work_dir, *, description: str, progress: bool = True) -> dict:
+def train_all(cfg: Config, out_dir, work_dir, *, description: str, progress: bool = True,
+              baseline: bool = True) -> dict:
     from classifier.train import train as train_classifier
     from detector.dataset import export_from_config
     from detector.train import train as train_detector
@@ -55,21 +56,28 @@ def train_all(cfg: Config, out_dir, work_dir, *, description: str, progress: boo
     load_split_dataset(cfg.data, work_dir)  # split.csv: the one split both stages use
     cfg_split = cfg if cfg.data.split_file else _with_split_file(cfg, work_dir / "split.csv")
 
-    print("== 1/3 detector")
+    steps = 4 if baseline else 3
+    print(f"== 1/{steps} detector")
     export = export_from_config(cfg_split, work_dir / "detector-data")
     det_metrics = train_detector(cfg_split, export.data_yaml, work_dir / "detector")
-    print("== 2/3 classifier")
+    print(f"== 2/{steps} classifier")
     clf_metrics = train_classifier(cfg_split, work_dir / "classifier")
-    print("== 3/3 operating threshold on the validation images")
+    extra = {"detector": det_metrics, "classifier": clf_metrics}
+    if baseline:  # the reference the two-stage design is measured against, on the same split
+        from pipeline.baseline import train_baseline
+
+        print(f"== 3/{steps} single-stage baseline (whole breast)")
+        extra["baseline"] = train_baseline(cfg_split, work_dir / "baseline", progress=progress)
+    print(f"== {steps}/{steps} operating threshold on the validation images")
     summary = make_bundle(cfg_split, work_dir / "detector" / "weights" / "best.pt", work_dir / "classifier",
-                          out_dir, description=description, progress=progress,
-                          extra={"detector": det_metrics, "classifier": clf_metrics})
+                          out_dir, description=description, progress=progress, extra=extra,
+                          baseline_dir=work_dir / "baseline" if baseline else None)
     summary["train_seconds"] = round(time.time() - started, 1)
     return summary
 
 
 def make_bundle(cfg: Config, detector_weights, classifier_dir, out_dir, *, description: str, progress: bool = True,
-                extra: dict | None = None) -> dict:
+                extra: dict | None = None, baseline_dir=None) -> dict:
     """Package trained models: choose the image-level threshold on the validation split (max F-beta of the
     pipeline's own image scores among thresholds keeping validation specificity >= pipeline.min_specificity),
     then write the bundle with its manifest."""
@@ -91,7 +99,9 @@ def make_bundle(cfg: Config, detector_weights, classifier_dir, out_dir, *, descr
                "split_sizes": {k: len(v) for k, v in splits.items()}}
     atomic_write_text(Path(out_dir) / "training_summary.json", json.dumps(summary, indent=2, default=float))
     write_bundle(out_dir, detector_weights, classifier_dir, threshold, bundled_overrides(cfg), description,
-                 val_metrics=val_metrics, trained_on=cfg.data.format)
+                 baseline_dir=baseline_dir, val_metrics=val_metrics, trained_on=cfg.data.format,
+                 split={"fractions": dict(cfg.data.split_fractions), "seed": cfg.data.seed,
+                        "min_specificity": cfg.pipeline.min_specificity})
     return summary
 
 

@@ -108,6 +108,20 @@ def test_heatmap_fuses_by_maximum():
     assert canvas.pixels[12, 12] == pytest.approx(0.3) and canvas.pixels[17, 17] == pytest.approx(0.8)
 
 
+@pytest.mark.parametrize("downscale", [1, 3])
+def test_heatmap_uint16_equals_the_whole_canvas_conversion(downscale):
+    # as_uint16 converts only the painted box; the result must equal converting every pixel
+    canvas = HeatmapCanvas((300, 200), downscale)
+    rng = np.random.default_rng(1)
+    assert not canvas.as_uint16().any()
+    for x, y in ((20, 30), (120, 200)):
+        canvas.paste_max(rng.random((32, 32)).astype(np.float32) * 1.2, Transform.crop(x, y, 50, 60).then(
+            Transform.resize((60, 50), (32, 32))))
+    expected = np.round(np.clip(canvas.pixels, 0, 1) * 65535).astype(np.uint16)
+    np.testing.assert_array_equal(canvas.as_uint16(), expected)
+    assert expected.any()
+
+
 def _records_and_results(tmp_path, rng, n=30):
     records, results = [], []
     for i in range(n):
@@ -160,12 +174,26 @@ def test_evaluate_matches_sklearn_and_writes_reports(tmp_path):
     assert "| image | two-stage |" in (tmp_path / "eval" / "metrics.md").read_text()
 
 
+def tiny_keras_model(path, compile_and_fit: bool = False):
+    """A real (tiny) Keras model file: the bundle writer loads and re-saves classifiers."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(2, 3), keras.layers.GlobalAveragePooling2D(),
+                              keras.layers.Dense(1, activation="sigmoid")])
+    if compile_and_fit:  # an optimizer with state, as a training run leaves it
+        model.compile(optimizer="adam", loss="binary_crossentropy")
+        model.fit(np.zeros((4, 8, 8, 1)), np.array([0, 1, 0, 1]), epochs=1, verbose=0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model.save(path)
+    return path
+
+
 def _fake_bundle(tmp_path):
     from pipeline.models import write_bundle
 
     (tmp_path / "det.pt").write_bytes(b"detector weights")
-    (tmp_path / "clf").mkdir()
-    (tmp_path / "clf" / "model.keras").write_bytes(b"classifier weights")
+    tiny_keras_model(tmp_path / "clf" / "model.keras")
     (tmp_path / "clf" / "calibration.json").write_text("{}")
     write_bundle(tmp_path / "bundle", tmp_path / "det.pt", tmp_path / "clf", 0.4, ["detector.imgsz=320"], "fake")
     return tmp_path / "bundle"
@@ -209,7 +237,7 @@ def test_bundle_without_manifest_warns_and_shipped_requires_it(tmp_path, capsys)
 
 
 @pytest.mark.parametrize("package,commands", [
-    ("pipeline", ["infer", "evaluate", "export-rois", "train-all", "bundle"]),
+    ("pipeline", ["infer", "evaluate", "export-rois", "benchmark", "train-baseline", "train-all", "bundle"]),
     ("detector", ["export-dataset", "train", "predict", "evaluate"]),
     ("classifier", ["train", "predict", "crops", "weights"]),
     ("tuning", ["run", "best", "report"]),
