@@ -6,8 +6,8 @@ import json
 import sys
 from pathlib import Path
 
-from mammo.cli import split_args
-from mammo.config import DEFAULT_CONFIG, load_config
+from mammo.cli import add_command, split_args
+from mammo.config import load_config
 from mammo.errors import MammoError
 from mammo.runs import start_run
 
@@ -107,13 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
 
     def add(name, func, help_text, rest_help="key=value config overrides"):
-        p = sub.add_parser(name, help=help_text, description=help_text, epilog=EXAMPLES,
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
-        p.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML config (default: %(default)s)")
+        p = add_command(sub, name, func, help_text, EXAMPLES, rest_help,
+                        "image|key=value" if name == "predict" else "key=value")
         p.add_argument("--out", default=None, help="run folder (default: runs/detector/<command>/<run.name>)")
-        p.add_argument("rest", nargs="*", metavar="image|key=value" if name == "predict" else "key=value",
-                       help=rest_help)
-        p.set_defaults(func=func)
         return p
 
     add("export-dataset", cmd_export, "write an ultralytics detection dataset, split by patient")

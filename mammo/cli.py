@@ -11,3 +11,19 @@ def split_args(items) -> tuple[list[str], list[str]]:
     for item in items:
         (overrides if "=" in item and not Path(item).exists() else inputs).append(item)
     return overrides, inputs
+
+
+def add_command(subparsers, name: str, func, help_text: str, epilog: str, rest_help: str = "key=value config "
+                "overrides", rest_metavar: str = "key=value"):
+    """One subcommand with what every command takes: --config, and trailing words (inputs and/or key=value
+    overrides). The caller adds the command's own options to the returned parser."""
+    import argparse
+
+    from mammo.config import DEFAULT_CONFIG
+
+    p = subparsers.add_parser(name, help=help_text, description=help_text, epilog=epilog,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML config (default: %(default)s)")
+    p.add_argument("rest", nargs="*", metavar=rest_metavar, help=rest_help)
+    p.set_defaults(func=func)
+    return p

@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 from mammo.atomic import atomic_write_text
-from mammo.cli import split_args
-from mammo.config import DEFAULT_CONFIG, load_config
+from mammo.cli import add_command, split_args
+from mammo.config import load_config
 from mammo.errors import MammoError
 from mammo.runs import make_run_dir, peak_memory_mb, start_run
 
@@ -211,12 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
 
     def add(name, func, help_text, rest="key=value config overrides"):
-        p = sub.add_parser(name, help=help_text, description=help_text, epilog=EXAMPLES,
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
-        p.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML config (default: %(default)s)")
-        p.add_argument("rest", nargs="*", metavar="INPUT|key=value", help=rest)
-        p.set_defaults(func=func)
-        return p
+        return add_command(sub, name, func, help_text, EXAMPLES, rest, "INPUT|key=value")
 
     inputs_help = "image files, folders, CSV lists (none: the embedded sample), and key=value overrides"
     for name, func, text in (("infer", cmd_infer, "full-image inference: boxes, malignancy, Grad-CAM heatmaps"),

@@ -18,6 +18,7 @@ from tqdm import tqdm
 from mammo.atomic import atomic_path, atomic_write_text, remove_stale_partials
 from mammo.config import Config
 from mammo.crops import crop_roi
+from mammo.froc import hit_matrix
 from mammo.imaging import read_mammogram
 from pipeline.heatmap import HeatmapCanvas
 from pipeline.ids import IdAllocator
@@ -38,15 +39,16 @@ def review_tile(crop: np.ndarray, cam: np.ndarray) -> np.ndarray:
     return np.concatenate([grey, np.full((TILE, 4, 3), 255, np.uint8), blended], axis=1)
 
 
-def _true_label(box, truth) -> str:
-    """The pathology of the true lesion this box belongs to (centre inside it), '' when none or unknown."""
+def _true_label(box, truth, cfg: Config) -> str:
+    """The pathology of the true lesion this box hits (the evaluation's hit rule: centre inside or IoU >=
+    detector.hit_iou), '' when the image has no annotation."""
     if truth is None:
         return ""
-    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
-    for lesion in truth.boxed_lesions:
-        x1, y1, x2, y2 = lesion.box
-        if x1 <= cx <= x2 and y1 <= cy <= y2:
-            return lesion.pathology
+    lesions = truth.boxed_lesions
+    if lesions:
+        hits = hit_matrix([box], [l.box for l in lesions], cfg.detector.hit_iou, cfg.detector.hit_centre)[0]
+        if hits.any():
+            return lesions[int(np.argmax(hits))].pathology
     return "none"  # annotated image, no true lesion here: a false-positive candidate
 
 
@@ -77,7 +79,7 @@ def export_rois(inputs, out_dir, models, cfg: Config, annotations=None, *, overw
         marker = state / f"{image_id}.json"
         if marker.exists() and not overwrite:
             continue
-        rois = [("detected", d.box, d.score, _true_label(d.box, truth))
+        rois = [("detected", d.box, d.score, _true_label(d.box, truth, cfg))
                 for d in models.detector.predict(mammogram, cfg.preprocess)]
         rois += [("true", l.box, None, l.pathology) for l in (truth.boxed_lesions if truth else ())]
         rows, canvas = [], HeatmapCanvas(mammogram.shape, 4)

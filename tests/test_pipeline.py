@@ -81,16 +81,21 @@ def check_contract(out: Path, image_id: str, source: Path):
         assert 0 <= x1 < x2 <= w and 0 <= y1 < y2 <= h
         assert 0 <= l["detector_score"] <= 1 and 0 <= l["malignancy"] <= 1
     heat = cv2.imread(str(out / data["heatmap"]), cv2.IMREAD_UNCHANGED)
-    assert heat.shape == (h, w) and heat.dtype == np.uint16
+    k = data["heatmap_downscale"]  # the heatmap covers the original grid at the stated 1/k
+    assert k >= 1 and heat.shape == (-(-h // k), -(-w // k)) and heat.dtype == np.uint16
     assert (out / f"{image_id}_overlay.png").is_file()
 
 
-def test_heatmap_lands_on_the_lesion_after_crop_flip_resize(models):
+@pytest.mark.parametrize("downscale", [1, 4])
+def test_heatmap_lands_on_the_lesion_after_crop_flip_resize(models, downscale):
     """A malignant disc on a breast facing right (so preprocessing crops AND flips before the detector's
     letterbox resize): the detector finds it, and the fused Grad-CAM heatmap peaks on it in original pixels."""
+    import dataclasses
+
     from pipeline.infer import StepTimer, analyse_image
 
     m, cfg = models
+    cfg = dataclasses.replace(cfg, pipeline=dataclasses.replace(cfg.pipeline, heatmap_downscale=downscale))
     found = 0
     for seed in range(6):
         mammogram, lesions = synthetic_mammogram(1000 + seed, n_lesions=1, side="right", radius=(18, 22))
@@ -104,12 +109,16 @@ def test_heatmap_lands_on_the_lesion_after_crop_flip_resize(models):
             continue
         found += 1
         heat = canvas.pixels
-        assert heat.shape == mammogram.shape
+        h, w = mammogram.shape
+        assert heat.shape == (-(-h // downscale), -(-w // downscale))
         peak_y, peak_x = np.unravel_index(np.argmax(heat), heat.shape)
+        # the peak pixel's centre, back on the original grid through the canvas' own transform
+        (px, py), = canvas.original_to_canvas.inverse().apply([[peak_x + 0.5, peak_y + 0.5]])
         cx, cy = (lesion[0] + lesion[2]) / 2, (lesion[1] + lesion[3]) / 2
         radius = (lesion[2] - lesion[0]) / 2
-        # The peak falls on the disc (within its radius plus a Grad-CAM cell of the 64-px crop, ~4 px here).
-        assert np.hypot(peak_x + 0.5 - cx, peak_y + 0.5 - cy) <= radius + 8, (seed, peak_x, peak_y, cx, cy)
+        # The peak falls on the disc (within its radius plus a Grad-CAM cell of the 64-px crop, ~4 px here,
+        # plus one canvas pixel).
+        assert np.hypot(px - cx, py - cy) <= radius + 8 + downscale, (seed, px, py, cx, cy)
     assert found >= 2, "the tiny detector should find most large discs"
 
 

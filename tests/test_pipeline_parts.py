@@ -1,5 +1,6 @@
 """Pipeline pieces that need no model: inputs, ids, the output contract, heatmap mapping, evaluation."""
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -261,3 +262,19 @@ def test_json_decision_stays_consistent_at_the_threshold(tmp_path):
     write_result(tmp_path, ImageResult("b", "/b.png", 10, 10, score, threshold, decide(score, threshold)))
     data = json.loads((tmp_path / "b.json").read_text())
     assert data["decision"] == "malignant" == decide(data["score"], data["threshold"])
+
+
+def test_export_labels_detected_rois_by_the_evaluation_hit_rule():
+    from mammo.config import load_config
+    from pipeline.export import _true_label
+
+    cfg = load_config(overrides=["detector.hit_iou=0.1"])
+    truth = ImageRecord("im", "p", Path("im.png"), (Lesion("im", "p", (100.0, 100.0, 200.0, 200.0), "mass",
+                                                          "malignant", "t"),))
+    assert _true_label((140, 140, 160, 160), truth, cfg) == "malignant"  # centre inside
+    # centre (205, 190) outside the true box, IoU 0.15: a hit by IoU, as in evaluate
+    assert _true_label((150, 150, 260, 230), truth, cfg) == "malignant"
+    strict = load_config(overrides=["detector.hit_iou=0.2"])
+    assert _true_label((150, 150, 260, 230), truth, strict) == "none"
+    assert _true_label((190, 190, 260, 260), truth, cfg) == "none"  # IoU 0.007, centre outside
+    assert _true_label((140, 140, 160, 160), None, cfg) == ""  # no annotation for this image

@@ -68,7 +68,11 @@ def test_shipped_models_infer_on_a_real_dicom(tmp_path):
                          cwd=REPO, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert f"models: {SHIPPED}" in out.stdout and "demo" not in out.stdout.lower()
-    result = json.loads(next((tmp_path / "out").glob("*.json")).read_text())
+    import csv
+
+    (row,) = csv.DictReader(open(tmp_path / "out" / "predictions.csv"))
+    assert row["status"] == "done"
+    result = json.loads((tmp_path / "out" / f"{row['image_id']}.json").read_text())
     import pydicom
 
     ds = pydicom.dcmread(dicom, stop_before_pixels=True)
