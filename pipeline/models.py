@@ -2,8 +2,8 @@
 
     pipeline.json        {"detector": "detector.pt", "classifier": "classifier", "threshold": 0.31,
                           "config_overrides": ["detector.imgsz=640", ...], "description": "..."}
-    detector.pt          ultralytics weights
-    classifier/          model.keras + calibration.json
+    detector.pt          ultralytics weights (detector_config.yaml: the resolved config of its training run)
+    classifier/          model.keras + calibration.json + config.yaml (its training run's resolved config)
     baseline/            optional: the single-stage baseline (whole-breast classifier) trained on the same split,
                          so anyone can measure the two-stage design against it (`pipeline benchmark --data`)
 
@@ -120,8 +120,12 @@ def write_bundle(root, detector_weights, classifier_dir, threshold: float, confi
         if not (Path(source) / "model.keras").is_file():
             raise WeightsError(Path(source) / "model.keras", f"no trained {name} model here")
         _copy_keras_model(Path(source) / "model.keras", root / name / "model.keras")
-        if (Path(source) / "calibration.json").is_file():
-            _copy(Path(source) / "calibration.json", root / name / "calibration.json")
+        for file in ("calibration.json", "config.yaml"):  # config.yaml: every setting of the run that trained it
+            if (Path(source) / file).is_file():
+                _copy(Path(source) / file, root / name / file)
+    detector_run = Path(detector_weights).parent.parent  # runs/detector/train/<name>/weights/best.pt
+    if (detector_run / "config.yaml").is_file():
+        _copy(detector_run / "config.yaml", root / "detector_config.yaml")
     data = {"detector": "detector.pt", "classifier": "classifier", "threshold": float(threshold),
             "config_overrides": list(config_overrides), "description": description,
             **({"baseline": "baseline"} if baseline_dir is not None else {}), **info}

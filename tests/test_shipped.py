@@ -49,9 +49,17 @@ def test_bundle_writer_strips_the_optimizer_and_keeps_the_predictions(tmp_path):
 
     source = tiny_keras_model(tmp_path / "run" / "model.keras", compile_and_fit=True)
     baseline = tiny_keras_model(tmp_path / "baseline" / "model.keras")
-    (tmp_path / "det.pt").write_bytes(b"detector weights")
-    write_bundle(tmp_path / "bundle", tmp_path / "det.pt", source.parent, 0.3, baseline_dir=baseline.parent)
+    (source.parent / "config.yaml").write_text("classifier:\n  backbone: tiny\n")  # the run's resolved config
+    (tmp_path / "train" / "weights").mkdir(parents=True)
+    (tmp_path / "train" / "config.yaml").write_text("detector:\n  imgsz: 64\n")
+    (tmp_path / "train" / "weights" / "best.pt").write_bytes(b"detector weights")
+    write_bundle(tmp_path / "bundle", tmp_path / "train" / "weights" / "best.pt", source.parent, 0.3,
+                 baseline_dir=baseline.parent)
     bundle = read_bundle(tmp_path / "bundle", require_manifest=True)
+    # the training runs' resolved configs travel with the models (and are covered by the manifest)
+    assert (bundle.classifier / "config.yaml").read_text() == "classifier:\n  backbone: tiny\n"
+    assert (bundle.root / "detector_config.yaml").read_text() == "detector:\n  imgsz: 64\n"
+    assert "detector_config.yaml" in (bundle.root / MANIFEST).read_text()
     assert bundle.baseline == tmp_path / "bundle" / "baseline"
     shipped = bundle.classifier / "model.keras"
     assert shipped.stat().st_size < source.stat().st_size  # Adam's two slots per weight are gone
