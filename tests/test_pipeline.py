@@ -215,3 +215,31 @@ def test_evaluate_with_a_trained_single_stage_baseline_side_by_side(tiny_bundle,
     assert set(report["image"]) == {"two-stage", "single-stage baseline"}
     assert report["image"]["single-stage baseline"]["n"] == report["image"]["two-stage"]["n"] == 12
     assert "| image | single-stage baseline |" in (tmp_path / "eval" / "metrics.md").read_text()
+
+
+def test_bundle_with_a_baseline_and_the_benchmark_measures_both(tiny_bundle, tmp_path):
+    """train-baseline -> bundle --baseline -> benchmark --data: the quality table has the two-stage pipeline and
+    the shipped baseline side by side, on the same validation images."""
+    csv_path = write_synthetic_dataset(tmp_path / "data", 24, seed=21, shape=(256, 192))
+    data = ["data.format=csv", "data.split_fractions={train: 0.5, val: 0.5}", "classifier.input_size=32",
+            "classifier.epochs=2", "classifier.batch_size=8", "pipeline.bootstrap=50", "run.name=t"]
+    env = {"MAMMO_RUN_DIR": str(tmp_path / "runs")}
+    result = run_cli("train-baseline", "--out", tmp_path / "baseline", f"data.annotations={csv_path}", *data, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "baseline" / "model.keras").is_file() and (tmp_path / "baseline" / "config.yaml").is_file()
+    tiny = read_bundle(tiny_bundle)
+    result = run_cli("bundle", "--detector", tiny.detector, "--classifier", tiny.classifier, "--baseline",
+                     tmp_path / "baseline", "--out", tmp_path / "bundle", f"data.annotations={csv_path}",
+                     *tiny.config_overrides, *data, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    bundle = read_bundle(tmp_path / "bundle", require_manifest=True)
+    assert bundle.baseline is not None and (bundle.baseline / "config.yaml").is_file()
+    result = run_cli("benchmark", "--quick", "--models", tmp_path / "bundle", "--data", csv_path, "--format", "csv",
+                     "--folder-sizes", "--out", tmp_path / "bench", *data, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "bench" / "benchmark.json").read_text())
+    quality = report["quality"]
+    assert set(quality["image"]) == {"two-stage", "single-stage baseline"} and quality["baseline_shipped"]
+    assert quality["image"]["two-stage"]["n"] == quality["image"]["single-stage baseline"]["n"] == 12
+    assert report["folders"] == []  # --folder-sizes with no value: no folder runs
+    assert "| image | single-stage baseline |" in (tmp_path / "bench" / "benchmark.md").read_text()
