@@ -193,6 +193,8 @@ def gradcam_grid(m: Matched, predictions_dir: Path, threshold: float, out_dir: P
         for col in range(per_group):
             ax = axes[row, col]
             ax.axis("off")
+            if col == 0 and not items:  # say so, rather than leave a blank row that reads like a rendering bug
+                ax.text(0.0, 0.5, f"no {name} at threshold {threshold:.3f}", fontsize=11, transform=ax.transAxes)
             if col < len(items):
                 img = cv2.imread(str(predictions_dir / items[col].overlay)) if items[col].overlay else None
                 if img is not None:
