@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from mammo.cli import add_command, split_args
+from mammo.cli import add_command, command_parser, run_command
 from mammo.config import load_config
 from mammo.errors import MammoError
 from mammo.runs import start_run
@@ -102,9 +102,7 @@ def cmd_evaluate(args, cfg, inputs) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m detector", description=__doc__, epilog=EXAMPLES,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="command")
+    parser, sub = command_parser("python -m detector", __doc__, EXAMPLES)
 
     def add(name, func, help_text, rest_help="key=value config overrides"):
         p = add_command(sub, name, func, help_text, EXAMPLES, rest_help,
@@ -128,19 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    overrides, inputs = split_args(args.rest)
-    if getattr(args, "mode", None):
-        overrides.append(f"detector.mode={args.mode}")
-    if inputs and args.command != "predict":
-        print(f"error: unexpected argument(s) {inputs} (overrides are key=value)", file=sys.stderr)
-        return 2
-    try:
-        cfg = load_config(args.config, overrides)
-        return args.func(args, cfg, inputs)
-    except MammoError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    def call(args, overrides, inputs):
+        if getattr(args, "mode", None):
+            overrides.append(f"detector.mode={args.mode}")
+        return args.func(args, load_config(args.config, overrides), inputs)
+
+    return run_command(build_parser(), argv, call, input_commands=("predict",))
 
 
 if __name__ == "__main__":

@@ -13,6 +13,34 @@ def split_args(items) -> tuple[list[str], list[str]]:
     return overrides, inputs
 
 
+def command_parser(prog: str, description: str, epilog: str):
+    """(parser, subparsers) of a `python -m <stage> <command>` line; add commands with `add_command`."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog=prog, description=description, epilog=epilog,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    return parser, parser.add_subparsers(dest="command", required=True, metavar="command")
+
+
+def run_command(parser, argv, call, input_commands=()) -> int:
+    """Parse, split the trailing words into overrides and inputs, and run `call(args, overrides, inputs)`.
+    Inputs are refused for commands not in `input_commands`; a MammoError is one 'error:' line and exit 2."""
+    import sys
+
+    from mammo.errors import MammoError
+
+    args = parser.parse_args(argv)
+    overrides, inputs = split_args(args.rest)
+    if inputs and args.command not in input_commands:
+        print(f"error: unexpected argument(s) {inputs} (overrides are key=value)", file=sys.stderr)
+        return 2
+    try:
+        return call(args, overrides, inputs)
+    except MammoError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
 def add_command(subparsers, name: str, func, help_text: str, epilog: str, rest_help: str = "key=value config "
                 "overrides", rest_metavar: str = "key=value"):
     """One subcommand with what every command takes: --config, and trailing words (inputs and/or key=value

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from mammo.atomic import atomic_write_text
-from mammo.cli import add_command, split_args
+from mammo.cli import add_command, command_parser, run_command
 from mammo.config import load_config
 from mammo.errors import MammoError
 from mammo.runs import make_run_dir, peak_memory_mb, start_run
@@ -206,9 +206,7 @@ def cmd_train_baseline(args, overrides, inputs) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__, epilog=EXAMPLES,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="command")
+    parser, sub = command_parser("python -m pipeline", __doc__, EXAMPLES)
 
     def add(name, func, help_text, rest="key=value config overrides"):
         return add_command(sub, name, func, help_text, EXAMPLES, rest, "INPUT|key=value")
@@ -263,16 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    overrides, inputs = split_args(args.rest)
-    if inputs and args.command not in ("infer", "export-rois"):
-        print(f"error: unexpected argument(s) {inputs} (overrides are key=value)", file=sys.stderr)
-        return 2
-    try:
-        return args.func(args, overrides, inputs)
-    except MammoError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return run_command(build_parser(), argv, lambda args, overrides, inputs: args.func(args, overrides, inputs),
+                       input_commands=("infer", "export-rois"))
 
 
 if __name__ == "__main__":

@@ -101,11 +101,15 @@ def _study_dir(cfg, args) -> Path:
     return Path(args.study_dir) if args.study_dir else mammo.runtime.RUN_ROOT / "tuning" / "run" / cfg.tuning.study
 
 
-def _storage_for_reading(cfg, args):
-    from tuning.storage import default_storage_url, open_storage
+def _existing_study(cfg, args, argv, command: str):
+    """(storage url, the study, this command's run folder, started) for the commands that read a study."""
+    from tuning.storage import default_storage_url, load_existing_study, open_storage
 
     url = cfg.tuning.storage or default_storage_url(_study_dir(cfg, args))
-    return url, open_storage(url, cfg.tuning, must_exist=True)
+    study = load_existing_study(cfg.tuning.study, open_storage(url, cfg.tuning, must_exist=True))
+    out_dir = make_run_dir("tuning", command, cfg.tuning.study, args.out)
+    start_run(cfg, out_dir, _safe_argv(argv))
+    return url, study, out_dir
 
 
 def _safe_argv(argv):
@@ -136,12 +140,9 @@ def cmd_worker(cfg, args, argv) -> int:
 
 def cmd_best(cfg, args, argv) -> int:
     from tuning.report import write_best_config
-    from tuning.storage import load_existing_study, safe_url
+    from tuning.storage import safe_url
 
-    url, storage = _storage_for_reading(cfg, args)
-    study = load_existing_study(cfg.tuning.study, storage)
-    out_dir = make_run_dir("tuning", "best", cfg.tuning.study, args.out)
-    start_run(cfg, out_dir, _safe_argv(argv))
+    url, study, out_dir = _existing_study(cfg, args, argv, "best")
     path = write_best_config(study, Path(args.output) if args.output else out_dir / "best.yaml", to_dict(cfg),
                              safe_url(url))
     t = study.best_trial
@@ -154,12 +155,9 @@ def cmd_best(cfg, args, argv) -> int:
 
 def cmd_report(cfg, args, argv) -> int:
     from tuning.report import write_report
-    from tuning.storage import load_existing_study, safe_url
+    from tuning.storage import safe_url
 
-    url, storage = _storage_for_reading(cfg, args)
-    study = load_existing_study(cfg.tuning.study, storage)
-    out_dir = make_run_dir("tuning", "report", cfg.tuning.study, args.out)
-    start_run(cfg, out_dir, _safe_argv(argv))
+    url, study, out_dir = _existing_study(cfg, args, argv, "report")
     res = write_report(study, out_dir, url)
     s = res["stats"]
     print(f"study {study.study_name!r}: {s['trials']} trials {s['states']}")
