@@ -19,7 +19,6 @@ from tqdm import tqdm
 
 from mammo.atomic import atomic_path, atomic_write_text, remove_stale_partials
 from mammo.config import Config
-from mammo.crops import crop_roi
 from mammo.errors import MammoError
 from mammo.imaging import read_mammogram
 from mammo.preprocess import preprocess
@@ -63,16 +62,12 @@ def analyse_image(mammogram, models, cfg: Config, timer: StepTimer):
     with timer.step("detect"):
         detections = models.detector.predict_frame(frame)
     clf = models.classifier
-    crops, transforms = [], []
     with timer.step("crop"):
-        for det in detections:
-            crop, to_crop = crop_roi(mammogram.pixels, det.box, clf.context_margin, clf.input_size)
-            crops.append(crop)
-            transforms.append(to_crop)
+        batch, transforms = clf.crop_many(mammogram.pixels, [d.box for d in detections])
     canvas = HeatmapCanvas(mammogram.shape, cfg.pipeline.heatmap_downscale)
-    if not crops:
+    if not detections:
         return [], canvas
-    batch = np.stack(crops).astype(np.float32)
+    batch = batch.astype(np.float32, copy=False)
     with timer.step("classify"):
         probs = np.asarray(clf.predict(batch), dtype=np.float64).reshape(-1)
     with timer.step("gradcam"):

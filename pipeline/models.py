@@ -19,7 +19,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mammo.atomic import atomic_write_text
+from mammo.atomic import atomic_path, atomic_write_text
 from mammo.config import Config
 from mammo.errors import WeightsError
 
@@ -140,17 +140,13 @@ def _copy_keras_model(source: Path, target: Path) -> None:
     import keras
 
     model = keras.models.load_model(source, compile=False)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(target.name + ".partial.keras")  # keras insists on the .keras suffix
-    model.save(partial)
-    partial.replace(target)
+    with atomic_path(target) as tmp:  # the temporary name keeps the .keras suffix keras insists on
+        model.save(tmp)
 
 
 def _copy(source: Path, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(target.name + ".partial")
-    shutil.copyfile(source, partial)
-    partial.replace(target)
+    with atomic_path(target) as tmp:
+        shutil.copyfile(source, tmp)
 
 
 class PipelineModels:
