@@ -20,14 +20,6 @@ from pipeline.models import PipelineModels, read_bundle
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="module")
-def models(tiny_bundle):
-    bundle = read_bundle(tiny_bundle)
-    cfg = load_config(overrides=bundle.config_overrides)
-    with PipelineModels.load(bundle, cfg) as m:
-        yield m, cfg
-
-
 @pytest.fixture
 def image_folder(tmp_path):
     csv_path = write_synthetic_dataset(tmp_path / "data", 4, seed=7, n_lesions=1)
@@ -87,39 +79,40 @@ def check_contract(out: Path, image_id: str, source: Path):
 
 
 @pytest.mark.parametrize("downscale", [1, 4])
-def test_heatmap_lands_on_the_lesion_after_crop_flip_resize(models, downscale):
-    """A malignant disc on a breast facing right (so preprocessing crops AND flips before the detector's
-    letterbox resize): the detector finds it, and the fused Grad-CAM heatmap peaks on it in original pixels."""
+def test_heatmap_lands_on_the_lesion_after_crop_flip_resize(downscale):
+    """A disc on a breast facing right (so preprocessing crops AND flips before the detector's letterbox
+    resize), through stand-in models of known output (tests/standins.py: a detector boxing bright blobs, a
+    classifier whose Grad-CAM is the bright-pixel map): the box lands on the disc and the fused heatmap peaks on
+    it in original pixels. How well a tiny trained model finds discs differs between machines; this does not."""
     import dataclasses
 
+    from mammo.config import DetectorConfig
     from pipeline.infer import StepTimer, analyse_image
+    from standins import blob_detector, bright_spot_classifier
 
-    m, cfg = models
+    cfg = load_config()
     cfg = dataclasses.replace(cfg, pipeline=dataclasses.replace(cfg.pipeline, heatmap_downscale=downscale))
-    found = 0
-    for seed in range(6):
+    models = PipelineModels(blob_detector(DetectorConfig(imgsz=256, conf=0.01)), bright_spot_classifier(64), 0.5)
+    for seed in range(4):
         mammogram, lesions = synthetic_mammogram(1000 + seed, n_lesions=1, side="right", radius=(18, 22))
-        if not lesions or lesions[0].pathology != "malignant":
-            continue
         lesion = lesions[0].box
-        results, canvas = analyse_image(mammogram, m, cfg, StepTimer())
-        hits = [r for r in results if r.box[0] <= (lesion[0] + lesion[2]) / 2 <= r.box[2]
-                and r.box[1] <= (lesion[1] + lesion[3]) / 2 <= r.box[3]]
-        if not hits:
-            continue
-        found += 1
+        results, canvas = analyse_image(mammogram, models, cfg, StepTimer())
+        cx, cy = (lesion[0] + lesion[2]) / 2, (lesion[1] + lesion[3]) / 2
+        assert len(results) == 1 and results[0].box[0] <= cx <= results[0].box[2] \
+            and results[0].box[1] <= cy <= results[0].box[3], (seed, results, lesion)
         heat = canvas.pixels
         h, w = mammogram.shape
         assert heat.shape == (-(-h // downscale), -(-w // downscale))
         peak_y, peak_x = np.unravel_index(np.argmax(heat), heat.shape)
         # the peak pixel's centre, back on the original grid through the canvas' own transform
         (px, py), = canvas.original_to_canvas.inverse().apply([[peak_x + 0.5, peak_y + 0.5]])
-        cx, cy = (lesion[0] + lesion[2]) / 2, (lesion[1] + lesion[3]) / 2
         radius = (lesion[2] - lesion[0]) / 2
-        # The peak falls on the disc (within its radius plus a Grad-CAM cell of the 64-px crop, ~4 px here,
-        # plus one canvas pixel).
-        assert np.hypot(px - cx, py - cy) <= radius + 8 + downscale, (seed, px, py, cx, cy)
-    assert found >= 2, "the tiny detector should find most large discs"
+        # on the lesion (a ring's bright band or a disc): within its radius plus a crop pixel (~1.5 px here)
+        # and one canvas pixel
+        assert np.hypot(px - cx, py - cy) <= radius + 2 + downscale, (seed, px, py, cx, cy)
+        ys, xs = np.nonzero(heat > 0)  # and nothing painted away from it
+        far = np.hypot((xs + 0.5) * downscale - cx, (ys + 0.5) * downscale - cy) > radius + 4 + 2 * downscale
+        assert not far.any(), (seed, int(far.sum()))
 
 
 def test_killed_run_resumes_without_redoing_or_losing_images(tiny_bundle, tmp_path):
