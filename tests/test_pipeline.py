@@ -13,6 +13,8 @@ import cv2
 import numpy as np
 import pytest
 
+from ci import unavailable
+
 from mammo.config import load_config
 from mammo.synthetic import synthetic_mammogram, write_synthetic_dataset
 from pipeline.models import PipelineModels, read_bundle
@@ -179,9 +181,8 @@ def test_export_rois_contact_sheet_opens_in_a_browser(tiny_bundle, tmp_path):
     assert summary["rois"] == len(rows)
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     if browser is None:
-        if os.environ.get("CI"):
-            pytest.fail("chromium is not installed (scripts/system-deps.sh installs it in CI)")
-        pytest.skip("no headless browser installed (apt-get install chromium) to open index.html")
+        unavailable("no headless browser installed (apt-get install chromium) to open index.html",
+                    "scripts/system-deps.sh")
     dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                           "--disable-component-update", "--disable-sync", "--no-first-run",
                           f"--user-data-dir={tmp_path / 'chrome'}", "--virtual-time-budget=5000", "--dump-dom",

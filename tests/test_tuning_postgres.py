@@ -19,10 +19,11 @@ import tempfile
 from pathlib import Path
 
 import pytest
+
+from ci import unavailable
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
-IN_CI = os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
 
 SPACE = {"parameters": {
     "classifier.learning_rate": {"type": "float", "low": 1e-5, "high": 1e-1, "log": True},
@@ -33,9 +34,7 @@ SPACE = {"parameters": {
 
 
 def _unavailable(reason: str):
-    if IN_CI:
-        pytest.fail(f"{reason} (CI=true: this test must run in CI; scripts/system-deps.sh installs PostgreSQL)")
-    pytest.skip(reason)
+    unavailable(reason, "scripts/system-deps.sh")
 
 
 def _free_port() -> int:
