@@ -28,6 +28,7 @@ class RunConfig:
     seed: int = 0
     threads: int = 2  # torch / TF intra-op threads (2 cores here)
     device: str = "cpu"  # 'cpu', 'cuda', 'cuda:0', '0,1', 'mps': passed through to torch / ultralytics
+    max_pixels: int = 50_000_000  # larger images are refused before decoding (a 20000^2 PNG would need 5 GB)
 
 
 @dataclass(frozen=True)
@@ -108,8 +109,9 @@ class PipelineConfig:
     aggregate: str = "max"  # image score from lesion scores: 'max' | 'noisy_or'
     threshold: float | None = None  # operating point on the image score; None = the one shipped with the models
     heatmap_downscale: int = 4  # heatmap PNG at 1/n of the original size (1: full size, ~0.3 s more per scan)
-    image_id: str = "auto"  # 'name' | 'hash' | 'auto' (hash when the file name looks like an identifier)
-    id_salt: str = "mammo-cad"
+    image_id: str = "auto"  # 'auto' (DICOMs and identifier-like names hashed) | 'name' | 'hash'
+    id_salt: str = ""  # '' = this installation's secret salt (runs/.cache/id_salt) or $MAMMO_ID_SALT
+    source_paths: str = "full"  # `source` fields and run.json argv: 'full' | 'hashed' | 'none' (outputs that leave)
     fbeta: float = 2.0
     min_specificity: float = 0.5  # the shipped threshold maximizes F-beta on validation among those keeping this
     bootstrap: int = 1000

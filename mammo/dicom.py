@@ -389,12 +389,66 @@ def _spacing(ds: pydicom.Dataset) -> tuple[float, float] | None:
     return None
 
 
+# Attributes that identify a patient or a study (PS3.15 Annex E's basic profile, the ones found in mammograms).
+IDENTIFYING = ("PatientName", "PatientID", "OtherPatientIDs", "OtherPatientNames", "PatientBirthName",
+               "PatientMotherBirthName", "PatientBirthDate", "AccessionNumber", "StudyID", "MedicalRecordLocator",
+               "IssuerOfPatientID", "PatientAddress", "PatientTelephoneNumbers", "ReferringPhysicianName",
+               "InstitutionName", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
+
+
+def identifying_values(ds: pydicom.Dataset) -> tuple[str, ...]:
+    """Every non-empty identifying value of the file, multi-valued ones and Other Patient IDs Sequence items
+    included, as text ('DOE^JANE' stays whole: pipeline.ids splits names into their parts)."""
+    values = []
+    for key in IDENTIFYING:
+        try:
+            values += [str(v).strip() for v in _values(ds.get(key))]
+        except Exception:  # a damaged optional attribute must not make the image unreadable
+            continue
+    for item in ds.get("OtherPatientIDsSequence", None) or []:
+        values.append(str(item.get("PatientID", "") or "").strip())
+    return tuple(dict.fromkeys(v for v in values if v))
+
+
 def _image_id(path: Path) -> str:
     # Only a DICOM extension is cut: UID-named files like '1.2.840.113.5' have no suffix to lose.
     return path.stem if path.suffix.lower() in DICOM_SUFFIXES else path.name
 
 
-def read_dicom(path, *, window_index: int = 0) -> Mammogram:
+def _rle_frame(ds: pydicom.Dataset, path: Path, rows: int, cols: int) -> np.ndarray | None:
+    """The one RLE frame decoded segment by segment (pylibjpeg-rle, as fast as pydicom's own call), checking
+    that every segment holds exactly Rows x Columns bytes: pydicom would silently return the first half of an
+    image whose Rows tag was halved. None when this path does not apply (pydicom decodes then)."""
+    if ds.file_meta.TransferSyntaxUID != pydicom.uid.RLELossless or int(ds.get("SamplesPerPixel", 1)) != 1 \
+            or int(ds.BitsAllocated) not in (8, 16):
+        return None
+    try:
+        from rle.rle import decode_segment, parse_header
+    except ImportError:
+        return None
+    from pydicom.encaps import get_frame
+
+    frame = get_frame(ds.PixelData, 0, number_of_frames=1)
+    n_segments = int.from_bytes(frame[:4], "little")
+    if n_segments != int(ds.BitsAllocated) // 8:
+        raise ImageReadError(path, f"RLE data has {n_segments} segments, {ds.BitsAllocated}-bit pixels need "
+                                   f"{int(ds.BitsAllocated) // 8}")
+    bounds = list(parse_header(frame[:64]))[:n_segments] + [len(frame)]
+    n = rows * cols
+    planes = []
+    for i in range(n_segments):  # most significant byte first (PS3.5 Annex G)
+        segment = decode_segment(frame[bounds[i]:bounds[i + 1]])
+        if len(segment) not in (n, n + 1):  # + 1: a segment may be padded to even length
+            raise ImageReadError(path, f"RLE segment {i + 1} decodes to {len(segment)} pixels, the header's "
+                                       f"Rows x Columns ({rows} x {cols}) says {n}: header and pixel data disagree")
+        planes.append(np.frombuffer(segment, np.uint8, count=n))
+    stored = planes[0] if n_segments == 1 else (planes[0].astype(np.uint16) << 8) | planes[1]
+    if int(ds.get("PixelRepresentation", 0)) == 1:
+        stored = stored.view(np.int8 if n_segments == 1 else np.int16)
+    return stored.reshape(rows, cols)
+
+
+def read_dicom(path, *, window_index: int = 0, max_pixels: int | None = None) -> Mammogram:
     """Read a single-frame grayscale DICOM image; pixels float32 in [0, 1], brighter = denser, original grid.
 
     `window_index` picks the VOI LUT Sequence item or the window (of a multi-valued Window Center/Width).
@@ -406,6 +460,9 @@ def read_dicom(path, *, window_index: int = 0) -> Mammogram:
         _check_image(ds, path)
         params = grayscale_params(ds, window_index)
         rows, cols = int(ds.Rows), int(ds.Columns)
+        from mammo.imaging import MAX_PIXELS, check_size
+
+        check_size(path, rows, cols, MAX_PIXELS if max_pixels is None else max_pixels)  # before any decoding
         image_id = _image_id(path)
         patient_id = str(ds.get("PatientID", "") or "").strip() or str(ds.get("PatientName", "") or "").strip()
         extra = {
@@ -430,6 +487,7 @@ def read_dicom(path, *, window_index: int = 0) -> Mammogram:
             source=str(path),
             bits_stored=int(ds.BitsStored) if "BitsStored" in ds else None,
             extra=extra,
+            identifiers=identifying_values(ds),
         )
     except ImageReadError:
         raise
@@ -437,8 +495,10 @@ def read_dicom(path, *, window_index: int = 0) -> Mammogram:
         raise ImageReadError(path, f"unusable header ({type(e).__name__}: {e})") from e
 
     try:
-        stored = ds.pixel_array
-    except (KeyboardInterrupt, SystemExit, GeneratorExit):
+        stored = _rle_frame(ds, path, rows, cols)
+        if stored is None:
+            stored = ds.pixel_array
+    except (KeyboardInterrupt, SystemExit, GeneratorExit, ImageReadError):
         raise
     except BaseException as e:  # also pyo3's PanicException: the Rust RLE decoder panics on damaged segments
         raise ImageReadError(path, _decode_failure(ds, e)) from e

@@ -15,6 +15,8 @@ from mammo import dicom
 from mammo.errors import ImageReadError
 from mammo.records import ImageMeta, Mammogram
 
+MAX_PIXELS = 50_000_000  # default cap on decoded pixels (run.max_pixels); the largest FFDM is ~5000 x 6000
+MIN_SIDE = 32  # smaller is no mammogram (a 1 x 1 PNG, a thumbnail icon)
 RASTER_SUFFIXES = {".pgm", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
 DICOM_SUFFIXES = {".dcm", ".dicom", ".dic"}
 IMAGE_SUFFIXES = RASTER_SUFFIXES | DICOM_SUFFIXES
@@ -26,27 +28,65 @@ def is_image_file(path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES or (path.is_file() and dicom.is_dicom(path))
 
 
-def read_mammogram(path, *, window_index: int = 0) -> Mammogram:
+def read_mammogram(path, *, window_index: int = 0, max_pixels: int = MAX_PIXELS) -> Mammogram:
+    """Any supported file; sizes are checked from the header before anything is decoded (`max_pixels`)."""
     path = Path(path)
     if not path.is_file():
         raise ImageReadError(path, "file not found" if not path.exists() else "not a regular file")
     if path.stat().st_size == 0:
         raise ImageReadError(path, "empty file (0 bytes)")
     if dicom.is_dicom(path) or path.suffix.lower() in DICOM_SUFFIXES:
-        return dicom.read_dicom(path, window_index=window_index)
-    if path.suffix.lower() in RASTER_SUFFIXES:
-        return read_raster(path)
-    raise ImageReadError(path, f"unsupported file type '{path.suffix}': expected DICOM, PGM, PNG, JPEG or TIFF")
+        mammogram = dicom.read_dicom(path, window_index=window_index, max_pixels=max_pixels)
+    elif path.suffix.lower() in RASTER_SUFFIXES:
+        mammogram = read_raster(path, max_pixels=max_pixels)
+    else:
+        raise ImageReadError(path, f"unsupported file type '{path.suffix}': expected DICOM, PGM, PNG, JPEG or TIFF")
+    rows, cols = mammogram.shape
+    if min(rows, cols) < MIN_SIDE:  # a tiny image decodes in no time: checked after (the readers serve tests too)
+        raise ImageReadError(path, f"{cols} x {rows} pixels is too small for a mammogram (less than {MIN_SIDE} "
+                                   f"pixels on a side)")
+    return mammogram
 
 
-def read_raster(path) -> Mammogram:
+def check_size(path, rows: int, cols: int, max_pixels: int = MAX_PIXELS) -> None:
+    """Refuse, before decoding, an image too large to process in bounded memory."""
+    if rows * cols > max_pixels:
+        raise ImageReadError(path, f"{cols} x {rows} pixels is more than run.max_pixels={max_pixels:,} (decoding it "
+                                   f"would take about {rows * cols * 12 / 1e9:.1f} GB); raise the limit if it is real")
+
+
+def raster_header_size(path) -> tuple[int, int] | None:
+    """(rows, cols) from the file header alone (Pillow reads no pixel data to tell); None when Pillow cannot
+    parse it (OpenCV then decodes it or says it cannot)."""
+    import warnings
+
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we judge the size ourselves
+            with Image.open(path) as im:
+                cols, rows = im.size
+        return int(rows), int(cols)
+    except Image.DecompressionBombError:  # Pillow's own limit (2 x 89 Mpixel) is far above ours by default
+        raise ImageReadError(path, f"more than {2 * Image.MAX_IMAGE_PIXELS:,} pixels: over run.max_pixels "
+                                   f"(and Pillow's decompression-bomb limit)") from None
+    except Exception:
+        return None
+
+
+def read_raster(path, max_pixels: int = MAX_PIXELS) -> Mammogram:
     path = Path(path)
+    size = raster_header_size(path)
+    if size is not None:
+        check_size(path, *size, max_pixels)
     raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED | cv2.IMREAD_ANYDEPTH)
     if raw is None:
         raise ImageReadError(path, "not a readable image (corrupt or not the format its extension says)")
     if raw.ndim == 3:
         # Exports of greyscale mammograms are often saved as RGB(A); drop alpha and average the colours.
         raw = raw[..., :3].mean(axis=2).astype(raw.dtype)
+    check_size(path, *raw.shape[:2], max_pixels)  # also when the header could not be read first
     pixels = normalize_to_unit(raw)
     h, w = pixels.shape
     meta = ImageMeta(

@@ -33,9 +33,17 @@ class ImageMeta:
     source: str  # path of the file read
     bits_stored: int | None = None
     extra: dict = field(default_factory=dict)
+    # Every identifying value the file carries (patient name in its forms, IDs, accession number, birth date...):
+    # compared with file names so that none reaches an output name; never exported itself.
+    identifiers: tuple[str, ...] = ()
+
+    @property
+    def is_dicom(self) -> bool:
+        return "transfer_syntax" in self.extra
 
     def to_dict(self) -> dict:
         d = asdict(self)
+        d.pop("identifiers")
         d["original_shape"] = list(self.original_shape)
         d["pixel_spacing"] = list(self.pixel_spacing) if self.pixel_spacing else None
         return d

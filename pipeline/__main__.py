@@ -66,6 +66,7 @@ def split_records(cfg, split: str):
 
 def cmd_infer(args, overrides, inputs) -> int:
     from pipeline.demo import sample_inputs
+    from pipeline.ids import resolve_salt, scrub_argv
     from pipeline.infer import run_inference
     from pipeline.models import PipelineModels
 
@@ -76,7 +77,8 @@ def cmd_infer(args, overrides, inputs) -> int:
         inputs = [str(p) for p in sample_inputs()]
         print(f"no INPUT given: running on the embedded sample ({len(inputs)} real CBIS-DDSM DICOMs)")
     out = make_run_dir("pipeline", "infer", cfg.run.name, args.out)
-    start_run(cfg, out)
+    start_run(cfg, out, scrub_argv(sys.argv, [*inputs, args.out, args.models, args.config],
+                                   cfg.pipeline.source_paths, resolve_salt(cfg.pipeline.id_salt)))
     print(f"models: {bundle.root} ({bundle.description or 'no description'})")
     with PipelineModels.load(bundle, cfg) as models:
         summary = run_inference(inputs, out, models, cfg, overwrite=args.overwrite)
@@ -141,7 +143,10 @@ def cmd_export_rois(args, overrides, inputs) -> int:
         inputs = [str(p) for p in sample_inputs()]
         print(f"no INPUT given: exporting the embedded sample ({len(inputs)} real CBIS-DDSM DICOMs)")
     out = make_run_dir("pipeline", "export-rois", cfg.run.name, args.out)
-    start_run(cfg, out)
+    from pipeline.ids import resolve_salt, scrub_argv
+
+    start_run(cfg, out, scrub_argv(sys.argv, [*inputs, args.out, args.models, args.config],
+                                   cfg.pipeline.source_paths, resolve_salt(cfg.pipeline.id_salt)))
     with PipelineModels.load(bundle, cfg) as models:
         summary = export_rois(inputs, out, models, cfg, annotations, overwrite=args.overwrite)
     print(f"{summary['rois']} ROIs from {summary['images']} images ({summary['failed']} failed) -> "

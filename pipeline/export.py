@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from mammo.atomic import atomic_path, atomic_write_text, remove_stale_partials
+from mammo.atomic import atomic_path, atomic_write_text, folder_lock, remove_stale_partials
 from mammo.config import Config
 from mammo.crops import crop_roi
 from mammo.froc import hit_matrix
@@ -54,7 +54,12 @@ def _true_label(box, truth, cfg: Config) -> str:
 
 def export_rois(inputs, out_dir, models, cfg: Config, annotations=None, *, overwrite: bool = False,
                 progress: bool = True) -> dict:
-    out_dir = Path(out_dir)
+    """Crops, overlays, rois.csv and index.html; the folder is locked for the run (a second run is refused)."""
+    with folder_lock(out_dir):
+        return _export_locked(inputs, Path(out_dir), models, cfg, annotations, overwrite, progress)
+
+
+def _export_locked(inputs, out_dir: Path, models, cfg: Config, annotations, overwrite: bool, progress: bool) -> dict:
     (out_dir / "crops").mkdir(parents=True, exist_ok=True)
     (out_dir / "overlays").mkdir(parents=True, exist_ok=True)
     state = out_dir / ".done"
@@ -62,20 +67,20 @@ def export_rois(inputs, out_dir, models, cfg: Config, annotations=None, *, overw
     for folder in (out_dir, out_dir / "crops", out_dir / "overlays", state):
         remove_stale_partials(folder)  # left by a run that was killed mid-write
     truth_by_path = {str(Path(r.path).resolve()): r for r in annotations.images} if annotations else {}
-    paths = discover(inputs).images if inputs else [Path(r.path) for r in annotations.images] if annotations else []
+    paths = discover(inputs, exclude=[out_dir]).images if inputs else [Path(r.path) for r in annotations.images] if annotations else []
     allocate = IdAllocator(cfg.pipeline.image_id, cfg.pipeline.id_salt)
     clf = models.classifier
     failures = []
     for path in tqdm(paths, desc="export-rois", unit="img", disable=not progress):
         truth = truth_by_path.get(str(path.resolve()))
         try:
-            mammogram = read_mammogram(path)
+            mammogram = read_mammogram(path, max_pixels=cfg.run.max_pixels)
         except Exception as exc:  # recorded, the batch goes on
             failures.append(str(exc))
             continue
         meta = mammogram.meta
-        patient_fields = [meta.patient_id, truth.patient_id if truth else ""]
-        image_id = allocate(path, patient_fields)
+        identifiers = [*meta.identifiers, truth.patient_id if truth else ""]
+        image_id = allocate(path, identifiers, meta.is_dicom)
         marker = state / f"{image_id}.json"
         if marker.exists() and not overwrite:
             continue

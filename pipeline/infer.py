@@ -6,6 +6,7 @@ run loses at most the image it was working on. A bad input becomes a `failed` ro
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections import defaultdict
@@ -17,19 +18,20 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from mammo.atomic import atomic_path, atomic_write_text, remove_stale_partials
+from mammo.atomic import atomic_path, atomic_write_text, folder_lock, remove_stale_partials
 from mammo.config import Config
 from mammo.errors import MammoError
 from mammo.imaging import read_mammogram
 from mammo.preprocess import preprocess
 from pipeline.heatmap import HeatmapCanvas
-from pipeline.ids import IdAllocator
+from pipeline.ids import IdAllocator, resolve_salt, source_key, written_source
 from pipeline.inputs import discover
 from pipeline.render import three_panels
 from pipeline.results import (ImageResult, LesionResult, aggregate_scores, decide, read_results, write_predictions_csv,
                               write_result)
 
 FAILURES_FILE = "failures.json"  # inputs that failed, retried on the next run
+FINGERPRINT_FILE = "fingerprint.json"  # the models and settings that shaped this folder's outputs
 
 
 @dataclass
@@ -97,7 +99,9 @@ def infer_image(mammogram, image_id: str, source, models, cfg: Config, threshold
     lesions, canvas = analyse_image(mammogram, models, cfg, timer)
     score = aggregate_scores([l.malignancy for l in lesions], cfg.pipeline.aggregate)
     h, w = mammogram.shape
-    result = ImageResult(image_id=image_id, source=str(source), width=int(w), height=int(h), score=score,
+    salt = resolve_salt(cfg.pipeline.id_salt)
+    result = ImageResult(image_id=image_id, source=written_source(source, cfg.pipeline.source_paths, salt),
+                         source_key=source_key(source, salt), width=int(w), height=int(h), score=score,
                          threshold=float(threshold), decision=decide(score, threshold), lesions=lesions,
                          heatmap=f"{image_id}_heatmap.png", overlay=f"{image_id}_overlay.png",
                          aggregate=cfg.pipeline.aggregate, calibrated=bool(models.classifier.calibrated),
@@ -107,29 +111,72 @@ def infer_image(mammogram, image_id: str, source, models, cfg: Config, threshold
     return result
 
 
+def output_fingerprint(models, cfg: Config, threshold: float) -> dict:
+    """What shapes every output file: the model files (by content) and the settings read at inference. A folder
+    resumes only under the same fingerprint, so one folder never mixes two operating points."""
+    d, pre, pipe = cfg.detector, cfg.preprocess, cfg.pipeline
+    settings = {"preprocess": dataclasses.asdict(pre),
+                "detector": {k: getattr(d, k) for k in ("imgsz", "mode", "tile_size", "tile_overlap", "tile_scale",
+                                                        "merge", "conf", "iou", "max_det")},
+                "pipeline": {"aggregate": pipe.aggregate, "threshold": float(threshold),
+                             "heatmap_downscale": pipe.heatmap_downscale, "image_id": pipe.image_id,
+                             "source_paths": pipe.source_paths, "max_pixels": cfg.run.max_pixels}}
+    return {"models": getattr(models, "fingerprint", ""), "settings": settings}
+
+
+def check_fingerprint(out_dir: Path, fingerprint: dict, has_results: bool) -> None:
+    path = out_dir / FINGERPRINT_FILE
+    if path.is_file():
+        before = json.loads(path.read_text())
+        if before == json.loads(json.dumps(fingerprint)):
+            return
+        changed = [k for k in ("models",) if before.get(k) != fingerprint.get(k)]
+        old, new = before.get("settings", {}), json.loads(json.dumps(fingerprint["settings"]))
+        changed += [f"{section}.{key}" for section in new for key in new[section]
+                    if old.get(section, {}).get(key) != new[section][key]]
+        raise MammoError(f"{out_dir}: its outputs were made with other {', '.join(changed) or 'settings'}; "
+                         f"resuming would mix two operating points. Use --overwrite to redo every image with "
+                         f"these, or another --out")
+    if has_results:
+        raise MammoError(f"{out_dir}: holds results without {FINGERPRINT_FILE} (an older version or another "
+                         f"tool wrote them); use --overwrite to redo them, or another --out")
+
+
 def run_inference(inputs, out_dir, models, cfg: Config, *, overwrite: bool = False, progress: bool = True,
                   timer: StepTimer | None = None) -> dict:
-    """Process every image of `inputs`; returns a summary dict (counts, failures, timings)."""
+    """Process every image of `inputs`; returns a summary dict (counts, failures, timings). The folder is locked
+    for the run: a second run on it is refused (MammoError) instead of corrupting this one."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_partials(out_dir)  # left by a run that was killed mid-write; this run owns the folder now
-    timer = timer or StepTimer()
-    found = discover(inputs)
-    threshold = cfg.pipeline.threshold if cfg.pipeline.threshold is not None else models.threshold
+    with folder_lock(out_dir):
+        return _run_locked(inputs, out_dir, models, cfg, overwrite, progress, timer or StepTimer())
 
-    # What is already done (by source path) and which ids are taken, so a rerun skips and keeps ids stable.
-    done = {} if overwrite else {str(Path(r.source).resolve()): r for r in read_results(out_dir)}
-    allocate = IdAllocator(cfg.pipeline.image_id, cfg.pipeline.id_salt)
+
+def _run_locked(inputs, out_dir: Path, models, cfg: Config, overwrite: bool, progress: bool,
+                timer: StepTimer) -> dict:
+    remove_stale_partials(out_dir)  # left by a run that was killed mid-write: the lock says none is alive
+    found = discover(inputs, exclude=[out_dir])  # --out inside an input folder: never read our own outputs
+    threshold = cfg.pipeline.threshold if cfg.pipeline.threshold is not None else models.threshold
+    fingerprint = output_fingerprint(models, cfg, threshold)
+    previous = [] if overwrite else read_results(out_dir)
+    if not overwrite:
+        check_fingerprint(out_dir, fingerprint, bool(previous))
+    atomic_write_text(out_dir / FINGERPRINT_FILE, json.dumps(fingerprint, indent=2))
+
+    # What is already done (by source key) and which ids are taken, so a rerun skips and keeps ids stable.
+    salt = resolve_salt(cfg.pipeline.id_salt)
+    done = {r.source_key: r for r in previous if r.source_key}
+    allocate = IdAllocator(cfg.pipeline.image_id, salt)
     for r in done.values():
-        allocate.used[r.image_id] = str(Path(r.source).resolve())
+        allocate.used[r.image_id] = r.source_key
 
     rows, failures, n_skipped_done = [], [], 0
     for path in found.missing:
-        failures.append({"image_id": "", "source": str(path), "status": "failed", "error": "input not found"})
+        failures.append({"image_id": "", "source": written_source(path, cfg.pipeline.source_paths, salt),
+                         "status": "failed", "error": "input not found"})
     started = time.perf_counter()
     bar = tqdm(found.images, desc="infer", unit="img", disable=not progress)
     for path in bar:
-        key = str(path.resolve())
+        key = source_key(path, salt)
         if key in done:
             r = done[key]
             rows.append({"image_id": r.image_id, "source": r.source, "score": f"{r.score:.5f}",
@@ -137,19 +184,22 @@ def run_inference(inputs, out_dir, models, cfg: Config, *, overwrite: bool = Fal
             n_skipped_done += 1
             continue
         image_id = ""
+        source = written_source(path, cfg.pipeline.source_paths, salt)
         try:
             with timer.step("read"):
-                mammogram = read_mammogram(path)
+                mammogram = read_mammogram(path, max_pixels=cfg.run.max_pixels)
             meta = mammogram.meta
-            image_id = allocate(path, [meta.patient_id])
+            image_id = allocate(path, meta.identifiers, meta.is_dicom)
             result = infer_image(mammogram, image_id, path, models, cfg, threshold, out_dir, timer)
             timer.end_image()
-            rows.append({"image_id": image_id, "source": str(path), "score": f"{result.score:.5f}",
+            rows.append({"image_id": image_id, "source": source, "score": f"{result.score:.5f}",
                          "n_lesions": len(result.lesions), "status": "done", "error": ""})
         except Exception as exc:  # one bad file must not stop the batch; KeyboardInterrupt still does
             timer._current = {}
             reason = str(exc) if isinstance(exc, MammoError) else f"{path}: {type(exc).__name__}: {exc}"
-            failures.append({"image_id": image_id, "source": str(path), "status": "failed", "error": reason})
+            if cfg.pipeline.source_paths != "full":  # the reason names the file: keep only what was written
+                reason = reason.replace(str(path), source or "<input>")
+            failures.append({"image_id": image_id, "source": source, "status": "failed", "error": reason})
             bar.write(f"failed: {reason}")
     write_predictions_csv(out_dir, rows + [dict(f, score="", n_lesions="") for f in failures])
     atomic_write_text(out_dir / FAILURES_FILE, json.dumps(failures, indent=2))

@@ -33,9 +33,15 @@ def _from_csv(path: Path) -> list[Path]:
     return [(path.parent / r[col].strip()) for r in body if len(r) > col and r[col].strip()]
 
 
-def discover(inputs) -> Discovery:
-    """Expand INPUTs in order (folders sorted), without duplicates, never reading pixel data."""
+def discover(inputs, exclude=()) -> Discovery:
+    """Expand INPUTs in order (folders sorted), without duplicates, never reading pixel data. Folders in
+    `exclude` (a run's own output folder inside an input folder) are not searched."""
     out, seen = Discovery(), set()
+    excluded = [Path(e).resolve() for e in exclude]
+
+    def is_excluded(p: Path) -> bool:
+        r = p.resolve()
+        return any(r == e or e in r.parents for e in excluded)
 
     def add(p: Path):
         key = p.resolve()
@@ -47,7 +53,7 @@ def discover(inputs) -> Discovery:
         p = Path(raw)
         if p.is_dir():
             for child in sorted(q for q in p.rglob("*") if q.is_file()):
-                if child.name.startswith("."):
+                if child.name.startswith(".") or is_excluded(child):
                     continue
                 (add(child) if (child.suffix.lower() in IMAGE_SUFFIXES or is_dicom(child))
                  else out.skipped.append(child))

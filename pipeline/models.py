@@ -149,12 +149,24 @@ def _copy(source: Path, target: Path) -> None:
         shutil.copyfile(source, tmp)
 
 
-class PipelineModels:
-    """Detector + classifier + operating threshold, loaded once; a context manager frees them."""
+def bundle_fingerprint(bundle: Bundle) -> str:
+    """SHA-256 over the contents of every model file of the bundle (its manifest when it has one)."""
+    manifest = bundle.root / MANIFEST
+    if manifest.is_file():
+        return hashlib.sha256(manifest.read_bytes()).hexdigest()
+    parts = [bundle.detector] + ([bundle.classifier] if bundle.classifier.is_file() else
+                                 [p for p in sorted(bundle.classifier.rglob("*")) if p.is_file()])
+    return hashlib.sha256("".join(sha256(p) for p in parts).encode()).hexdigest()
 
-    def __init__(self, detector, classifier, threshold: float, description: str = ""):
+
+class PipelineModels:
+    """Detector + classifier + operating threshold, loaded once; a context manager frees them. `fingerprint`
+    identifies the model files, so an output folder is never resumed with other models."""
+
+    def __init__(self, detector, classifier, threshold: float, description: str = "", fingerprint: str = ""):
         self.detector, self.classifier = detector, classifier
         self.threshold, self.description = float(threshold), description
+        self.fingerprint = fingerprint
 
     @classmethod
     def load(cls, bundle: Bundle, cfg: Config) -> "PipelineModels":
@@ -163,7 +175,7 @@ class PipelineModels:
 
         detector = LesionDetector.load(bundle.detector, cfg.detector, device=cfg.run.device, threads=cfg.run.threads)
         classifier = MalignancyClassifier.load(bundle.classifier, threads=cfg.run.threads)
-        return cls(detector, classifier, bundle.threshold, bundle.description)
+        return cls(detector, classifier, bundle.threshold, bundle.description, bundle_fingerprint(bundle))
 
     def close(self) -> None:
         self.detector.close()

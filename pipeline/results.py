@@ -27,7 +27,7 @@ class LesionResult:
 @dataclass
 class ImageResult:
     image_id: str
-    source: str
+    source: str  # the input as given, a salted hash or '' (pipeline.source_paths)
     width: int
     height: int
     score: float
@@ -39,6 +39,7 @@ class ImageResult:
     aggregate: str = "max"
     calibrated: bool = False
     heatmap_downscale: int = 1
+    source_key: str = ""  # salted hash of the resolved input path: how a rerun recognises a done image
 
 
 def aggregate_scores(malignancies, how: str = "max") -> float:

@@ -142,21 +142,32 @@ def test_killed_run_resumes_without_redoing_or_losing_images(tiny_bundle, tmp_pa
     assert not [p for p in out.iterdir() if "partial" in p.name]
 
 
+@pytest.mark.slow
 def test_no_patient_identifier_reaches_output_names(tiny_bundle, tmp_path):
+    """DICOMs named after the patient (the name in another form than the file's PatientName, an MRN, the
+    dataset's patient token): no output name, CSV row, JSON or run.json carries it with source_paths=none."""
     from dicom_fixtures import write_dicom
 
     mammogram, _ = synthetic_mammogram(5, n_lesions=1)
-    src = tmp_path / "in" / "Mass-Test_P_00820_LEFT_CC.dcm"
-    src.parent.mkdir()
-    write_dicom(src, np.round(mammogram.pixels * 4095).astype(np.uint16), bits_stored=12,
-                PatientID="P_00820", PatientName="Mass-Test_P_00820_LEFT_CC")
+    pixels = np.round(mammogram.pixels * 4095).astype(np.uint16)
+    src = tmp_path / "in"
+    src.mkdir()
+    write_dicom(src / "Mass-Test_P_00820_LEFT_CC.dcm", pixels, bits_stored=12, PatientID="P_00820",
+                PatientName="Mass-Test_P_00820_LEFT_CC")
+    write_dicom(src / "DOE_JANE_L_CC.dcm", pixels, bits_stored=12, PatientID="X7", PatientName="DOE^JANE")
+    write_dicom(src / "MRN12345_L_CC.dcm", pixels, bits_stored=12, PatientID="MRN12345", AccessionNumber="A77")
     out = tmp_path / "out"
-    result = run_cli("infer", src, "--out", out, "--models", tiny_bundle)
+    result = run_cli("infer", src, "--out", out, "--models", tiny_bundle, "pipeline.source_paths=none")
     assert result.returncode == 0, result.stderr[-3000:]
-    names = [p.name for p in out.iterdir()]
-    assert not [n for n in names if "00820" in n], names
-    row = next(csv.DictReader(open(out / "predictions.csv")))
-    assert row["image_id"].startswith("img_") and "00820" not in row["image_id"]
+    written = " ".join([p.name for p in out.iterdir()] + [p.read_text() for p in out.glob("*.json")]
+                       + [(out / "predictions.csv").read_text(), result.stdout, result.stderr]).lower()
+    for secret in ("00820", "doe", "jane", "12345", str(src).lower()):
+        assert secret not in written, secret
+    rows = list(csv.DictReader(open(out / "predictions.csv")))
+    assert len(rows) == 3 and all(r["image_id"].startswith("img_") and r["source"] == "" for r in rows)
+    # a rerun recognises the done images by their salted source key, although no path was written
+    again = run_cli("infer", src, "--out", out, "--models", tiny_bundle, "pipeline.source_paths=none")
+    assert again.returncode == 0 and "3 done (3 from an earlier run)" in again.stdout, again.stdout[-2000:]
 
 
 def test_export_rois_contact_sheet_opens_in_a_browser(tiny_bundle, tmp_path):

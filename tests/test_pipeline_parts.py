@@ -48,7 +48,7 @@ def test_image_ids_hide_identifiers_and_stay_unique(tmp_path):
     assert image_id_for(tmp_path / "mdb001.pgm") == "mdb001"
     hashed = image_id_for(tmp_path / "Mass-Test_P_00820_LEFT_CC.dcm")
     assert hashed.startswith("img_") and "00820" not in hashed
-    assert image_id_for(tmp_path / "scan.dcm", patient_fields=["SCAN"]).startswith("img_")
+    assert image_id_for(tmp_path / "scan.png", identifiers=["SCAN"]).startswith("img_")
     allocate = IdAllocator("auto", "salt")
     a, b = allocate(tmp_path / "x" / "img.png"), allocate(tmp_path / "y" / "img.png")
     assert a == "img" and b.startswith("img_") and a != b

@@ -1,0 +1,243 @@
+"""Hardening (issue 12): no identifier in output names, bounded inputs, output folders that two runs cannot
+corrupt, resumes that never mix operating points, files readable under the user's umask.
+
+Inference here runs with stand-in models of known output (tests/standins.py), so these tests are fast and do
+not depend on training.
+"""
+import mammo.runtime  # noqa: F401  (first)
+
+import json
+import os
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pydicom
+import pytest
+
+from dicom_fixtures import write_dicom
+from mammo.atomic import atomic_write_text, folder_lock
+from mammo.config import load_config
+from mammo.errors import ImageReadError, MammoError
+from mammo.imaging import read_mammogram
+from mammo.synthetic import synthetic_mammogram
+from pipeline import ids
+from pipeline.infer import run_inference
+from pipeline.models import PipelineModels
+from pipeline.results import read_results
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+# --- ids: every identifying value of the file, normalised -------------------------------------------------------
+@pytest.mark.parametrize("name, identifiers, expected", [
+    ("DOE_JANE_L_CC", ["DOE^JANE"], True),            # the issue's case: PatientName in DICOM form
+    ("jane-doe-mlo", ["DOE^JANE"], True),             # other order, other separators
+    ("JaneDoe_R_CC", ["DOE^JANE^M"], True),           # run together, middle name in the file only
+    ("LEFT_CC_0001", ["DOE^JANE"], False),            # nothing of hers
+    ("scan_A77_L", ["X1", "A77X"], False),            # a short part alone is not a match
+    ("scan_A77XQ_L", ["A77XQ"], True),                # accession number
+    ("MRN12345_L_CC", [], True),                      # digit run: an identifier whatever the file says
+    ("1.2.840.113619.2.55", [], True),                # a UID
+    ("mdb001", [], False),                            # a dataset's image name stays readable
+    ("Mass-Test_P_00820_LEFT_CC", [], True),          # CBIS-DDSM patient token
+])
+def test_identifier_detection(name, identifiers, expected):
+    assert ids.looks_like_identifier(name, identifiers) == expected
+
+
+def test_dicoms_get_hashed_ids_by_default_and_names_only_when_asked(tmp_path):
+    pixels = np.full((64, 48), 900, np.uint16)
+    dcm = write_dicom(tmp_path / "left_cc.dcm", pixels, PatientName="DOE^JANE", PatientID="X7",
+                      OtherPatientIDs=["H-4411"], AccessionNumber="ACC9911")
+    meta = read_mammogram(dcm).meta
+    assert {"DOE^JANE", "X7", "H-4411", "ACC9911"} <= set(meta.identifiers) and meta.is_dicom
+    assert "identifiers" not in meta.to_dict()  # never exported with the metadata
+    assert ids.image_id_for(dcm, "auto", "s", meta.identifiers, meta.is_dicom).startswith("img_")
+    assert ids.image_id_for(dcm, "name", "s", meta.identifiers, meta.is_dicom) == "left_cc"
+    png = tmp_path / "left_cc.png"
+    cv2.imwrite(str(png), np.zeros((64, 48), np.uint8))
+    assert ids.image_id_for(png, "auto", "s") == "left_cc"  # no patient fields in a PNG: its name stays
+    with pytest.raises(ValueError, match="image_id"):
+        ids.image_id_for(png, "names", "s")
+
+
+def test_installation_salt_is_secret_stable_and_overridable(tmp_path, monkeypatch):
+    from mammo import runtime
+
+    monkeypatch.setattr(runtime, "CACHE_DIR", tmp_path / "cache")
+    monkeypatch.delenv("MAMMO_ID_SALT", raising=False)
+    salt = ids.resolve_salt("")
+    path = tmp_path / "cache" / "id_salt"
+    assert len(salt) >= 32 and path.stat().st_mode & 0o077 == 0  # readable by its owner only
+    assert ids.resolve_salt("") == salt and ids.resolve_salt("site-A") == "site-A"
+    monkeypatch.setenv("MAMMO_ID_SALT", "site-B")
+    assert ids.resolve_salt("") == "site-B"
+
+
+def test_source_modes_and_argv_scrubbing(tmp_path):
+    scan = tmp_path / "MRN12345_L_CC.dcm"
+    scan.write_bytes(b"x")
+    assert ids.written_source(scan, "full", "s") == str(scan)
+    hashed = ids.written_source(scan, "hashed", "s")
+    assert hashed.startswith("src_") and "12345" not in hashed and ids.written_source(scan, "none", "s") == ""
+    argv = ["/home/u/mammo/pipeline/__main__.py", "infer", str(scan), "--out", str(tmp_path),
+            "pipeline.source_paths=hashed", "--overwrite"]
+    scrubbed = ids.scrub_argv(argv, [scan, tmp_path], "hashed", "s")
+    assert str(tmp_path) not in " ".join(scrubbed) and "pipeline.source_paths=hashed" in scrubbed
+    assert ids.scrub_argv(argv, [scan, tmp_path], "none", "s") == [
+        "__main__.py", "infer", "--out", "pipeline.source_paths=hashed", "--overwrite"]
+    assert ids.scrub_argv(argv, [scan, tmp_path], "full", "s") == argv
+
+
+# --- bounded inputs ---------------------------------------------------------------------------------------------
+def png_header_claiming(path: Path, width: int, height: int) -> Path:
+    """A valid tiny PNG whose IHDR claims width x height: a decompression bomb's header, a few bytes on disk."""
+    ok, buf = cv2.imencode(".png", np.zeros((4, 4), np.uint8))
+    data = bytearray(buf.tobytes())
+    ihdr = 8 + 8  # signature, then length + 'IHDR'
+    data[ihdr:ihdr + 8] = struct.pack(">II", width, height)
+    data[ihdr + 13:ihdr + 17] = struct.pack(">I", zlib.crc32(bytes(data[12:ihdr + 13])))
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_huge_and_tiny_images_are_refused_before_decoding(tmp_path):
+    bomb = png_header_claiming(tmp_path / "bomb.png", 20000, 20000)
+    with pytest.raises(ImageReadError, match="max_pixels") as err:
+        read_mammogram(bomb)
+    assert str(bomb) in str(err.value)
+    tiny = tmp_path / "tiny.png"
+    cv2.imwrite(str(tiny), np.zeros((1, 1), np.uint8))
+    with pytest.raises(ImageReadError, match="too small"):
+        read_mammogram(tiny)
+    ok = tmp_path / "ok.png"
+    cv2.imwrite(str(ok), np.zeros((100, 80), np.uint8))
+    assert read_mammogram(ok).shape == (100, 80)
+    with pytest.raises(ImageReadError, match="max_pixels=5,000"):
+        read_mammogram(ok, max_pixels=5000)  # the limit is a setting
+    huge_dicom = write_dicom(tmp_path / "huge.dcm", np.zeros((64, 48), np.uint16))
+    ds = pydicom.dcmread(huge_dicom)
+    ds.Rows, ds.Columns = 30000, 30000  # refused from the header: pixel data is never touched
+    ds.save_as(huge_dicom)
+    with pytest.raises(ImageReadError, match="max_pixels"):
+        read_mammogram(huge_dicom)
+
+
+@pytest.mark.parametrize("syntax", ["native", "rle"])
+def test_dicom_whose_rows_disagree_with_its_pixel_data_is_refused(tmp_path, syntax):
+    from pydicom.uid import ExplicitVRLittleEndian, RLELossless
+
+    pixels = (np.arange(128 * 96) % 4000).reshape(128, 96).astype(np.uint16)
+    path = write_dicom(tmp_path / f"{syntax}.dcm", pixels, bits_stored=12,
+                       transfer_syntax=RLELossless if syntax == "rle" else ExplicitVRLittleEndian)
+    intact = read_mammogram(path).pixels
+    assert intact.shape == (128, 96) and np.corrcoef(intact.ravel(), pixels.ravel())[0, 1] > 0.999
+    ds = pydicom.dcmread(path)
+    ds.Rows = 64  # half the real pixel data
+    ds.save_as(path)
+    with pytest.raises(ImageReadError) as err:
+        read_mammogram(path)
+    assert str(path) in str(err.value) and ("header" in str(err.value))
+
+
+def test_checked_rle_decoding_equals_pydicom_on_the_real_sample():
+    from conftest import sample_dicom_paths
+    from mammo.dicom import _rle_frame
+
+    for path in sample_dicom_paths()[:3]:
+        ds = pydicom.dcmread(path)
+        np.testing.assert_array_equal(_rle_frame(ds, path, int(ds.Rows), int(ds.Columns)), ds.pixel_array)
+
+
+# --- output folders ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def standin_models():
+    from standins import blob_detector, bright_spot_classifier
+    from mammo.config import DetectorConfig
+
+    return PipelineModels(blob_detector(DetectorConfig(imgsz=256, conf=0.01)), bright_spot_classifier(64), 0.5,
+                          fingerprint="stand-in")
+
+
+@pytest.fixture
+def scans(tmp_path):
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    for seed in (1, 2):
+        m, _ = synthetic_mammogram(seed, shape=(256, 192), n_lesions=1)
+        cv2.imwrite(str(folder / f"case{seed}.png"), np.round(m.pixels * 255).astype(np.uint8))
+    return folder
+
+
+def test_resume_refuses_other_settings_and_overwrite_redoes(standin_models, scans, tmp_path):
+    out = tmp_path / "out"
+    cfg = load_config()
+    assert run_inference([scans], out, standin_models, cfg, progress=False)["processed"] == 2
+    again = run_inference([scans], out, standin_models, cfg, progress=False)
+    assert again["resumed"] == 2 and again["processed"] == 0
+    other = load_config(overrides=["pipeline.threshold=0.1"])
+    with pytest.raises(MammoError, match=r"pipeline\.threshold.*--overwrite"):
+        run_inference([scans], out, standin_models, other, progress=False)
+    assert {r.threshold for r in read_results(out)} == {0.5}  # nothing was mixed in
+    redone = run_inference([scans], out, standin_models, other, overwrite=True, progress=False)
+    assert redone["processed"] == 2 and {r.threshold for r in read_results(out)} == {0.1}
+    other_models = PipelineModels(standin_models.detector, standin_models.classifier, 0.5, fingerprint="other")
+    with pytest.raises(MammoError, match="models"):
+        run_inference([scans], out, other_models, other, progress=False)
+
+
+def test_output_folder_inside_the_input_folder_is_not_read_back(standin_models, scans):
+    out = scans / "results"
+    cfg = load_config()
+    first = run_inference([scans], out, standin_models, cfg, progress=False)
+    assert first["images"] == 2 and list(out.glob("*_overlay.png"))
+    second = run_inference([scans], out, standin_models, cfg, progress=False)
+    assert second["images"] == 2 and second["failed"] == 0  # its own PNGs are no mammograms to process
+
+
+def test_a_second_run_on_a_locked_folder_is_refused_and_keeps_the_first_runs_files(standin_models, scans,
+                                                                                   tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    live = out / ".case1.abc.partial.png"  # a live writer's temporary file
+    live.write_bytes(b"half")
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; sys.path.insert(0, '.'); from mammo.atomic import folder_lock\n"
+        f"with folder_lock({str(out)!r}):\n    print('locked', flush=True); time.sleep(60)")],
+        cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(MammoError, match="another run is writing"):
+            run_inference([scans], out, standin_models, load_config(), progress=False)
+        assert live.exists()  # not deleted under the live run
+    finally:
+        holder.kill()
+        holder.wait()
+    # the holder died (SIGKILL): the kernel released its lock, and its temporary file is now stale
+    assert run_inference([scans], out, standin_models, load_config(), progress=False)["processed"] == 2
+    assert not live.exists()
+
+
+def test_outputs_honour_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = atomic_write_text(tmp_path / "index.html", "<html></html>")
+        assert path.stat().st_mode & 0o777 == 0o644
+        os.umask(0o077)
+        assert atomic_write_text(tmp_path / "private.json", "{}").stat().st_mode & 0o777 == 0o600
+    finally:
+        os.umask(old)
+
+
+def test_lock_is_released_on_exit_and_exclusive_while_held(tmp_path):
+    with folder_lock(tmp_path / "a"):
+        with pytest.raises(MammoError, match="another run"):
+            with folder_lock(tmp_path / "a"):
+                pass
+    with folder_lock(tmp_path / "a"):  # released on exit
+        pass
