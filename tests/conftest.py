@@ -41,3 +41,24 @@ def tiny_bundle(tmp_path_factory) -> Path:
     from pipeline.demo import build_demo_bundle
 
     return build_demo_bundle(tmp_path_factory.mktemp("bundle") / "bundle", size="tiny", progress=False)
+
+
+# Fixtures that train or load real models: a test using one is in the slow tier (`pytest -m "not slow"` skips
+# it for everyday work; CI runs everything). Tests that are slow for other reasons carry @pytest.mark.slow.
+SLOW_FIXTURES = {"trained", "detector", "tiny_bundle", "trained_synthetic", "real_mammograms", "postgres_url",
+                 "synthetic_csv"}
+# Tests that start Python subprocesses importing torch and TensorFlow, or train, without such a fixture.
+SLOW_TESTS = ("test_runtime.py::", "test_tuning_postgres.py::",
+              "test_tuning.py::test_toy_study", "test_tuning.py::test_worker_killed", "test_tuning.py::test_ctrl_c",
+              "test_tuning.py::test_two_local_workers", "test_tuning.py::test_real_classifier",
+              "test_classifier_cli.py::test_train_then_predict", "test_classifier.py::test_every_backbone",
+              "test_shipped.py::test_shipped_models_infer", "test_shipped.py::test_benchmark_quick",
+              "test_shipped.py::test_bundle_writer", "test_imagenet_offline.py::test_pretrained_detector",
+              "test_imagenet_offline.py::test_classifier_registry", "test_imagenet_offline.py::test_keras_mobilenet")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        name = item.nodeid.split("/")[-1]
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) or name.startswith(SLOW_TESTS):
+            item.add_marker(pytest.mark.slow)
