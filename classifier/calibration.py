@@ -18,8 +18,7 @@ import numpy as np
 from scipy.optimize import minimize
 
 from mammo.atomic import atomic_write_text
-
-METHODS = ("temperature", "platt", "isotonic", "none")
+from mammo.config import CALIBRATIONS as METHODS
 _EPS = 1e-6
 
 

@@ -22,6 +22,7 @@ from typing import Callable
 import keras
 from keras import layers
 
+from mammo import config
 from mammo.config import ClassifierConfig
 from mammo.errors import ConfigError, WeightsError
 
@@ -43,6 +44,9 @@ BACKBONES: dict[str, Backbone] = {}
 
 
 def register(name: str, scaling: str = "tf", pretrainable: bool = True):
+    if name not in config.BACKBONES:  # the config's Literal is checked at load: keep the two lists one
+        raise ValueError(f"backbone {name!r}: add it to mammo.config.BACKBONES as well")
+
     def deco(fn):
         BACKBONES[name] = Backbone(fn, scaling, pretrainable)
         return fn

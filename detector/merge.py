@@ -16,8 +16,7 @@ import warnings
 import numpy as np
 
 from detector.frames import normalizer
-
-METHODS = ("nms", "wbf")
+from mammo.config import MERGES as METHODS
 
 
 def merge_boxes(boxes, scores, labels, shape: tuple[int, int], method: str = "wbf", iou: float = 0.5,

@@ -1,141 +1,184 @@
 """Typed, frozen configs: YAML in configs/ -> dataclasses -> `key=value` overrides -> resolved copy saved.
 
-A YAML file may name a parent with `inherit: other.yaml` (relative to itself); the child's keys win. Unknown keys
-and wrong types are errors that name the dotted key. Every run saves the resolved config next to its outputs
-with `save_config`, so `--config that/config.yaml` reproduces it.
+A YAML file may name a parent with `inherit: other.yaml` (relative to itself); the child's keys win. Every
+section checks its fields whenever it is built (from YAML, from overrides, from a tuning trial or by
+`dataclasses.replace`): unknown keys, wrong types, choices outside a field's `Literal`, empty strings, NaN or
+infinite numbers and values outside the range declared beside the field are one ConfigError naming the dotted
+key and what is allowed. Every run saves the resolved config next to its outputs with `save_config`, so
+`--config that/config.yaml` reproduces it. configs/default.yaml repeats every default (a test keeps them equal).
 """
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import yaml
 
 from mammo.atomic import atomic_write_text
 from mammo.errors import ConfigError
+from mammo import PROJECT_ROOT
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+CONFIG_DIR = PROJECT_ROOT / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "default.yaml"
 
+# Choices shared with the code that implements them (one tuple each, so adding a value is one edit here plus
+# its implementation): pipeline/results.py aggregates, classifier/model.py registers backbones, ...
+AGGREGATES = ("max", "noisy_or")
+DATA_FORMATS = ("mias", "cbis-ddsm", "inbreast", "vindr", "csv")
+BACKBONES = ("small_cnn", "mobilenet_v2", "densenet121", "resnet50", "vgg16", "efficientnet_b0")
+CALIBRATIONS = ("temperature", "platt", "isotonic", "none")
+MERGES = ("nms", "wbf")
+DEVICE = (r"cpu|mps|cuda(:\d+)?|\d+(,\d+)*", "cpu, mps, cuda, cuda:N or GPU indices such as 0 or 0,1")
+
+
+def bounded(default, low, high, factory=None):
+    """A numeric setting (or a dict of them) with its allowed range, inclusive; checked whenever a config is built."""
+    meta = {"range": (low, high)}
+    return field(default_factory=factory, metadata=meta) if factory else field(default=default, metadata=meta)
+
+
+def text(default: str = "", *, empty: bool = True, pattern: tuple[str, str] | None = None):
+    """A string setting; '' allowed only with `empty` (every other string field must be non-blank)."""
+    return field(default=default, metadata={"empty_ok": empty, "pattern": pattern})
+
+
+class _Checked:
+    """Coerces and checks every field at construction (frozen dataclasses: through object.__setattr__)."""
+
+    def __post_init__(self):
+        section = _section_name(type(self))
+        hints = _hints(type(self))
+        for f in dataclasses.fields(self):
+            key = f"{section}.{f.name}" if section else f.name
+            value = _coerce(getattr(self, f.name), hints[f.name], key)
+            _check(value, f.metadata, key)
+            object.__setattr__(self, f.name, value)
+
 
 @dataclass(frozen=True)
-class RunConfig:
+class RunConfig(_Checked):
     name: str = "default"  # run folder name under runs/<command>/
-    seed: int = 0
-    threads: int = 2  # torch / TF intra-op threads (2 cores here)
-    device: str = "cpu"  # 'cpu', 'cuda', 'cuda:0', '0,1', 'mps': passed through to torch / ultralytics
-    max_pixels: int = 50_000_000  # larger images are refused before decoding (a 20000^2 PNG would need 5 GB)
+    seed: int = bounded(0, 0, 2**32 - 1)
+    threads: int = bounded(2, 1, 256)  # torch / TF intra-op threads (2 cores here)
+    device: str = text("cpu", empty=False, pattern=DEVICE)  # passed through to torch / ultralytics
+    # larger images are refused before decoding (a 20000^2 PNG would need 5 GB)
+    max_pixels: int = bounded(50_000_000, 1024, 500_000_000)
 
 
 @dataclass(frozen=True)
-class DataConfig:
-    format: str = "mias"  # mias | cbis-ddsm | inbreast | vindr | csv
-    annotations: str = ""  # annotation file or dataset folder, as the format's reader expects
-    images_root: str = ""  # folder the image paths are relative to ('' = the reader's default)
-    split_file: str = ""  # CSV image_id,patient_id,split; '' = make one from `seed` and `split_fractions`
-    split_fractions: dict[str, float] = field(default_factory=lambda: {"train": 0.8, "val": 0.2})
-    seed: int = 0
+class DataConfig(_Checked):
+    format: Literal[DATA_FORMATS] = "mias"
+    annotations: str = text("../shared/data/mias/Info.txt")  # annotation file or dataset folder, as the reader expects
+    images_root: str = text()  # folder the image paths are relative to ('' = the reader's default)
+    split_file: str = text()  # CSV image_id,patient_id,split; '' = make one from `seed` and `split_fractions`
+    split_fractions: dict[str, float] = bounded(None, 0.0, 1.0, lambda: {"train": 0.8, "val": 0.2})
+    seed: int = bounded(0, 0, 2**32 - 1)
     # DDSM scans and some PNG exports carry no pixel spacing; this fallback (mm) is used where one is needed.
-    fallback_pixel_spacing_mm: float = 0.2
+    fallback_pixel_spacing_mm: float = bounded(0.2, 0.001, 10.0)
 
 
 @dataclass(frozen=True)
-class PreprocessConfig:
+class PreprocessConfig(_Checked):
     crop_breast: bool = True  # drop background, labels and markers outside the breast's bounding box
-    crop_margin: int = 8  # pixels kept around the breast mask
-    flip_to: str = "left"  # 'left' | 'right' | 'none': the side every breast's chest wall is put on
+    crop_margin: int = bounded(8, 0, 1024)  # pixels kept around the breast mask
+    flip_to: Literal["left", "right", "none"] = "left"  # the side every breast's chest wall is put on
     clahe: bool = False  # contrast-limited histogram equalisation (the seeds' INbreast recipe)
-    clahe_clip_limit: float = 2.0
-    clahe_tile_grid: int = 8
+    clahe_clip_limit: float = bounded(2.0, 0.01, 100.0)
+    clahe_tile_grid: int = bounded(8, 1, 64)
 
 
 @dataclass(frozen=True)
-class DetectorConfig:
-    model: str = "yolov8n.yaml"  # an ultralytics model YAML (built from scratch) or a local .pt path
+class DetectorConfig(_Checked):
+    model: str = text("yolov8n.yaml", empty=False)  # an ultralytics model YAML (built from scratch) or a local .pt
     classes: tuple[str, ...] = ("lesion",)  # or ('mass', 'calcification', 'other')
-    imgsz: int = 640
-    epochs: int = 50
-    batch: int = 16
-    patience: int = 20
-    mode: str = "letterbox"  # 'letterbox' | 'tiled'
-    tile_size: int = 640  # tiled mode: tile edge in pixels of the working resolution
-    tile_overlap: float = 0.2
-    tile_scale: float = 1.0  # tiled mode: working resolution relative to the breast crop
-    merge: str = "wbf"  # 'nms' | 'wbf': how tile predictions are merged
-    conf: float = 0.01
-    iou: float = 0.5
-    max_det: int = 20
-    hit_iou: float = 0.1  # FROC: a prediction hits a lesion when its centre is inside it or IoU >= this
+    imgsz: int = bounded(640, 32, 4096)
+    epochs: int = bounded(50, 1, 10000)
+    batch: int = bounded(16, 1, 1024)
+    patience: int = bounded(20, 1, 10000)
+    mode: Literal["letterbox", "tiled"] = "letterbox"
+    tile_size: int = bounded(640, 32, 4096)  # tiled mode: tile edge in pixels of the working resolution
+    tile_overlap: float = bounded(0.2, 0.0, 0.9)  # below 1, or tiles never advance
+    tile_scale: float = bounded(1.0, 0.01, 4.0)  # tiled mode: working resolution relative to the breast crop
+    merge: Literal[MERGES] = "wbf"  # how tile predictions are merged
+    conf: float = bounded(0.01, 0.0, 1.0)
+    iou: float = bounded(0.5, 0.01, 1.0)
+    max_det: int = bounded(20, 1, 1000)
+    hit_iou: float = bounded(0.1, 0.01, 1.0)  # FROC: a hit is a prediction with its centre inside or IoU >= this
     hit_centre: bool = True  # FROC: false = only IoU >= hit_iou counts as a hit
-    train_negatives: float = 1.0  # fraction of lesion-free training images exported (val/test keep all)
+    train_negatives: float = bounded(1.0, 0.0, 1.0)  # fraction of lesion-free training images exported
     train_args: dict[str, object] = field(default_factory=dict)  # extra ultralytics train arguments (lr0, ...)
 
 
 @dataclass(frozen=True)
-class ClassifierConfig:
-    backbone: str = "small_cnn"  # small_cnn | mobilenet_v2 | densenet121 | resnet50 | vgg16 | efficientnet_b0
-    weights: str = "none"  # 'none' | 'imagenet-offline' (mobilenet_v2) | 'imagenet' | a local weights file
-    head: str = "gap"  # 'gap' (GAP -> dropout -> sigmoid) | 'dense' (GAP -> 512 -> BN -> ... -> sigmoid)
-    input_size: int = 128
-    context_margin: float = 0.25  # fraction of the box size added on each side of a crop
-    channels: int = 1
-    dropout: float = 0.3
-    dense_units: int = 512
-    fine_tune_fraction: float = 1.0  # fraction of backbone layers trained (last layers first)
-    frozen_epochs: int = 0  # pretrained weights: first train the head alone for this many epochs, then fine-tune
-    fine_tune_lr_factor: float = 0.1  # learning rate of the fine-tuning stage, relative to learning_rate
-    optimizer: str = "adam"  # 'adam' | 'sgd'
-    learning_rate: float = 1e-3
-    momentum: float = 0.9  # SGD only
-    batch_size: int = 32
-    epochs: int = 30
-    patience: int = 8
+class ClassifierConfig(_Checked):
+    backbone: Literal[BACKBONES] = "small_cnn"
+    weights: str = text("none", empty=False)  # 'none' | 'imagenet-offline' (mobilenet_v2) | 'imagenet' | a file
+    head: Literal["gap", "dense"] = "gap"  # GAP -> dropout -> sigmoid | GAP -> 512 -> BN -> ... -> sigmoid
+    input_size: int = bounded(128, 16, 1024)
+    context_margin: float = bounded(0.25, 0.0, 4.0)  # fraction of the box size added on each side of a crop
+    channels: Literal[1, 3] = 1
+    dropout: float = bounded(0.3, 0.0, 0.95)
+    dense_units: int = bounded(512, 1, 8192)
+    fine_tune_fraction: float = bounded(1.0, 0.0, 1.0)  # fraction of backbone layers trained (last layers first)
+    frozen_epochs: int = bounded(0, 0, 10000)  # pretrained weights: train the head alone this long, then fine-tune
+    fine_tune_lr_factor: float = bounded(0.1, 1e-6, 10.0)  # fine-tuning learning rate, relative to learning_rate
+    optimizer: Literal["adam", "sgd"] = "adam"
+    learning_rate: float = bounded(1e-3, 1e-8, 10.0)
+    momentum: float = bounded(0.9, 0.0, 0.999)  # SGD only
+    batch_size: int = bounded(32, 1, 4096)
+    epochs: int = bounded(30, 1, 10000)
+    patience: int = bounded(8, 1, 10000)
     class_weight: bool = True
-    augment_strength: float = 1.0  # 0 = no augmentation
+    augment_strength: float = bounded(1.0, 0.0, 10.0)  # 0 = no augmentation
     clahe: bool = False  # CLAHE on every crop, in training and inference alike
-    jitter: float = 0.1  # random shift/scale of training crops, fraction of the box size
-    crops_per_lesion: int = 8
-    negatives_per_image: int = 4  # background crops from normal tissue, as benign-looking negatives
-    calibration: str = "temperature"  # 'temperature' | 'platt' | 'isotonic' | 'none'
-    fbeta: float = 2.0
+    jitter: float = bounded(0.1, 0.0, 1.0)  # random shift/scale of training crops, fraction of the box size
+    crops_per_lesion: int = bounded(8, 1, 256)
+    negatives_per_image: int = bounded(4, 0, 256)  # background crops from normal tissue, as benign-looking negatives
+    calibration: Literal[CALIBRATIONS] = "temperature"
+    fbeta: float = bounded(2.0, 0.01, 100.0)
 
 
 @dataclass(frozen=True)
-class PipelineConfig:
-    aggregate: str = "max"  # image score from lesion scores: 'max' | 'noisy_or'
-    threshold: float | None = None  # operating point on the image score; None = the one shipped with the models
-    heatmap_downscale: int = 4  # heatmap PNG at 1/n of the original size (1: full size, ~0.3 s more per scan)
-    image_id: str = "auto"  # 'auto' (DICOMs and identifier-like names hashed) | 'name' | 'hash'
-    id_salt: str = ""  # '' = this installation's secret salt (runs/.cache/id_salt) or $MAMMO_ID_SALT
-    source_paths: str = "full"  # `source` fields and run.json argv: 'full' | 'hashed' | 'none' (outputs that leave)
-    fbeta: float = 2.0
-    min_specificity: float = 0.5  # the shipped threshold maximizes F-beta on validation among those keeping this
-    bootstrap: int = 1000
+class PipelineConfig(_Checked):
+    aggregate: Literal[AGGREGATES] = "max"  # image score from lesion scores
+    threshold: float | None = bounded(None, 0.0, 1.0)  # operating point on the image score; None = the shipped one
+    heatmap_downscale: int = bounded(4, 1, 64)  # heatmap PNG at 1/n of the original size (1: full, ~0.3 s more)
+    image_id: Literal["auto", "name", "hash"] = "auto"  # auto: DICOMs and identifier-like names hashed
+    id_salt: str = text()  # '' = this installation's secret salt (runs/.cache/id_salt) or $MAMMO_ID_SALT
+    # `source` fields and run.json argv: full | hashed | none (outputs that leave the hospital)
+    source_paths: Literal["full", "hashed", "none"] = "full"
+    fbeta: float = bounded(2.0, 0.01, 100.0)
+    min_specificity: float = bounded(0.5, 0.0, 1.0)  # the shipped threshold maximizes F-beta among those keeping this
+    bootstrap: int = bounded(1000, 1, 100000)
 
 
 @dataclass(frozen=True)
-class TuningConfig:
+class TuningConfig(_Checked):
     study: str = "classifier"
-    storage: str = ""  # '' = an SQLite file in the run folder; any RDB URL optuna supports
-    n_trials: int = 20  # finished (complete + pruned) trials the study should have; 0 = no limit (use timeout)
-    timeout: float | None = None
-    workers: int = 1
-    metric: str = "aupr"  # 'aupr' | 'auroc' | 'fbeta'
-    pruner: str = "median"  # 'median' | 'hyperband' | 'none'
+    storage: str = text()  # '' = an SQLite file in the run folder; any RDB URL optuna supports
+    n_trials: int = bounded(20, 0, 100000)  # finished (complete + pruned) trials the study should have; 0 = no limit
+    timeout: float | None = bounded(None, 1.0, 1e7)
+    workers: int = bounded(1, 1, 64)
+    metric: Literal["aupr", "auroc", "fbeta"] = "aupr"
+    pruner: Literal["median", "hyperband", "none"] = "median"
     search_space: str = "configs/search_space.yaml"
-    startup_trials: int = 5  # trials finished before the median pruner prunes (and TPE's random start)
-    warmup_epochs: int = 1  # epochs every trial runs before it may be pruned
-    heartbeat_interval: int = 20  # seconds between a running trial's heartbeats in the storage
-    grace_period: int = 60  # a trial silent this long (its worker died) is marked failed and retried
-    max_retry: int = 3  # retries of such a trial
+    startup_trials: int = bounded(5, 0, 10000)  # trials finished before the median pruner prunes (and TPE's start)
+    warmup_epochs: int = bounded(1, 0, 10000)  # epochs every trial runs before it may be pruned
+    heartbeat_interval: int = bounded(20, 1, 3600)  # seconds between a running trial's heartbeats in the storage
+    grace_period: int = bounded(60, 1, 86400)  # a trial silent this long (its worker died) is failed and retried
+    max_retry: int = bounded(3, 0, 100)  # retries of such a trial
 
 
 @dataclass(frozen=True)
-class Config:
+class Config(_Checked):
     run: RunConfig = field(default_factory=RunConfig)
     data: DataConfig = field(default_factory=DataConfig)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
@@ -143,6 +186,56 @@ class Config:
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     tuning: TuningConfig = field(default_factory=TuningConfig)
+
+
+@functools.cache
+def _hints(cls) -> dict:
+    return typing.get_type_hints(cls)
+
+
+def _section_name(cls) -> str:
+    return {hint: name for name, hint in _hints(Config).items()}.get(cls, "")
+
+
+def choices(key: str) -> tuple:
+    """The allowed values of an enum-like setting, e.g. choices('detector.mode'), for command-line options."""
+    section, name = key.split(".")
+    return typing.get_args(_hints(_hints(Config)[section])[name])
+
+
+def check_setting(key: str, value):
+    """`value` coerced and checked as setting `key` ('section.field') is when a config loads; ConfigError if not.
+    Tuning checks its search space with this, so a trial can never be given a value a config file could not."""
+    section, name = key.split(".")
+    cls = _hints(Config)[section]
+    value = _coerce(value, _hints(cls)[name], key)
+    _check(value, {f.name: f for f in dataclasses.fields(cls)}[name].metadata, key)
+    return value
+
+
+# --- checks ---------------------------------------------------------------------------------------------------
+def _check(value, meta, key: str) -> None:
+    """The field's declared constraints (range, non-blank, pattern), on the value or on each of its items."""
+    if isinstance(value, tuple):
+        for i, v in enumerate(value):
+            _check(v, meta, f"{key}[{i}]")
+        return
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check(v, meta, f"{key}.{k}")
+        return
+    if isinstance(value, str):
+        if not value.strip() and not meta.get("empty_ok", False):
+            raise ConfigError(f"{key}: must not be empty")
+        pattern = meta.get("pattern")
+        if pattern and not re.fullmatch(pattern[0], value):
+            raise ConfigError(f"{key}: {value!r} is not allowed; expected {pattern[1]}")
+        return
+    low_high = meta.get("range")
+    if low_high and isinstance(value, (int, float)) and not isinstance(value, bool):
+        low, high = low_high
+        if not low <= value <= high:
+            raise ConfigError(f"{key}: {value!r} is out of range; allowed {low} to {high}")
 
 
 # --- loading ------------------------------------------------------------------------------------------------
@@ -181,6 +274,11 @@ def _is_free_dict(key: str) -> bool:
 def _coerce(value, tp, key: str):
     """Check (and gently convert: int -> float, list -> tuple) `value` against type hint `tp`."""
     origin = typing.get_origin(tp)
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if not any(value == a and type(value) is type(a) for a in allowed):
+            raise ConfigError(f"{key}: {value!r} is not allowed; choose one of {', '.join(map(str, allowed))}")
+        return value
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
         if value is None and type(None) in args:
@@ -206,13 +304,15 @@ def _coerce(value, tp, key: str):
         return {str(k): _coerce(v, value_type, f"{key}.{k}") for k, v in value.items()}
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, key)
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if tp is float and isinstance(value, str):
+    if tp is float and isinstance(value, (int, float, str)) and not isinstance(value, bool):
         try:
-            return float(value)  # YAML 1.1 reads '1e-4' (no dot) as a string
+            number = float(value)  # YAML 1.1 reads '1e-4' (no dot) as a string
         except ValueError:
-            pass
+            number = None
+        if number is not None:
+            if not math.isfinite(number):  # NaN and inf would reach JSON outputs, which strict parsers reject
+                raise ConfigError(f"{key}: must be a finite number, got {value!r}")
+            return number
     if tp is str and isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)  # e.g. device=0 on the command line
     if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
@@ -225,17 +325,17 @@ def _build(cls, data, prefix: str = ""):
         return data
     if not isinstance(data, dict):
         raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
-    for key, value in data.items():
-        dotted = f"{prefix}.{key}" if prefix else str(key)
+    for key in data:
         if key not in names:
+            dotted = f"{prefix}.{key}" if prefix else str(key)
             close = difflib.get_close_matches(str(key), names, n=1)
+            if not close and not prefix:  # a field name without its section: 'imgsz' -> 'detector.imgsz'
+                dotted_of = {f.name: f"{s}.{f.name}" for s, c in _hints(Config).items() for f in dataclasses.fields(c)}
+                close = [dotted_of[k] for k in difflib.get_close_matches(str(key), list(dotted_of), n=1)]
             hint = f" (did you mean '{close[0]}'?)" if close else f" (known: {', '.join(names)})"
             raise ConfigError(f"{dotted}: unknown key{hint}")
-        kwargs[key] = _coerce(value, hints[key], dotted)
-    return cls(**kwargs)
+    return cls(**data)  # each section coerces and checks its own fields
 
 
 def parse_overrides(overrides) -> dict:

@@ -19,9 +19,10 @@ import shutil
 import sys
 from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+from mammo import INSTALLED, PROJECT_ROOT
+
 # Everything a run writes lives under here; MAMMO_RUN_DIR moves it (e.g. to a scratch disk).
-RUN_ROOT = Path(os.environ.get("MAMMO_RUN_DIR", PROJECT_ROOT / "runs")).resolve()
+RUN_ROOT = Path(os.environ.get("MAMMO_RUN_DIR", (Path.cwd() if INSTALLED else PROJECT_ROOT) / "runs")).resolve()
 CACHE_DIR = RUN_ROOT / ".cache"
 
 

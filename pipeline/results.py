@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from mammo.atomic import atomic_write_text
+from mammo.config import AGGREGATES
 
 CSV_COLUMNS = ["image_id", "source", "score", "n_lesions", "status", "error"]
 
@@ -55,7 +56,7 @@ def aggregate_scores(malignancies, how: str = "max") -> float:
         for p in values:
             prod *= 1.0 - p
         return 1.0 - prod
-    raise ValueError(f"pipeline.aggregate must be 'max' or 'noisy_or', got {how!r}")
+    raise ValueError(f"pipeline.aggregate must be one of {AGGREGATES}, got {how!r}")
 
 
 def decide(score: float, threshold: float) -> str:

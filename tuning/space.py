@@ -31,7 +31,7 @@ from pathlib import Path
 
 import yaml
 
-from mammo.config import CONFIG_DIR, Config
+from mammo.config import CONFIG_DIR, Config, check_setting
 from mammo.errors import ConfigError
 
 # The objective trains the classifier, so only its section can be tuned: a detector key would change nothing
@@ -110,6 +110,8 @@ def config_value(cfg: Config, key: str):
 def _scalar_types(hint) -> tuple[tuple, bool]:
     """(allowed scalar types, None allowed) of a field hint; ((), ...) for non-scalar fields."""
     origin = typing.get_origin(hint)
+    if origin is typing.Literal:
+        return tuple(dict.fromkeys(type(a) for a in typing.get_args(hint))), False
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(hint)
         inner = [a for a in args if a is not type(None)]
@@ -121,20 +123,12 @@ def _scalar_types(hint) -> tuple[tuple, bool]:
     return (), False
 
 
-def _fits(value, hint) -> tuple[bool, object]:
-    """Does `value` fit the scalar field `hint`? Returns (ok, value converted: int -> float for float fields)."""
-    allowed, optional = _scalar_types(hint)
-    if value is None:
-        return optional, None
-    if isinstance(value, bool):
-        return bool in allowed, value
-    if isinstance(value, int) and int in allowed:
-        return True, value
-    if isinstance(value, (int, float)) and float in allowed:
-        return True, float(value)
-    if isinstance(value, str) and str in allowed:
-        return True, value
-    return False, value
+def _fitted(value, key: str, what: str):
+    """`value` as config setting `key` takes it (the config's own coercion, choices and range); else ConfigError."""
+    try:
+        return check_setting(key, value)
+    except ConfigError as exc:
+        raise ConfigError(f"{what} {value!r} does not fit the config field: {exc}") from None
 
 
 def _type_name(hint) -> str:
@@ -174,14 +168,9 @@ def _conditions(spec, key: str, where: str, earlier: dict[str, Param], later: se
             if other in later:
                 raise ConfigError(f"{where}: {key}: '{word}' refers to {other}, which is defined after it; "
                                   f"put {other} first")
-            hint = field_hint(other, f"{where}: {key}: '{word}'")
-            values = []
-            for v in (raw if isinstance(raw, list) else [raw]):
-                ok, v2 = _fits(v, hint)
-                if not ok:
-                    raise ConfigError(f"{where}: {key}: '{word}' value {v!r} does not fit {other} "
-                                      f"({_type_name(hint)})")
-                values.append(v2)
+            field_hint(other, f"{where}: {key}: '{word}'")
+            values = [_fitted(v, other, f"{where}: {key}: '{word}' value")
+                      for v in (raw if isinstance(raw, list) else [raw])]
             if not values:
                 raise ConfigError(f"{where}: {key}: '{word}' {other} has an empty list of values")
             if other in earlier and earlier[other].type == "categorical" and \
@@ -217,12 +206,7 @@ def _param(key: str, spec, where: str, earlier: dict[str, Param], later: set[str
         choices = spec.get("choices")
         if not isinstance(choices, list) or not choices:
             raise ConfigError(f"{where}: {key}: 'choices' must be a non-empty list, got {choices!r}")
-        converted = []
-        for c in choices:
-            ok, c2 = _fits(c, hint)
-            if not ok:
-                raise ConfigError(f"{where}: {key}: choice {c!r} does not fit the config field ({_type_name(hint)})")
-            converted.append(c2)
+        converted = [_fitted(c, key, f"{where}: {key}: choice") for c in choices]
         if len(set(map(repr, converted))) != len(converted):
             raise ConfigError(f"{where}: {key}: 'choices' has duplicates: {choices}")
         return Param(key, kind, choices=tuple(converted), conditions=conditions)
@@ -257,6 +241,8 @@ def _param(key: str, spec, where: str, earlier: dict[str, Param], later: set[str
             raise ConfigError(f"{where}: {key}: empty range: step {step} is larger than high - low")
     if log and low <= 0:
         raise ConfigError(f"{where}: {key}: 'log: true' needs low > 0, got {low}")
+    for value in (low, high):
+        _fitted(value, key, f"{where}: {key}: bound")  # the field's declared range, e.g. dropout <= 0.95
     return Param(key, kind, low=low, high=high, log=log, step=step, conditions=conditions)
 
 
@@ -317,13 +303,10 @@ def suggest(trial, space: SearchSpace, base: Config) -> dict:
 
 
 def apply_overrides(cfg: Config, overrides: dict) -> Config:
-    """A copy of `cfg` with {dotted key: value} applied (values checked against the field types)."""
+    """A copy of `cfg` with {dotted key: value} applied; each section checks the values as a config file's."""
     sections: dict[str, dict] = {}
     for key, value in overrides.items():
-        hint = field_hint(key)
-        ok, value = _fits(value, hint)
-        if not ok:
-            raise ConfigError(f"{key}: value {value!r} does not fit the config field ({_type_name(hint)})")
+        field_hint(key)
         section, name = key.split(".")
         sections.setdefault(section, {})[name] = value
     return dataclasses.replace(cfg, **{s: dataclasses.replace(getattr(cfg, s), **f) for s, f in sections.items()})
