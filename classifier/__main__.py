@@ -10,11 +10,12 @@ from pathlib import Path
 import numpy as np
 
 from mammo.atomic import atomic_write_text
-from mammo.config import DEFAULT_CONFIG, load_config
-from mammo.errors import MammoError
+from mammo.cli import ListOption, add_command, command_parser, run_command
+from mammo.config import load_config
 from mammo.runs import make_run_dir, start_run
 
-EXAMPLES = """examples:
+EXAMPLES = """\
+examples:
   # train the small CNN on MIAS ground-truth crops (patient-level validation) -> runs/classifier/train/mias/
   python -m classifier train --config configs/mias.yaml run.name=mias classifier.input_size=96 \\
       classifier.crops_per_lesion=4 classifier.negatives_per_image=2 classifier.epochs=30 classifier.patience=10
@@ -35,35 +36,28 @@ EXAMPLES = """examples:
 """
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m classifier", description=__doc__, epilog=EXAMPLES,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="command", required=True)
-
-    def common(sp):
-        sp.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML config (default: %(default)s)")
-        sp.add_argument("--out", default=None, help="run folder (default: runs/classifier/<command>/<run.name>)")
-        sp.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. classifier.epochs=5")
-
+def build_parser() -> argparse.ArgumentParser:
+    parser, sub = command_parser("python -m classifier", __doc__, EXAMPLES)
     sub.add_parser("weights", help="install / check the offline ImageNet MobileNetV2 weights (weights install|status)",
-                   add_help=False)
-    t = sub.add_parser("train", help="train on crops of cfg.data; writes model.keras, metrics, curves",
-                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    common(t)
-    t.add_argument("--detections", default=None, help="CSV of detector boxes (image_id,x1,y1,x2,y2[,score])")
-    c = sub.add_parser("crops", help="extract and cache the training crops of cfg.data")
-    common(c)
-    c.add_argument("--detections", default=None, help="CSV of detector boxes (image_id,x1,y1,x2,y2[,score])")
-    pr = sub.add_parser("predict", help="crop images or a box manifest -> CSV of probabilities",
-                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    common(pr)
+                   add_help=False)  # its own small command line (mammo.weights_store.cli), dispatched in main
+
+    def add(name, func, help_text):
+        p = add_command(sub, name, func, help_text, EXAMPLES, "config overrides, e.g. classifier.epochs=5")
+        p.add_argument("--out", default=None, help="run folder (default: runs/classifier/<command>/<run.name>)")
+        return p
+
+    for name, func, text in (("train", cmd_train, "train on crops of cfg.data; writes model.keras, metrics, curves"),
+                             ("crops", cmd_crops, "extract and cache the training crops of cfg.data")):
+        add(name, func, text).add_argument("--detections", default=None,
+                                           help="CSV of detector boxes (image_id,x1,y1,x2,y2[,score])")
+    pr = add("predict", cmd_predict, "crop images or a box manifest -> CSV of probabilities")
     pr.add_argument("--model", default=None, help="run folder or .keras file (default: runs/classifier/train/"
                                                   "<run.name>)")
     src = pr.add_mutually_exclusive_group(required=True)
-    src.add_argument("--crops", nargs="+", help="crop image files (resized to the model input)")
+    src.add_argument("--crops", nargs="+", action=ListOption, help="crop image files (resized to the model input)")
     src.add_argument("--manifest", help="CSV with source,x1,y1,x2,y2 (boxes in original pixels of `source`)")
     pr.add_argument("--output", default=None, help="CSV to write (default: <run folder>/predictions.csv)")
-    return p
+    return parser
 
 
 def cmd_train(cfg, run_dir: Path, args) -> int:
@@ -143,15 +137,14 @@ def main(argv=None) -> int:
         from mammo.weights_store import cli
 
         return cli(argv[1:])
-    args = _parser().parse_args(argv)
-    try:
-        cfg = load_config(args.config, args.overrides)
+
+    def call(args, overrides, inputs):
+        cfg = load_config(args.config, overrides)
         run_dir = make_run_dir("classifier", args.command, cfg.run.name, args.out)
         start_run(cfg, run_dir, argv)
-        return {"train": cmd_train, "crops": cmd_crops, "predict": cmd_predict}[args.command](cfg, run_dir, args)
-    except MammoError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return args.func(cfg, run_dir, args)
+
+    return run_command(build_parser(), argv, call)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from mammo.cli import add_command, command_parser, run_command
-from mammo.config import load_config
+from mammo.config import choices, load_config
 from mammo.errors import MammoError
 from mammo.runs import start_run
 
@@ -119,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
             ("evaluate", cmd_evaluate, "FROC and mAP50 on an annotated split", "key=value config overrides")):
         p = add(name, func, text, rest)
         p.add_argument("--weights", required=True, help="local .pt weights (from `train`)")
-        p.add_argument("--mode", choices=("letterbox", "tiled"), help="shortcut for detector.mode=...")
+        p.add_argument("--mode", choices=choices("detector.mode"), help="shortcut for detector.mode=...")
     sub.choices["evaluate"].add_argument("--split", default="val", help="split to evaluate (default: val)")
     sub.choices["evaluate"].add_argument("--no-map", action="store_true", help="skip ultralytics' mAP50")
     return parser

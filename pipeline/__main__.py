@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 from mammo.atomic import atomic_write_text
-from mammo.cli import add_command, command_parser, run_command
-from mammo.config import load_config
+from mammo.cli import ListOption, add_command, command_parser, run_command
+from mammo.config import choices, load_config
 from mammo.errors import MammoError
 from mammo.runs import make_run_dir, peak_memory_mb, start_run
 
@@ -229,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("evaluate", cmd_evaluate, "metrics of infer outputs against annotations, with 95 %% CIs")
     p.add_argument("--predictions", required=True, help="the --out folder of `infer`")
     p.add_argument("--annotations", help="annotation file/folder (default: the config's data section)")
-    p.add_argument("--format", choices=("mias", "cbis-ddsm", "inbreast", "vindr", "csv"), help="its format")
+    p.add_argument("--format", choices=choices("data.format"), help="its format")
     p.add_argument("--images-root", help="folder the annotation's image paths are relative to")
     p.add_argument("--split", help="evaluate on this split of the config's dataset (default: val)")
     p.add_argument("--threshold", type=float, help="operating point (default: the one shipped with the models)")
@@ -242,11 +242,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", help="model bundle folder (default: weights/, else demo models)")
     p.add_argument("--data", help="an annotated dataset: a config YAML with its data section (configs/mias.yaml) "
                                   "or the annotation file/folder (with --format)")
-    p.add_argument("--format", choices=("mias", "cbis-ddsm", "inbreast", "vindr", "csv"),
+    p.add_argument("--format", choices=choices("data.format"),
                    help="format of --data when it is not a YAML")
     p.add_argument("--quick", action="store_true", help="one image, one repeat, a folder of 2 (a smoke test)")
     p.add_argument("--repeats", type=int, default=3, help="passes over the sample DICOMs (default: %(default)s)")
-    p.add_argument("--folder-sizes", type=int, nargs="*", help="folder runs for throughput and peak memory "
+    p.add_argument("--folder-sizes", nargs="*", action=ListOption, convert=int, help="folder runs for throughput and peak memory "
                                                                "(default: 10 100; quick: 2; none: skip)")
     p.add_argument("--out", help="report folder (default: runs/pipeline/benchmark/<run.name>)")
     p = add("train-baseline", cmd_train_baseline, "train the single-stage baseline (one classifier on the whole "

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mammo.atomic import atomic_path, atomic_write_text
-from mammo.config import Config
-from mammo.errors import WeightsError
+from mammo.config import Config, check_setting
+from mammo.errors import ConfigError, WeightsError
 
 BUNDLE_FILE = "pipeline.json"
 MANIFEST = "MANIFEST.sha256"  # '<sha256>  <relative path>' per model file, checked before anything is loaded
@@ -93,7 +93,8 @@ def read_bundle(root, require_manifest: bool = False) -> Bundle:
         bundle = Bundle(root, root / data["detector"], root / data["classifier"], float(data["threshold"]),
                         list(data.get("config_overrides", [])), data.get("description", ""), data,
                         root / data["baseline"] if data.get("baseline") else None)
-    except (KeyError, ValueError, TypeError) as exc:
+        check_setting("pipeline.threshold", bundle.threshold)  # finite, in [0, 1]: it is written into every JSON
+    except (KeyError, ValueError, TypeError, ConfigError) as exc:
         raise WeightsError(path, f"malformed bundle file ({type(exc).__name__}: {exc})") from None
     for part in filter(None, (bundle.detector, bundle.classifier, bundle.baseline)):
         if not part.exists():

@@ -74,8 +74,9 @@ def write_result(out_dir, result: ImageResult) -> Path:
         lesion["box"] = [round(float(v), 2) for v in lesion["box"]]
         lesion["detector_score"] = round(float(lesion["detector_score"]), 5)
         lesion["malignancy"] = round(float(lesion["malignancy"]), 5)
-    # score and threshold keep full precision: rounding either could flip `decision` at the boundary
-    return atomic_write_text(result_path(out_dir, result.image_id), json.dumps(data, indent=2))
+    # score and threshold keep full precision: rounding either could flip `decision` at the boundary. NaN is
+    # refused (a failed row) rather than written: strict JSON parsers reject it.
+    return atomic_write_text(result_path(out_dir, result.image_id), json.dumps(data, indent=2, allow_nan=False))
 
 
 def read_result(path) -> ImageResult:

@@ -5,11 +5,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from mammo.config import DEFAULT_CONFIG, load_config, to_dict
-from mammo.errors import MammoError
+from mammo.cli import add_command, command_parser, run_command
+from mammo.config import choices, load_config, to_dict
 from mammo.runs import make_run_dir, start_run
 
-EXAMPLES = """examples:
+EXAMPLES = """\
+examples:
   # a study of 30 finished trials on MIAS, SQLite storage in runs/tuning/run/mias/study.db
   python -m tuning run --study mias --config configs/mias.yaml --n-trials 30 classifier.epochs=15
   # kill it (Ctrl-C or SIGKILL) and run the same command again: it continues where it stopped
@@ -28,23 +29,19 @@ EXAMPLES = """examples:
 """
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m tuning", description="Optuna studies of the classifier: prune, "
-                                "resume after a crash, many workers on one storage.", epilog=EXAMPLES,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="command", required=True)
+def build_parser() -> argparse.ArgumentParser:
+    parser, sub = command_parser("python -m tuning", "Optuna studies of the classifier: prune, resume after a "
+                                 "crash, many workers on one storage.", EXAMPLES)
 
-    def common(sp, study_required=True):
+    def add(name, func, help_text, study_required=True):
+        sp = add_command(sub, name, func, help_text, EXAMPLES, "config overrides, e.g. classifier.epochs=10 "
+                         "tuning.grace_period=120")
         sp.add_argument("--study", required=study_required, help="study name (tuning.study)")
         sp.add_argument("--storage", default=None, help="optuna RDB URL (tuning.storage); default: an SQLite "
                         "file in the study folder")
-        sp.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML config (default: %(default)s)")
-        sp.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. "
-                        "classifier.epochs=10 tuning.grace_period=120")
+        return sp
 
-    r = sub.add_parser("run", help="create or resume a study and run trials", epilog=EXAMPLES,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    common(r)
+    r = add("run", cmd_run, "create or resume a study and run trials")
     r.add_argument("--n-trials", type=int, default=None, help="finished (complete + pruned) trials the study "
                    "should hold in total, over all runs and workers (tuning.n_trials)")
     r.add_argument("--timeout", type=float, default=None, help="seconds after which no new trial starts here "
@@ -52,32 +49,31 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--workers", type=int, default=None, help="worker processes on this machine, each with "
                    "run.threads // K threads (tuning.workers)")
     r.add_argument("--space", default=None, help="search space YAML (tuning.search_space)")
-    r.add_argument("--metric", default=None, choices=["aupr", "auroc", "fbeta"], help="validation metric")
-    r.add_argument("--pruner", default=None, choices=["median", "hyperband", "none"], help="pruner")
+    r.add_argument("--metric", default=None, choices=choices("tuning.metric"), help="validation metric")
+    r.add_argument("--pruner", default=None, choices=choices("tuning.pruner"), help="pruner")
     r.add_argument("--out", default=None, help="study folder: resolved config, split, trials, default SQLite "
                    "storage (default: runs/tuning/run/<study>)")
     r.add_argument("--trainer", default="classifier", help="what a trial trains: classifier (default), toy "
                    "(no TensorFlow, to try the machinery) or package.module:attribute")
 
-    w = sub.add_parser("worker", help="(internal) one worker process of `run --workers K`")
-    common(w, study_required=False)
+    w = add("worker", cmd_worker, "(internal) one worker process of `run --workers K`", study_required=False)
     w.add_argument("--out", required=True)
     w.add_argument("--trainer", default="classifier")
     w.add_argument("--worker-index", type=int, default=0)
 
-    for name, text in (("best", "write the best trial as a plain classifier config"),
-                       ("report", "figures, trials.csv and index.html of a study")):
-        sp = sub.add_parser(name, help=text, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-        common(sp)
+    for name, func, text in (("best", cmd_best, "write the best trial as a plain classifier config"),
+                             ("report", cmd_report, "figures, trials.csv and index.html of a study")):
+        sp = add(name, func, text)
         sp.add_argument("--study-dir", default=None, help="the study folder of `run` (where its default SQLite "
                         "storage is; default: runs/tuning/run/<study>)")
         sp.add_argument("--out", default=None, help=f"output folder (default: runs/tuning/{name}/<study>)")
         if name == "best":
             sp.add_argument("--output", default=None, help="config file to write (default: <out>/best.yaml)")
-    return p
+    return parser
 
 
-def _config(args):
+def config_for(args, overrides):
+    """The config of a tuning command: --config, the overrides, then the options that set tuning.* keys."""
     extra = []
     if getattr(args, "study", None):
         extra.append(f"tuning.study={args.study}")
@@ -89,7 +85,7 @@ def _config(args):
                       ("metric", "metric"), ("pruner", "pruner")):
         if getattr(args, flag, None) is not None:
             extra.append(f"tuning.{key}={getattr(args, flag)}")
-    cfg = load_config(args.config, [*args.overrides, *extra])
+    cfg = load_config(args.config, [*overrides, *extra])
     if args.storage is not None:  # set directly: a URL is not parsed as YAML
         from mammo.config import replace
 
@@ -174,22 +170,14 @@ def cmd_report(cfg, args, argv) -> int:
 
 
 def main(argv=None) -> int:
-    parser = _parser()
-    args, rest = parser.parse_known_args(argv)  # key=value overrides may also come between or after options
-    unknown = [r for r in rest if r.startswith("-") or "=" not in r]
-    if unknown:
-        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-    args.overrides = [*args.overrides, *rest]
-    try:
-        cfg = _config(args)
-        return {"run": cmd_run, "worker": cmd_worker, "best": cmd_best, "report": cmd_report}[args.command](
-            cfg, args, argv)
-    except MammoError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: run the same command again to resume the study", file=sys.stderr)
-        return 130
+    def call(args, overrides, inputs):
+        try:
+            return args.func(config_for(args, overrides), args, argv)
+        except KeyboardInterrupt:
+            print("interrupted: run the same command again to resume the study", file=sys.stderr)
+            return 130
+
+    return run_command(build_parser(), argv, call)
 
 
 if __name__ == "__main__":
