@@ -30,7 +30,7 @@ examples:
   # FROC (sensitivity at 0.125 ... 4 FP/image) and mAP50 on the validation split
   python -m detector evaluate --config configs/mias.yaml --weights runs/detector/train/mias/weights/best.pt
 
-Any config key can be overridden as key=value after the options (e.g. run.device=cuda:0 detector.batch=32).
+Any config key can be overridden as section.key=value anywhere on the line (e.g. run.device=cuda:0 detector.batch=32).
 Every run writes its resolved config (config.yaml) next to its outputs under runs/detector/<command>/<run.name>/
 (or --out); a failed run leaves nothing half-written there.
 """

@@ -65,6 +65,8 @@ def parse(parser: argparse.ArgumentParser, argv=None) -> tuple[argparse.Namespac
 
 def command_parser(prog: str, description: str, epilog: str):
     """(parser, subparsers) of a `python -m <stage> <command>` line; add commands with `add_command`."""
+    script = Path(sys.argv[0]).name
+    prog = script if script.startswith("mammo-") else prog  # the console entry points of pyproject.toml
     parser = argparse.ArgumentParser(prog=prog, description=description, epilog=epilog,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     return parser, parser.add_subparsers(dest="command", required=True, metavar="command")

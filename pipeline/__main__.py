@@ -39,8 +39,8 @@ examples:
   python -m pipeline bundle --config configs/mias.yaml --detector runs/detector/train/mias/weights/best.pt \\
       --classifier runs/classifier/train/mias --out weights/
 
-Trailing key=value words override the config (e.g. run.device=cuda:0 detector.mode=tiled); other trailing
-words are inputs. Every command writes its resolved config.yaml beside its outputs.
+Words shaped section.key=value, anywhere on the line, override the config (e.g. run.device=cuda:0
+detector.mode=tiled); other words are inputs. Bad settings are refused at load, naming the key and what is allowed. Every command writes its resolved config.yaml beside its outputs.
 Exit codes: 0 all done, 1 some inputs failed (listed in predictions.csv), 2 bad usage, config or models.
 """
 

@@ -31,8 +31,8 @@ def shell_commands(text: str):
         while words:
             cut = words.index("&&") if "&&" in words else len(words)
             segment, words = words[:cut], words[cut + 1:]
-            if segment and segment[0] in SCRIPTS:
-                yield SCRIPTS[segment[0]], segment[1:]
+            if segment and Path(segment[0]).name in SCRIPTS:
+                yield SCRIPTS[Path(segment[0]).name], segment[1:]
             elif len(segment) > 2 and Path(segment[0]).name.startswith("python"):
                 if segment[1] == "-m" and segment[2] in STAGES:
                     yield segment[2], segment[3:]
@@ -211,3 +211,37 @@ def test_the_issue_example_runs_for_real_on_tiny_inputs(tiny_bundle, tmp_path):
     results = [json.loads(p.read_text()) for p in (tmp_path / "results").glob("*.json") if p.name != "run_summary.json"]
     assert len(results) == 3 and {r["aggregate"] for r in results} == {"noisy_or"}
     assert yaml.safe_load((tmp_path / "results" / "config.yaml").read_text())["pipeline"]["aggregate"] == "noisy_or"
+
+
+@pytest.mark.slow
+def test_pip_install_gives_console_commands_with_configs_and_models(tmp_path):
+    """`pip install .` (no dependencies: the test venv has them) -> mammo-* commands that work from any folder,
+    reading the installed configs and shipped models, writing runs under the working folder."""
+    import os
+    import shutil
+    import subprocess
+
+    src = tmp_path / "src"
+    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(".git", "runs", "build", "*.egg-info", "__pycache__",
+                                                             ".pytest_cache"))
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+                    "--disable-pip-version-check", "--target", str(target), str(src)], check=True, timeout=600)
+    work = tmp_path / "work"
+    work.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(target)}
+    env.pop("MAMMO_RUN_DIR", None)
+    for stage in STAGES:
+        proc = subprocess.run([str(target / "bin" / f"mammo-{stage}"), "--help"], cwd=work, env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0 and f"mammo-{stage}" in proc.stdout and "examples:" in proc.stdout, proc.stderr
+    probe = ("import mammo, mammo.runtime as r, mammo.config as c, pipeline.demo as d, pipeline.models as m\n"
+             "print(mammo.__file__, r.RUN_ROOT, c.load_config().pipeline.aggregate, m.read_bundle(d.SHIPPED, "
+             "require_manifest=True).threshold)")
+    proc = subprocess.run([sys.executable, "-c", probe], cwd=work, env=env, capture_output=True, text=True, timeout=300)
+    where, runs, aggregate, threshold = proc.stdout.split()
+    assert Path(where).is_relative_to(target) and Path(runs) == work.resolve() / "runs" and aggregate == "max"
+    assert 0 < float(threshold) < 1
+    bad = subprocess.run([str(target / "bin" / "mammo-pipeline"), "infer", "--out", "o", "run.threads=0"], cwd=work,
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: run.threads") and not (work / "o").exists()
