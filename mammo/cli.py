@@ -8,6 +8,7 @@ with code 2, before anything is written.
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import sys
 from pathlib import Path
@@ -29,6 +30,19 @@ def split_args(items) -> tuple[list[str], list[str]]:
     return overrides, inputs
 
 
+def in_range(low, high, convert=int):
+    """argparse type of a numeric option that is not a config key (--repeats, --folder-sizes, --threshold):
+    bounded like the config's settings, so no command line can ask for a billion of anything."""
+    def number(text):
+        value = convert(text)  # ValueError: argparse says 'invalid value'
+        if not (math.isfinite(value) and low <= value <= high):
+            raise argparse.ArgumentTypeError(f"{text} is out of range; allowed {low} to {high}")
+        return value
+
+    number.__name__ = convert.__name__
+    return number
+
+
 class ListOption(argparse.Action):
     """An option taking several values (`--crops a.png b.png`, `--folder-sizes 10 100`) that leaves override
     words behind it to the overrides: `--folder-sizes 10 100 run.name=x` is two sizes and one override."""
@@ -45,8 +59,9 @@ class ListOption(argparse.Action):
                 continue
             try:
                 items.append(self.convert(value))
-            except ValueError:
-                parser.error(f"argument {option_string}: invalid value {value!r}")
+            except (ValueError, argparse.ArgumentTypeError) as exc:
+                parser.error(f"argument {option_string}: invalid value {value!r}"
+                             + (f" ({exc})" if isinstance(exc, argparse.ArgumentTypeError) else ""))
         if not items and self.nargs == "+":
             parser.error(f"argument {option_string}: expected at least one value")
         setattr(namespace, self.dest, items)

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from mammo.atomic import atomic_write_text
-from mammo.cli import ListOption, add_command, command_parser, run_command
+from mammo.cli import ListOption, add_command, command_parser, in_range, run_command
 from mammo.config import choices, load_config
 from mammo.errors import MammoError
 from mammo.runs import make_run_dir, peak_memory_mb, start_run
@@ -40,7 +40,8 @@ examples:
       --classifier runs/classifier/train/mias --out weights/
 
 Words shaped section.key=value, anywhere on the line, override the config (e.g. run.device=cuda:0
-detector.mode=tiled); other words are inputs. Bad settings are refused at load, naming the key and what is allowed. Every command writes its resolved config.yaml beside its outputs.
+detector.mode=tiled); other words are inputs. A bad setting is refused before anything runs, naming the key
+and what is allowed. Every command writes its resolved config.yaml beside its outputs.
 Exit codes: 0 all done, 1 some inputs failed (listed in predictions.csv), 2 bad usage, config or models.
 """
 
@@ -232,7 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=choices("data.format"), help="its format")
     p.add_argument("--images-root", help="folder the annotation's image paths are relative to")
     p.add_argument("--split", help="evaluate on this split of the config's dataset (default: val)")
-    p.add_argument("--threshold", type=float, help="operating point (default: the one shipped with the models)")
+    p.add_argument("--threshold", type=in_range(0.0, 1.0, float),
+                   help="operating point (default: the one shipped with the models)")
     p.add_argument("--out", help="report folder (default: PREDICTIONS/evaluation)")
     p.add_argument("--baseline", help="a trained single-stage baseline (classifier run folder) to compare with")
     p.add_argument("--train-baseline", action="store_true",
@@ -245,9 +247,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=choices("data.format"),
                    help="format of --data when it is not a YAML")
     p.add_argument("--quick", action="store_true", help="one image, one repeat, a folder of 2 (a smoke test)")
-    p.add_argument("--repeats", type=int, default=3, help="passes over the sample DICOMs (default: %(default)s)")
-    p.add_argument("--folder-sizes", nargs="*", action=ListOption, convert=int, help="folder runs for throughput and peak memory "
-                                                               "(default: 10 100; quick: 2; none: skip)")
+    p.add_argument("--repeats", type=in_range(1, 100), default=3,
+                   help="passes over the sample DICOMs (default: %(default)s)")
+    p.add_argument("--folder-sizes", nargs="*", action=ListOption, convert=in_range(1, 1000),
+                   help="folder runs for throughput and peak memory (default: 10 100; quick: 2; none: skip)")
     p.add_argument("--out", help="report folder (default: runs/pipeline/benchmark/<run.name>)")
     p = add("train-baseline", cmd_train_baseline, "train the single-stage baseline (one classifier on the whole "
             "breast) on the config's train/val split")
