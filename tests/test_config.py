@@ -119,7 +119,7 @@ def test_default_yaml_and_dataclasses_are_equal_both_ways():
     ("classifier.crops_per_lesion=100000", "allowed 1 to"),
     ("classifier.learning_rate=nan", "finite"),
     ("pipeline.heatmap_downscale=0", "allowed 1 to"),
-    ("pipeline.image_id=names", "name, hash, auto"),
+    ("pipeline.image_id=names", "auto, name, hash"),
     ("pipeline.bootstrap=0", "allowed 1 to"),
     ("data.format=dicom", "mias, cbis-ddsm"),
     ("data.split_fractions={train: 0.8, val: -0.2}", "data.split_fractions.val"),
