@@ -337,7 +337,7 @@ def test_worker_killed_mid_trial_is_recovered(tmp_path):
     space = _write_space(tmp_path / "space.yaml")
     d = tmp_path / "study"
     args = _toy_run_args(d, space, 3, "tuning.startup_trials=10")  # no pruning: every trial runs 4 epochs
-    proc = subprocess.Popen(args, cwd=REPO, env=_env(tmp_path, MAMMO_TOY_EPOCH_SECONDS=0.5),
+    proc = subprocess.Popen(args, cwd=REPO, env=_env(tmp_path, MAMMO_TOY_EPOCH_SECONDS=3),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         victim = _wait_for(lambda: _running_with_report(d), 120, "a trial to report its first epoch", proc)
@@ -372,8 +372,9 @@ def test_ctrl_c_queues_the_interrupted_trial_for_the_next_run(tmp_path):
     space = _write_space(tmp_path / "space.yaml")
     d = tmp_path / "study"
     args = _toy_run_args(d, space, 2, "tuning.startup_trials=10")
-    proc = subprocess.Popen(args, cwd=REPO, env=_env(tmp_path, MAMMO_TOY_EPOCH_SECONDS=0.5),
+    proc = subprocess.Popen(args, cwd=REPO, env=_env(tmp_path, MAMMO_TOY_EPOCH_SECONDS=3),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # 3 s per epoch: the trial is still running when the signal lands, even on a heavily loaded machine
     victim = _wait_for(lambda: _running_with_report(d), 120, "a trial to report its first epoch", proc)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
