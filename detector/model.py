@@ -10,7 +10,8 @@ Two modes (cfg.mode, or `mode=` per call):
 
 Nothing here is ever downloaded. A model is built from an ultralytics YAML ('yolov8n.yaml': from scratch) or
 loaded from a local .pt file; bare names such as 'yolov8n.pt' are refused because ultralytics would download them.
-.pt files are Python pickles: loading one can execute code, so load only files from a trusted source.
+.pt files are pickles: every one is loaded through detector.checkpoint, which refuses anything but the allow-listed
+model classes before unpickling, so nothing in a weights file is executed.
 """
 from __future__ import annotations
 
@@ -32,7 +33,14 @@ from detector.merge import merge_boxes
 
 MODES = ("letterbox", "tiled")
 MAX_BATCH = 8  # tiles per forward pass
-TRUST_NOTE = ".pt files are pickles that can execute code when loaded: use only weights from a trusted source"
+
+
+def use_ultralytics() -> None:
+    """Before ultralytics builds or loads anything: no network, and checkpoints only through the safe loader."""
+    runtime.configure_ultralytics()
+    from detector import checkpoint
+
+    checkpoint.install()
 
 
 def check_model_source(model: str) -> str:
@@ -59,17 +67,17 @@ def load_yolo(weights):
     if path.suffix != ".pt":
         raise WeightsError(path, "expected a .pt checkpoint (as written by `python -m detector train`)")
     check_model_source(str(path))  # refuses bare names and missing files
-    if path.stat().st_size == 0:
-        raise WeightsError(path, "empty file (0 bytes)")
-    runtime.configure_ultralytics()
+    use_ultralytics()
     from ultralytics import YOLO
 
     try:
-        yolo = YOLO(str(path), task="detect")
-    except Exception as exc:  # corrupt, truncated, foreign pickle, other framework: one clear message
-        raise WeightsError(path, f"cannot be loaded as ultralytics weights ({type(exc).__name__}: "
-                                 f"{str(exc).strip().splitlines()[0] if str(exc).strip() else 'no detail'}). "
-                                 f"{TRUST_NOTE}") from None
+        yolo = YOLO(str(path), task="detect")  # loads through detector.checkpoint.load_checkpoint (once)
+    except WeightsError:
+        raise  # refused or unreadable: the checkpoint loader's message names the file and the reason
+    except Exception as exc:  # loaded, but ultralytics cannot use it: one clear message
+        raise WeightsError(path, f"cannot be used as ultralytics weights ({type(exc).__name__}: "
+                                 f"{str(exc).strip().splitlines()[0] if str(exc).strip() else 'no detail'})"
+                           ) from None
     task = getattr(yolo.model, "task", None) or yolo.task
     if task != "detect":
         raise WeightsError(path, f"a '{task}' model, not a detection model")
@@ -86,7 +94,7 @@ def build_model(model: str):
     spec = check_model_source(model)
     if not spec.endswith((".yaml", ".yml")):
         return load_yolo(spec)
-    runtime.configure_ultralytics()
+    use_ultralytics()
     from detector.pretrained import build_yolo
 
     try:

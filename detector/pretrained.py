@@ -14,7 +14,7 @@ Two things go wrong without it:
   1e-3: measured on grace_hopper.jpg, eps 1e-3 turns its logits' correlation with the original to 0.17 (top-1
   lost). So the backbone's BatchNorm eps is put back, on the model and on the trainer's rebuilt model and EMA
   copy. (Momentum stays ultralytics' 0.03, a training choice, not part of the pretrained function.)
-A trained .pt pickles the modules with their eps, so loading one needs none of this.
+A trained .pt pickles the modules with their eps, so loading one (detector.checkpoint) needs none of this.
 """
 from __future__ import annotations
 
@@ -57,6 +57,10 @@ def build_yolo(model_spec):
     loads them, and would try a download without them) and the backbone's BatchNorm kept as pretrained."""
     check_model_yaml(model_spec)
     from ultralytics import YOLO
+
+    from detector.checkpoint import install
+
+    install()  # the model is built in ultralytics' restricted mode; what it trains is reloaded safely
 
     yolo = YOLO(str(model_spec))
     prepare_pretrained(yolo)

@@ -34,6 +34,9 @@ def _set_environment() -> None:
     threads = str(default_threads())
     env = {
         "YOLO_OFFLINE": "1",  # else ultralytics does DNS look-ups at import
+        # ultralytics' own weights_only loading and eval-free model building, for any code path that reaches
+        # ultralytics without detector.checkpoint.install() (which replaces its loader with a stricter one)
+        "ULTRALYTICS_SAFE_LOAD": "1",
         "YOLO_CONFIG_DIR": str(CACHE_DIR / "ultralytics"),
         "YOLO_VERBOSE": os.environ.get("YOLO_VERBOSE", "False"),
         "MPLCONFIGDIR": str(CACHE_DIR / "matplotlib"),
@@ -54,8 +57,8 @@ def _set_environment() -> None:
         "WANDB_MODE": "disabled",
     }
     for key, value in env.items():
-        # An explicit setting by the user wins over ours, except the offline switches that keep runs local.
-        if key in ("YOLO_OFFLINE", "HF_HUB_OFFLINE") or key not in os.environ:
+        # An explicit setting by the user wins over ours, except the switches that keep runs local and safe.
+        if key in ("YOLO_OFFLINE", "HF_HUB_OFFLINE", "ULTRALYTICS_SAFE_LOAD") or key not in os.environ:
             os.environ[key] = value
     for key in ("YOLO_CONFIG_DIR", "MPLCONFIGDIR", "KERAS_HOME", "TORCH_HOME"):
         Path(os.environ[key]).mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,8 @@
 
     pipeline.json        {"detector": "detector.pt", "classifier": "classifier", "threshold": 0.31,
                           "config_overrides": ["detector.imgsz=640", ...], "description": "..."}
-    detector.pt          ultralytics weights (detector_config.yaml: the resolved config of its training run)
+    detector.pt          ultralytics weights (detector_config.yaml: the resolved config of its training run),
+                         loaded through detector.checkpoint (allow-listed classes only, nothing executed)
     classifier/          model.keras + calibration.json + config.yaml (its training run's resolved config)
     baseline/            optional: the single-stage baseline (whole-breast classifier) trained on the same split,
                          so anyone can measure the two-stage design against it (`pipeline benchmark --data`)
@@ -25,8 +26,13 @@ from mammo.errors import ConfigError, WeightsError
 
 BUNDLE_FILE = "pipeline.json"
 MANIFEST = "MANIFEST.sha256"  # '<sha256>  <relative path>' per model file, checked before anything is loaded
-PT_WARNING = ("warning: {path} has no SHA-256 manifest. Model files (.pt especially) can run code when loaded: "
-              "load only models from a source you trust.")
+# A manifest proves integrity (files unchanged since it was written), not trust: anyone can write one next to their
+# files. What keeps a planted detector.pt from running code is detector.checkpoint, for every bundle alike.
+OTHER_MODELS_NOTE = ("note: models from {path}, not the shipped ones: {manifest}. The detector weights are loaded "
+                     "only if they hold nothing but allow-listed model classes (no code from them runs), but the "
+                     "results are only as good as whoever trained these models.")
+WITH_MANIFEST = f"its {MANIFEST} matches its files (they are unchanged since it was written; it does not say by whom)"
+WITHOUT_MANIFEST = f"it has no {MANIFEST}, so damaged or modified files cannot be detected"
 
 
 def sha256(path) -> str:
@@ -97,14 +103,17 @@ def read_bundle(root, require_manifest: bool = False) -> Bundle:
     except (KeyError, ValueError, TypeError, ConfigError) as exc:
         raise WeightsError(path, f"malformed bundle file ({type(exc).__name__}: {exc})") from None
     for part in filter(None, (bundle.detector, bundle.classifier, bundle.baseline)):
+        if not part.resolve().is_relative_to(root.resolve()):  # the manifest covers the bundle folder only
+            raise WeightsError(part, "named in pipeline.json but outside the bundle folder; refusing the bundle")
         if not part.exists():
             raise WeightsError(part, "named in pipeline.json but missing")
     if (root / MANIFEST).is_file():
         verify_manifest(root)
     elif require_manifest:
         raise WeightsError(root / MANIFEST, "missing: the shipped models are loaded only with their manifest")
-    else:
-        print(PT_WARNING.format(path=root), file=sys.stderr)
+    if not require_manifest:
+        manifest = WITH_MANIFEST if (root / MANIFEST).is_file() else WITHOUT_MANIFEST
+        print(OTHER_MODELS_NOTE.format(path=root, manifest=manifest), file=sys.stderr)
     return bundle
 
 

@@ -379,8 +379,10 @@ def test_weights_that_do_not_load(tmp_path, case):
     assert str(path) in message
     if case == "bare_name":
         assert "yolov8n.yaml" in message and "download" in message
-    if case in ("corrupt", "not_a_model"):
-        assert "trusted source" in message
+    if case == "corrupt":
+        assert "not a checkpoint written by torch.save" in message
+    if case == "not_a_model":
+        assert "not an ultralytics checkpoint" in message
 
 
 def test_model_names_that_would_download_are_refused():
