@@ -103,7 +103,7 @@ def check_pickle(data: bytes, path) -> None:
     from torch._weights_only_unpickler import _get_allowed_globals
 
     torch_own = set(_get_allowed_globals())  # tensor rebuild functions, OrderedDict, dtypes ...
-    mark, stack, memo, refused = object(), [], {}, []
+    stack, metastack, memo, refused = [], [], {}, []
     try:
         for op, arg, _ in pickletools.genops(io.BytesIO(data)):
             name = op.name
@@ -132,16 +132,17 @@ def check_pickle(data: bytes, path) -> None:
             if name in ("GET", "BINGET", "LONG_BINGET"):
                 stack.append(memo.get(arg))
                 continue
-            if name == "MARK":
-                stack.append(mark)
+            if name == "MARK":  # as pickle and torch's unpickler do: a new stack, the old one kept aside
+                metastack.append(stack)
+                stack = []
                 continue
             before = op.stack_before
             if pickletools.markobject in before:  # e.g. APPENDS: list, MARK, items... -> list
-                while stack and stack.pop() is not mark:
-                    pass
-                del stack[len(stack) - before.index(pickletools.markobject):]
-            elif before:
-                del stack[len(stack) - len(before):]
+                stack = metastack.pop()
+                before = before[:before.index(pickletools.markobject)]
+            if len(before) > len(stack):
+                raise ValueError(f"{name} on a stack of {len(stack)}")
+            del stack[len(stack) - len(before):]
             stack.extend([None] * len(op.stack_after))
     except Exception as exc:  # truncated or malformed pickle: torch.load would fail on it too
         raise WeightsError(path, f"its pickle cannot be read ({type(exc).__name__}: {exc}); "
