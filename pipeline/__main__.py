@@ -1,4 +1,4 @@
-"""`python -m pipeline <command>`: infer, evaluate, export-rois, benchmark, train-baseline, train-all, bundle."""
+"""`python -m pipeline <command>`: infer, evaluate, export-rois, serve, benchmark, train-baseline, train-all, bundle."""
 import mammo.runtime  # noqa: F401  (must stay the first import: import order, offline switches)
 
 import argparse
@@ -28,6 +28,12 @@ examples:
   # crops with Grad-CAM, rois.csv and index.html for a radiologist's review
   python -m pipeline export-rois scans/ --out review/
   python -m pipeline export-rois --config configs/mias.yaml --split val --with-truth --out review/
+  # ... with the verdicts readers recorded in `serve` on an infer run of the same images (review_label column)
+  python -m pipeline export-rois scans/ --out review/ --verdicts runs/demo
+
+  # the review workstation in the browser (worklist, viewer, verdicts) over one or more infer runs
+  python -m pipeline serve runs/demo                      # then open http://127.0.0.1:8000/
+  python -m pipeline serve runs/demo --host 0.0.0.0 --token "$(python -c 'import secrets; print(secrets.token_urlsafe())')"
 
   # speed against the models' floor, throughput and peak memory on folders; quality beside the baseline
   python -m pipeline benchmark
@@ -146,13 +152,30 @@ def cmd_export_rois(args, overrides, inputs) -> int:
     out = make_run_dir("pipeline", "export-rois", cfg.run.name, args.out)
     from pipeline.ids import resolve_salt, scrub_argv
 
-    start_run(cfg, out, scrub_argv(sys.argv, [*inputs, args.out, args.models, args.config],
+    start_run(cfg, out, scrub_argv(sys.argv, [*inputs, args.out, args.models, args.config, *(args.verdicts or [])],
                                    cfg.pipeline.source_paths, resolve_salt(cfg.pipeline.id_salt)))
+    review = None
+    if args.verdicts:  # readers' verdicts recorded with `pipeline serve` fill the review_label column
+        from pipeline.serve.verdicts import review_labels
+
+        review = review_labels(args.verdicts)
     with PipelineModels.load(bundle, cfg) as models:
-        summary = export_rois(inputs, out, models, cfg, annotations, overwrite=args.overwrite)
+        summary = export_rois(inputs, out, models, cfg, annotations, overwrite=args.overwrite, review=review)
     print(f"{summary['rois']} ROIs from {summary['images']} images ({summary['failed']} failed) -> "
           f"{out}/index.html")
     return 1 if summary["failed"] else 0
+
+
+def cmd_serve(args, overrides, inputs) -> int:
+    from pipeline.models import PipelineModels
+    from pipeline.serve import check_address, serve
+
+    token = check_address(args.host, args.port, args.token)  # before the models load: a refusal is immediate
+    cfg, bundle = resolve_config(args, overrides)
+    run_dirs = inputs or [str(make_run_dir("pipeline", "infer", cfg.run.name))]
+    print(f"models: {bundle.root} ({bundle.description or 'no description'})")
+    with PipelineModels.load(bundle, cfg) as models:
+        return serve(run_dirs, models, cfg, bundle.threshold, host=args.host, port=args.port, token=token)
 
 
 def cmd_train_all(args, overrides, inputs) -> int:
@@ -227,6 +250,18 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--overwrite", action="store_true", help="redo images already done in --out")
     sub.choices["export-rois"].add_argument("--with-truth", action="store_true",
                                             help="also export the annotated lesions of the config's dataset")
+    sub.choices["export-rois"].add_argument("--verdicts", nargs="+", metavar="RUN_DIR",
+                                            help="fill review_label from the verdicts recorded with `serve` on "
+                                                 "these infer folders (matched by image id and box overlap)")
+    p = add("serve", cmd_serve, "review workstation in the browser: worklist, full-resolution viewer with boxes "
+            "and Grad-CAM, reader verdicts, new images", "RUN_DIR folders of `infer` (none: the default infer "
+            "folder; uploads go to the first) and key=value overrides")
+    p.add_argument("--port", type=int, default=8000, help="TCP port (default: %(default)s)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s, this machine "
+                   "only); any other address requires a token")
+    p.add_argument("--token", help="access token required on every request (default: $MAMMO_SERVE_TOKEN); "
+                   "required when --host is not a loopback address")
+    p.add_argument("--models", help="model bundle folder for new images (default: weights/, else demo models)")
     p = add("evaluate", cmd_evaluate, "metrics of infer outputs against annotations, with 95 %% CIs")
     p.add_argument("--predictions", required=True, help="the --out folder of `infer`")
     p.add_argument("--annotations", help="annotation file/folder (default: the config's data section)")
@@ -270,7 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     return run_command(build_parser(), argv, lambda args, overrides, inputs: args.func(args, overrides, inputs),
-                       input_commands=("infer", "export-rois"))
+                       input_commands=("infer", "export-rois", "serve"))
 
 
 if __name__ == "__main__":

@@ -53,13 +53,16 @@ def _true_label(box, truth, cfg: Config) -> str:
 
 
 def export_rois(inputs, out_dir, models, cfg: Config, annotations=None, *, overwrite: bool = False,
-                progress: bool = True) -> dict:
-    """Crops, overlays, rois.csv and index.html; the folder is locked for the run (a second run is refused)."""
+                progress: bool = True, review=None) -> dict:
+    """Crops, overlays, rois.csv and index.html; the folder is locked for the run (a second run is refused).
+    `review`: optional (image_id, box) -> label, e.g. the readers' verdicts recorded with `pipeline serve`
+    (pipeline.serve.verdicts.review_labels), written to the `review_label` column."""
     with folder_lock(out_dir):
-        return _export_locked(inputs, Path(out_dir), models, cfg, annotations, overwrite, progress)
+        return _export_locked(inputs, Path(out_dir), models, cfg, annotations, overwrite, progress, review)
 
 
-def _export_locked(inputs, out_dir: Path, models, cfg: Config, annotations, overwrite: bool, progress: bool) -> dict:
+def _export_locked(inputs, out_dir: Path, models, cfg: Config, annotations, overwrite: bool, progress: bool,
+                   review=None) -> dict:
     (out_dir / "crops").mkdir(parents=True, exist_ok=True)
     (out_dir / "overlays").mkdir(parents=True, exist_ok=True)
     state = out_dir / ".done"
@@ -110,6 +113,8 @@ def _export_locked(inputs, out_dir: Path, models, cfg: Config, annotations, over
         atomic_write_text(marker, json.dumps(rows))  # last: marks the image as exported
     all_rows = [r for f in sorted(state.glob("*.json")) for r in json.loads(f.read_text())]
     all_rows.sort(key=lambda r: -float(r["malignancy"]))
+    for r in all_rows if review else ():
+        r["review_label"] = review(r["image_id"], [float(r[k]) for k in ("x1", "y1", "x2", "y2")])
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=ROI_COLUMNS, lineterminator="\n")
     writer.writeheader()

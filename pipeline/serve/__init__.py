@@ -1,0 +1,35 @@
+"""`python -m pipeline serve`: the review workstation (see app.py). `serve` runs it with uvicorn."""
+from __future__ import annotations
+
+from mammo.errors import MammoError
+
+
+def check_address(host: str, port: int, token: str | None) -> str | None:
+    """The token the server will require; MammoError for a bad port or a non-loopback host without a token."""
+    from pipeline.serve.security import resolve_token
+
+    if not 0 < port < 65536:
+        raise MammoError(f"--port {port}: expected 1-65535")
+    try:
+        return resolve_token(host, token)
+    except ValueError as exc:
+        raise MammoError(str(exc)) from None
+
+
+def serve(run_dirs, models, cfg, threshold: float, host: str = "127.0.0.1", port: int = 8000,
+          token: str | None = None) -> int:
+    import uvicorn
+
+    from mammo.runs import start_run
+    from pipeline.serve.app import create_app
+    from pipeline.serve.files import STATE_DIR
+
+    token = check_address(host, port, token)
+    app = create_app(run_dirs, models, cfg, threshold, token=token)
+    start_run(cfg, app.state.runs.runs[0].root / STATE_DIR)  # the server's resolved config, beside its state
+    n = sum(len(r.results) for r in app.state.runs.runs)
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    print(f"serving {n} analysed images from {len(run_dirs)} run folder(s)")
+    print(f"open http://{shown}:{port}/" + (f"?token={token}" if token else "") + "   (Ctrl+C stops)", flush=True)
+    uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=5)
+    return 0

@@ -1,0 +1,88 @@
+"""What the server may read: the run folders it was given, and nothing else.
+
+Clients never send paths. They name a run by its index and an image by its id; both are looked up here. The one
+route that serves run files by name (`safe_file`) refuses absolute names, '..', hidden files, suffixes other than
+pictures, and anything whose resolved path (symlinks followed) leaves the run folder.
+"""
+from __future__ import annotations
+
+import re
+import threading
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from pipeline.results import ImageResult, read_results
+
+ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+SERVED_SUFFIXES = {".png", ".jpg", ".jpeg"}  # pictures only: the JSONs hold source paths, the database verdicts
+STATE_DIR = ".serve"  # per run: verdicts.sqlite, thumbnail cache, uploaded images
+
+
+class NotFound(Exception):
+    """An unknown run, image or file, or a name that tries to leave its run folder (the client sees 404)."""
+
+
+def safe_file(root: Path, name: str) -> Path:
+    """`name` (relative, '/'-separated) inside `root`, or NotFound. Symlinks are resolved before the check."""
+    if not name or "\\" in name or "\0" in name:
+        raise NotFound(name)
+    parts = PurePosixPath(name).parts
+    if PurePosixPath(name).is_absolute() or any(p in ("..", ".") or p.startswith(".") for p in parts):
+        raise NotFound(name)
+    if PurePosixPath(name).suffix.lower() not in SERVED_SUFFIXES:
+        raise NotFound(name)
+    root = root.resolve()
+    path = (root / name).resolve()
+    if not path.is_relative_to(root) or not path.is_file():
+        raise NotFound(name)
+    return path
+
+
+@dataclass
+class Run:
+    index: int
+    root: Path
+    results: dict  # image_id -> ImageResult
+
+    @property
+    def state(self) -> Path:
+        return self.root / STATE_DIR
+
+    @property
+    def label(self) -> str:
+        """Shown in pages: the folder's own name (the user chose it; its parents are not shown)."""
+        return self.root.name
+
+
+class RunSet:
+    """The run folders and their image results; `refresh` re-reads a folder after an upload added an image."""
+
+    def __init__(self, roots):
+        self._lock = threading.Lock()
+        self.runs = []
+        for i, root in enumerate(roots):
+            root = Path(root).resolve()
+            root.mkdir(parents=True, exist_ok=True)
+            self.runs.append(Run(i, root, {}))
+            self.refresh(i)
+
+    def refresh(self, index: int) -> None:
+        run = self.runs[index]
+        results = {r.image_id: r for r in read_results(run.root) if ID_PATTERN.match(r.image_id)}
+        with self._lock:
+            run.results = results
+
+    def run(self, index: int) -> Run:
+        if not 0 <= index < len(self.runs):
+            raise NotFound(f"run {index}")
+        return self.runs[index]
+
+    def result(self, index: int, image_id: str) -> tuple[Run, ImageResult]:
+        run = self.run(index)
+        if not ID_PATTERN.match(image_id) or image_id not in run.results:
+            raise NotFound(image_id)
+        return run, run.results[image_id]
+
+    def run_file(self, run: Run, name: str) -> Path:
+        """A file a result names (heatmap, overlay), checked like any client-given name."""
+        return safe_file(run.root, name)

@@ -1,0 +1,76 @@
+"""Who may talk to the server.
+
+- Bound to a loopback address (the default), the server answers only requests whose Host header is a loopback
+  name, so a web page elsewhere cannot reach it through DNS rebinding.
+- Bound anywhere else it needs a token (`--token` or MAMMO_SERVE_TOKEN), checked on every request: an
+  `Authorization: Bearer` header, or the cookie set when a browser first opens `/?token=...` (then redirected to
+  the same page without the token in its address).
+- Requests that change something (POST) coming from another site's page (an Origin header that is not this
+  server) are refused.
+"""
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import os
+from urllib.parse import urlsplit
+
+from starlette.middleware.base import BaseHTTPMiddleware
+from starlette.responses import PlainTextResponse, RedirectResponse
+
+TOKEN_ENV = "MAMMO_SERVE_TOKEN"
+COOKIE = "mammo_serve_token"
+LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1", "testserver"}  # testserver: the framework's test client
+MIN_TOKEN_LENGTH = 16
+
+
+def is_loopback(host: str) -> bool:
+    if host in ("localhost",):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def resolve_token(host: str, token: str | None) -> str | None:
+    """The token the server will require (None on loopback without one); ValueError when binding beyond
+    loopback without a usable token."""
+    token = token or os.environ.get(TOKEN_ENV) or None
+    if token is not None and len(token) < MIN_TOKEN_LENGTH:
+        raise ValueError(f"the token must have at least {MIN_TOKEN_LENGTH} characters")
+    if token is None and not is_loopback(host):
+        raise ValueError(f"--host {host} is reachable from other machines: give a token (--token or "
+                         f"{TOKEN_ENV}), e.g. `python -c 'import secrets; print(secrets.token_urlsafe())'`")
+    return token
+
+
+def _hostname(value: str) -> str:
+    return (urlsplit(f"//{value}").hostname or "").lower()
+
+
+class AccessMiddleware(BaseHTTPMiddleware):
+    def __init__(self, app, token: str | None):
+        super().__init__(app)
+        self.token = token
+
+    async def dispatch(self, request, call_next):
+        host = request.headers.get("host", "")
+        if self.token is None and _hostname(host) not in LOOPBACK_NAMES:
+            return PlainTextResponse("this server answers only on localhost", status_code=403)
+        origin = request.headers.get("origin")
+        if request.method not in ("GET", "HEAD") and origin and urlsplit(origin).netloc != host:
+            return PlainTextResponse("cross-site request refused", status_code=403)
+        if self.token is not None:
+            given = request.query_params.get("token")
+            if given is not None and hmac.compare_digest(given.encode(), self.token.encode()):
+                # remember it in a cookie and drop it from the address bar (and from later logs)
+                response = RedirectResponse(request.url.remove_query_params("token"), status_code=303)
+                response.set_cookie(COOKIE, self.token, httponly=True, samesite="strict")
+                return response
+            auth = request.headers.get("authorization", "")
+            given = auth[7:] if auth.lower().startswith("bearer ") else request.cookies.get(COOKIE, "")
+            if not hmac.compare_digest(given.encode(), self.token.encode()):
+                return PlainTextResponse("token required (open the address the server printed, which carries it)",
+                                         status_code=401)
+        return await call_next(request)

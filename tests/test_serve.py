@@ -1,0 +1,442 @@
+"""`pipeline serve`: every route through FastAPI's test client, on a run folder that `run_inference` wrote with the
+tiny test models (two synthetic images and one real CBIS-DDSM DICOM), plus one result of known boxes (a stand-in
+for the detector's output, so the box verdicts do not depend on what the tiny models find)."""
+import mammo.runtime  # noqa: F401  (must stay the first import)
+
+import csv
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from conftest import REPO, sample_dicom_paths
+
+from mammo.config import load_config
+from mammo.synthetic import synthetic_mammogram, write_synthetic_dataset
+from pipeline.models import PipelineModels, read_bundle
+from pipeline.results import ImageResult, LesionResult, write_result
+
+fastapi = pytest.importorskip("fastapi")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from pipeline.serve.app import create_app  # noqa: E402
+from pipeline.serve.security import resolve_token  # noqa: E402
+
+KNOWN = "syn007_0000"  # the stand-in result's image id: the one infer and export-rois give its file
+
+
+def write_png(path: Path, seed: int, n_lesions: int, shape=(512, 384)) -> Path:
+    m, lesions = synthetic_mammogram(seed, shape=shape, n_lesions=n_lesions)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), np.round(m.pixels * 255).astype(np.uint8))
+    return path
+
+
+@pytest.fixture(scope="module")
+def served(tiny_bundle, tmp_path_factory):
+    """(client, run folder, models, cfg): the app over one run folder, with the tiny models for uploads."""
+    from pipeline.infer import run_inference
+
+    root = tmp_path_factory.mktemp("serve")
+    inputs = [write_png(root / "in" / f"case{i}.png", 40 + i, 2) for i in range(2)] + [sample_dicom_paths()[0]]
+    bundle = read_bundle(tiny_bundle)
+    cfg = load_config(overrides=bundle.config_overrides)
+    run = root / "run"
+    models = PipelineModels.load(bundle, cfg)
+    summary = run_inference(inputs, run, models, cfg, progress=False)
+    assert summary["failed"] == 0, summary["failures"]
+    # the stand-in: a synthetic image whose result lists its two true lesions as boxes
+    data = write_synthetic_dataset(root / "known", 1, seed=7, n_lesions=2)
+    rows = list(csv.DictReader(open(data)))
+    source = data.parent / rows[0]["image"]
+    m = cv2.imread(str(source), cv2.IMREAD_GRAYSCALE)
+    heat = np.zeros((m.shape[0] // 4 + 1, m.shape[1] // 4 + 1), np.uint16)
+    heat[10:30, 10:30] = 65535
+    cv2.imwrite(str(run / f"{KNOWN}_heatmap.png"), heat)
+    lesions = [LesionResult([float(r[k]) for k in ("x1", "y1", "x2", "y2")], 0.9 - 0.1 * i, 0.8 - 0.3 * i)
+               for i, r in enumerate(rows)]
+    write_result(run, ImageResult(KNOWN, str(source), m.shape[1], m.shape[0], 0.8, models.threshold, "malignant",
+                                  lesions, f"{KNOWN}_heatmap.png", "", heatmap_downscale=4))
+    app = create_app([run], models, cfg, models.threshold)
+    with TestClient(app) as client:
+        yield client, run, models, cfg, data
+    models.close()
+
+
+def ids(client) -> list[str]:
+    return [r["image_id"] for r in client.get("/api/images").json()["images"]]
+
+
+def test_worklist_and_viewer_pages_list_every_image_without_source_paths(served):
+    client, run, *_ = served
+    images = client.get("/api/images").json()["images"]
+    assert len(images) == 4 and KNOWN in ids(client)
+    assert [r["score"] for r in images] == sorted((r["score"] for r in images), reverse=True)
+    page = client.get("/")
+    assert page.status_code == 200
+    for r in images:
+        assert f'data-href="/view/0/{r["image_id"]}"' in page.text
+        viewer = client.get(f"/view/0/{r['image_id']}")
+        assert viewer.status_code == 200 and "openseadragon.min.js" in viewer.text
+        info = client.get(f"/api/images/0/{r['image_id']}").json()
+        assert "source" not in info and info["width"] == r["width"]
+    # nothing names the input files (their names may carry patient identifiers), not even the real DICOM's
+    import pydicom
+
+    patient = str(pydicom.dcmread(sample_dicom_paths()[0], stop_before_pixels=True).PatientID)
+    assert patient
+    for text in (page.text, client.get("/api/images").text, client.get(f"/api/images/0/{KNOWN}").text):
+        assert str(run.parent) not in text and "in/case0" not in text and patient not in text
+    assert client.get("/static/vendor/openseadragon/openseadragon.min.js").status_code == 200
+
+
+@pytest.mark.parametrize("url", ["/view/0/nope", "/api/images/0/nope", "/api/tiles/0/nope/0/0_0.jpg",
+                                 "/api/thumb/0/nope.jpg", "/api/heatmap/0/nope.png", "/api/verdicts/0/nope",
+                                 "/view/7/syn007_0000", "/api/images/-1/syn007_0000", "/runs/3/verdicts.csv",
+                                 "/api/jobs/0123456789abcdef", "/view/0/.hidden", "/api/images/x/syn007_0000"])
+def test_unknown_run_image_or_job_is_404(served, url):
+    assert served[0].get(url).status_code in (404, 422)  # 422: a run that is not a number
+
+
+def test_tiles_form_the_pyramid_and_apply_the_window(served):
+    client, run, *_ = served
+    from pipeline.results import read_result
+
+    r = read_result(run / f"{KNOWN}.json")
+    info = client.get(f"/api/images/0/{KNOWN}").json()
+    top = info["max_level"]
+    assert 2 ** (top - 1) < max(r.width, r.height) <= 2 ** top
+    original = cv2.imread(r.source, cv2.IMREAD_GRAYSCALE).astype(np.float32)
+    tile = client.get(f"/api/tiles/0/{KNOWN}/{top}/0_0.jpg")
+    assert tile.status_code == 200 and tile.headers["content-type"] == "image/jpeg"
+    pixels = cv2.imdecode(np.frombuffer(tile.content, np.uint8), cv2.IMREAD_GRAYSCALE).astype(np.float32)
+    assert pixels.shape == (256, 256)
+    assert np.abs(pixels - original[:256, :256]).mean() < 3  # identity window, JPEG-close to the original
+    narrow = client.get(f"/api/tiles/0/{KNOWN}/{top}/0_0.jpg", params={"c": 0.4, "w": 0.2})
+    windowed = cv2.imdecode(np.frombuffer(narrow.content, np.uint8), cv2.IMREAD_GRAYSCALE).astype(np.float32)
+    expected = np.clip((original[:256, :256] / 255 - 0.3) / 0.2, 0, 1) * 255  # window 0.3..0.5 stretched
+    assert np.abs(windowed - expected).mean() < 4 and np.abs(windowed - pixels).mean() > 10
+    last = client.get(f"/api/tiles/0/{KNOWN}/0/0_0.jpg")  # level 0: the whole image in one pixel
+    assert cv2.imdecode(np.frombuffer(last.content, np.uint8), cv2.IMREAD_GRAYSCALE).shape == (1, 1)
+    cols = -(-r.width // 256)
+    assert client.get(f"/api/tiles/0/{KNOWN}/{top}/{cols}_0.jpg").status_code == 404
+    assert client.get(f"/api/tiles/0/{KNOWN}/{top + 1}/0_0.jpg").status_code == 404
+    for bad in ({"c": 2}, {"w": 0}, {"c": "nan"}, {"w": "inf"}):
+        assert client.get(f"/api/tiles/0/{KNOWN}/{top}/0_0.jpg", params=bad).status_code == 422
+
+
+def test_full_size_dicom_tiles_and_thumbnail(served):
+    client, run, *_ = served
+    dicom_id = next(i for i in ids(client) if i not in (KNOWN, "case0", "case1"))
+    info = client.get(f"/api/images/0/{dicom_id}").json()
+    assert info["width"] * info["height"] > 5_000_000  # a full-size scan, not a downscaled copy
+    tile = client.get(f"/api/tiles/0/{dicom_id}/{info['max_level']}/3_5.jpg")
+    assert tile.status_code == 200
+    thumb = client.get(f"/api/thumb/0/{dicom_id}.jpg")
+    small = cv2.imdecode(np.frombuffer(thumb.content, np.uint8), cv2.IMREAD_GRAYSCALE)
+    assert small.shape[0] == 160 and abs(small.shape[1] / 160 - info["width"] / info["height"]) < 0.02
+    assert (run / ".serve" / "thumbs" / f"{dicom_id}.jpg").is_file()  # cached for the next worklist load
+
+
+def test_heatmap_is_coloured_with_alpha_where_the_map_is_zero(served):
+    client, *_ = served
+    png = client.get(f"/api/heatmap/0/{KNOWN}.png")
+    bgra = cv2.imdecode(np.frombuffer(png.content, np.uint8), cv2.IMREAD_UNCHANGED)
+    assert bgra.ndim == 3 and bgra.shape[2] == 4
+    assert bgra[20, 20, 3] == 255 and bgra[60, 60, 3] == 0
+
+
+def test_path_traversal_is_refused(served, tmp_path):
+    client, run, *_ = served
+    assert client.get(f"/runs/0/files/{KNOWN}_heatmap.png").status_code == 200
+    outside = tmp_path / "secret.png"
+    cv2.imwrite(str(outside), np.zeros((4, 4), np.uint8))
+    (run / "link.png").symlink_to(outside)
+    (run / "sub").mkdir(exist_ok=True)
+    (run / "sub" / "up.png").symlink_to(run.parent / "in" / "case0.png")
+    attempts = ["../in/case0.png", "..%2Fin%2Fcase0.png", "%2e%2e/%2e%2e/etc/passwd", "..%252Fin%252Fcase0.png",
+                "/etc/passwd", "%2Fetc%2Fpasswd", str(outside).lstrip("/"), "link.png", "sub/up.png",
+                f"{KNOWN}.json", "predictions.csv", ".serve/verdicts.sqlite", "sub/../link.png",
+                "..\\in\\case0.png", "x%00.png"]
+    for name in attempts:
+        r = client.get(f"/runs/0/files/{name}")
+        assert r.status_code == 404, (name, r.status_code)
+    for url in ["/api/thumb/0/..%2F..%2Fin%2Fcase0.jpg", "/api/images/0/..%2Fsyn007_0000", "/view/0/%2Fetc%2Fpasswd"]:
+        assert client.get(url).status_code == 404, url
+
+
+def test_verdicts_round_trip_two_tabs_and_csv(served):
+    client, run, *_ = served
+
+    def save(body):
+        return client.post(f"/api/verdicts/0/{KNOWN}", json=body)
+
+    # two tabs of the same reader at the same time, each sending only what it changed
+    bodies = [{"reader": "Dr A", "boxes": {"0": {"lesion": "true lesion", "pathology": "malignant"}}},
+              {"reader": "Dr A", "boxes": {"1": {"lesion": "false positive"}},
+               "image": {"agreement": "disagree", "comment": "box 2 is a vessel, \"quoted\", comma"}}]
+    results = [None, None]
+    threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, save(bodies[i]))) for i in range(2)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert [r.status_code for r in results] == [200, 200]
+    assert save({"reader": "Dr B", "boxes": {"0": {"lesion": "unsure"}}}).status_code == 200
+    assert save({"reader": "Dr A", "boxes": {"0": {"pathology": "benign"}}}).status_code == 200  # a change of mind
+    current = {(v["reader"], v["box"]): v for v in client.get(f"/api/verdicts/0/{KNOWN}").json()["verdicts"]}
+    assert current["Dr A", 0]["lesion"] == "true lesion" and current["Dr A", 0]["pathology"] == "benign"
+    assert current["Dr A", 1]["lesion"] == "false positive" and current["Dr A", -1]["agreement"] == "disagree"
+    assert current["Dr B", 0]["lesion"] == "unsure"
+    export = client.get("/runs/0/verdicts.csv")
+    assert export.status_code == 200 and "attachment" in export.headers["content-disposition"]
+    rows = list(csv.DictReader(io.StringIO(export.text)))
+    a0 = next(r for r in rows if r["reader"] == "Dr A" and r["box"] == "1")
+    assert (a0["lesion"], a0["pathology"], a0["malignancy"]) == ("true lesion", "benign", "0.8")
+    image_row = next(r for r in rows if r["reader"] == "Dr A" and r["box"] == "")
+    assert image_row["comment"] == 'box 2 is a vessel, "quoted", comma'
+    assert all(str(run.parent) not in line for line in export.text.splitlines())
+    worklist_row = next(r for r in client.get("/api/images").json()["images"] if r["image_id"] == KNOWN)
+    assert worklist_row["reviewed"]
+
+
+@pytest.mark.parametrize("body,status", [
+    ({"reader": "", "boxes": {"0": {"lesion": "unsure"}}}, 422),
+    ({"reader": "x" * 81, "image": {"agreement": "agree"}}, 422),
+    ({"reader": "Dr C", "boxes": {"0": {"lesion": "cancer"}}}, 422),
+    ({"reader": "Dr C", "boxes": {"0": {"colour": "red"}}}, 422),
+    ({"reader": "Dr C", "boxes": {"9": {"lesion": "unsure"}}}, 422),
+    ({"reader": "Dr C", "boxes": {"zero": {"lesion": "unsure"}}}, 422),
+    ({"reader": "Dr C", "boxes": ["x"]}, 422),
+    ({"reader": "Dr C", "image": {"agreement": "maybe"}}, 422),
+    ({"reader": "Dr C", "image": {"comment": "x" * 4001}}, 422),
+    ({"reader": "Dr C"}, 422),
+])
+def test_bad_verdicts_are_refused_and_change_nothing(served, body, status):
+    client = served[0]
+    before = client.get(f"/api/verdicts/0/{KNOWN}").json()
+    assert client.post(f"/api/verdicts/0/{KNOWN}", json=body).status_code == status
+    assert client.get(f"/api/verdicts/0/{KNOWN}").json() == before
+
+
+def test_verdict_needs_json(served):
+    client = served[0]
+    r = client.post(f"/api/verdicts/0/{KNOWN}", data={"reader": "x"})
+    assert r.status_code == 415
+    r = client.post(f"/api/verdicts/0/{KNOWN}", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 422
+
+
+def test_verdicts_fill_export_rois_review_label(served, tmp_path):
+    client, run, models, cfg, data = served
+    from mammo.annotations import read_annotations
+    from pipeline.export import export_rois
+    from pipeline.ids import image_id_for
+    from pipeline.serve.verdicts import review_labels
+
+    source = data.parent / next(csv.DictReader(open(data)))["image"]
+    assert image_id_for(source, cfg.pipeline.image_id, cfg.pipeline.id_salt) == KNOWN
+    client.post(f"/api/verdicts/0/{KNOWN}", json={"reader": "Dr R", "boxes": {"1": {
+        "lesion": "true lesion", "pathology": "malignant"}}})
+    label = review_labels([run])
+    box = client.get(f"/api/images/0/{KNOWN}").json()["lesions"][1]["box"]
+    assert "true lesion/malignant (Dr R)" in label(KNOWN, box)
+    assert label(KNOWN, [0, 0, 5, 5]) == "" and label("other", box) == ""
+    # through export-rois: its true-lesion rows carry the same boxes as the stand-in's
+    out = tmp_path / "review"
+    export_rois([], out, models, cfg, read_annotations("csv", data), progress=False, review=label)
+    rows = [r for r in csv.DictReader(open(out / "rois.csv")) if r["kind"] == "true"]
+    matched = [r for r in rows if np.allclose([float(r[k]) for k in ("x1", "y1", "x2", "y2")], box, atol=0.1)]
+    assert len(matched) == 1 and "true lesion/malignant" in matched[0]["review_label"]
+
+
+def upload(client, name: str, content: bytes, run: int = 0):
+    return client.post("/api/upload", files={"file": (name, content)}, data={"run": str(run)})
+
+
+def wait_job(client, job_id: str, timeout: float = 120) -> dict:
+    end = time.time() + timeout
+    while time.time() < end:
+        job = client.get(f"/api/jobs/{job_id}").json()
+        if job["status"] in ("done", "failed"):
+            return job
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id} did not finish in {timeout} s")
+
+
+def test_upload_runs_the_pipeline_and_keeps_the_run(served, tmp_path):
+    client, run, *_ = served
+    before = list(csv.DictReader(open(run / "predictions.csv")))
+    png = write_png(tmp_path / "Mass-Test_P_00820_LEFT_CC.png", 77, 1)  # a name with a patient id in it
+    r = upload(client, png.name, png.read_bytes())
+    assert r.status_code == 200, r.text
+    job = wait_job(client, r.json()["id"])
+    assert job["status"] == "done", job
+    new_id = job["image_id"]
+    assert "00820" not in new_id and new_id in ids(client)
+    assert client.get(f"/view/0/{new_id}").status_code == 200
+    after = list(csv.DictReader(open(run / "predictions.csv")))
+    assert [r["image_id"] for r in after] == [r["image_id"] for r in before] + [new_id]
+    assert not [p for p in run.rglob("*") if "00820" in p.name]
+    assert not list(run.rglob(".*.partial*"))
+
+
+def test_upload_of_a_dicom_without_extension(served):
+    client = served[0]
+    r = upload(client, "scan", sample_dicom_paths()[1].read_bytes())
+    assert r.status_code == 200, r.text
+    assert wait_job(client, r.json()["id"])["status"] == "done"
+
+
+def test_bad_uploads_are_refused_with_a_message_and_change_nothing(served, monkeypatch):
+    client, run, *_ = served
+    from pipeline.serve import jobs
+
+    def listing():
+        return sorted((str(p.relative_to(run)), p.stat().st_size) for p in run.rglob("*")
+                      if p.is_file() and "verdicts.sqlite" not in p.name)
+
+    before = listing()
+    png = cv2.imencode(".png", np.zeros((40, 30), np.uint8))[1].tobytes()
+    cases = [("notes.png", b"this is a text file, not an image\n", "not an image"),
+             ("report.pdf", b"%PDF-1.4", "not images this tool reads"),
+             ("empty.png", b"", "empty file"),
+             ("fake.dcm", b"\0" * 128 + b"DICM" + b"\0" * 64, "not a DICOM image")]
+    for name, content, message in cases:
+        r = upload(client, name, content)
+        assert r.status_code == 422 and message in r.json()["detail"], (name, r.text)
+    monkeypatch.setattr(jobs, "MAX_PIXELS", 1000)
+    r = upload(client, "big.png", png)
+    assert r.status_code == 422 and "too large: 30 x 40 pixels" in r.json()["detail"]
+    monkeypatch.setattr(jobs, "MAX_PIXELS", 60_000_000)
+    monkeypatch.setattr(jobs, "MAX_UPLOAD_BYTES", 100)
+    assert upload(client, "big.png", png).status_code == 422  # counted while streaming
+    from pipeline.serve import app as app_module
+
+    monkeypatch.setattr(app_module, "MAX_UPLOAD_BYTES", 100)
+    r = client.post("/api/upload", files={"file": ("big.png", b"x" * 200_000)})
+    assert r.status_code == 413  # refused from its Content-Length, before reading the body
+    r = client.post("/api/upload", data={"run": "0"})
+    assert r.status_code == 422 and "no file" in r.json()["detail"]
+    r = upload(client, "ok.png", png, run=5)
+    assert r.status_code == 404
+    assert listing() == before
+
+
+def test_token_is_required_beyond_localhost(served):
+    _, run, *_ = served
+    with pytest.raises(ValueError, match="token"):
+        resolve_token("0.0.0.0", None)
+    with pytest.raises(ValueError, match="at least"):
+        resolve_token("0.0.0.0", "short")
+    assert resolve_token("127.0.0.1", None) is None and resolve_token("::1", None) is None
+    token = "s3cret-token-0123456789"
+    client = TestClient(create_app([run], token=token), base_url="http://10.1.2.3:8000")
+    for url in ["/", f"/api/images/0/{KNOWN}", "/runs/0/verdicts.csv", "/static/style.css",
+                f"/api/tiles/0/{KNOWN}/0/0_0.jpg"]:
+        assert client.get(url).status_code == 401, url
+        assert client.get(url, headers={"Authorization": "Bearer wrong-token-0123456789"}).status_code == 401
+        assert client.get(url, headers={"Authorization": f"Bearer {token}"}).status_code == 200, url
+    assert client.post(f"/api/verdicts/0/{KNOWN}", json={"reader": "x", "image": {"agreement": "agree"}}
+                       ).status_code == 401
+    r = client.get(f"/?token={token}", follow_redirects=False)
+    assert r.status_code == 303 and "token" not in r.headers["location"]
+    assert client.get("/").status_code == 200  # the cookie now carries it
+    client.cookies.clear()
+    assert client.get("/").status_code == 401
+
+
+def test_loopback_server_refuses_other_host_names_and_cross_site_posts(served):
+    client = served[0]
+    assert client.get("/", headers={"host": "evil.example"}).status_code == 403  # DNS rebinding
+    assert client.get("/", headers={"host": "127.0.0.1:8000"}).status_code == 200
+    r = client.post(f"/api/verdicts/0/{KNOWN}", json={"reader": "x", "image": {"agreement": "agree"}},
+                    headers={"origin": "http://evil.example"})
+    assert r.status_code == 403
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_cli_refuses_a_public_host_without_token_before_loading_models(tmp_path):
+    env = {**os.environ}
+    env.pop("MAMMO_SERVE_TOKEN", None)
+    result = subprocess.run([sys.executable, "-m", "pipeline", "serve", str(tmp_path), "--host", "0.0.0.0"],
+                            cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 2 and "give a token" in result.stderr
+
+
+@pytest.mark.slow
+def test_verdicts_survive_restart_and_sigkill_mid_write(served, tiny_bundle, tmp_path):
+    """The real command: saves stream in while the server is SIGKILLed; after a restart every save that was
+    acknowledged is there and the database is intact."""
+    import httpx
+
+    _, run, *_ = served
+    port = free_port()
+    cmd = [sys.executable, "-m", "pipeline", "serve", str(run), "--port", str(port), "--models", str(tiny_bundle)]
+
+    def start():
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        end = time.time() + 180
+        while time.time() < end:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/api/images", timeout=2).status_code == 200:
+                    return proc
+            except httpx.HTTPError:
+                time.sleep(0.3)
+            assert proc.poll() is None, proc.stdout.read()
+        raise AssertionError("server did not start")
+
+    proc = start()
+    acknowledged, stop = [], threading.Event()
+
+    def writer(reader):
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as c:
+            i = 0
+            while not stop.is_set():
+                comment = f"{reader} save {i}"
+                try:
+                    r = c.post(f"/api/verdicts/0/{KNOWN}", json={"reader": reader, "image": {"comment": comment}})
+                except httpx.HTTPError:
+                    return
+                if r.status_code == 200:
+                    acknowledged.append((reader, comment))
+                i += 1
+
+    threads = [threading.Thread(target=writer, args=(f"tab{k}",)) for k in range(2)]
+    [t.start() for t in threads]
+    time.sleep(1.5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    stop.set()
+    [t.join() for t in threads]
+    assert len(acknowledged) > 10
+    proc = start()
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}") as c:
+            current = {v["reader"]: v["comment"] for v in c.get(f"/api/verdicts/0/{KNOWN}").json()["verdicts"]
+                       if v["box"] < 0}
+            for reader in ("tab0", "tab1"):
+                last = [comment for r, comment in acknowledged if r == reader][-1]
+                n_last = int(last.rsplit(" ", 1)[1])
+                assert int(current[reader].rsplit(" ", 1)[1]) >= n_last  # the last acknowledged save or later
+            assert c.get("/runs/0/verdicts.csv").status_code == 200
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    import sqlite3
+
+    db = sqlite3.connect(run / ".serve" / "verdicts.sqlite")
+    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    saved = {(r, c) for r, c in db.execute("SELECT reader, value FROM verdicts WHERE field = 'comment'")}
+    assert set(acknowledged) <= saved
