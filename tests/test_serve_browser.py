@@ -1,0 +1,120 @@
+"""`pipeline serve` in a real browser: the app under uvicorn on a free port, Debian's chromium driven by Playwright
+through worklist -> viewer -> heatmap -> threshold -> verdict -> CSV export. Skips without chromium (fails in CI)."""
+import mammo.runtime  # noqa: F401  (must stay the first import)
+
+import csv
+import os
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from test_serve import KNOWN, served  # noqa: F401  (the module fixture: run folder, models, app)
+
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+NOTES_SCREENSHOT = Path("/work/notes/serve-screenshot.png")
+
+
+def chromium() -> str:
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        if os.environ.get("CI", "").lower() in ("true", "1"):
+            pytest.fail("chromium is not installed (scripts/system-deps.sh installs it in CI)")
+        pytest.skip("no chromium installed (apt-get install chromium) to drive the review workstation")
+    return path
+
+
+@pytest.fixture()
+def live_server(served):  # noqa: F811
+    import uvicorn
+
+    client, run, models, cfg, _ = served
+    from pipeline.serve.app import create_app
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app([run], models, cfg, models.threshold), host="127.0.0.1",
+                                           port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    end = time.time() + 30
+    while not server.started and time.time() < end:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}", run
+    server.should_exit = True
+    thread.join(timeout=30)
+
+
+@pytest.mark.slow
+def test_review_in_a_real_browser(live_server, tmp_path):
+    playwright = pytest.importorskip("playwright.sync_api")
+    executable = chromium()
+    base, run = live_server
+    errors = []
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 860}, accept_downloads=True)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+
+        def slide(selector, value):  # what dragging a range input does: set the value, fire 'input'
+            page.eval_on_selector(selector, "(s, v) => { s.value = v; s.dispatchEvent(new Event('input')); }", value)
+        page.goto(base + "/")
+        rows = page.locator("#worklist tbody tr")
+        assert rows.count() >= 4 and "of" in page.inner_text("#count")
+        # filters and keyboard: 'not reviewed' keeps our image; j moves the cursor
+        page.select_option("#f-reviewed", "no")
+        page.keyboard.press("j")
+        assert page.locator("tr.current").count() == 1
+        page.click(f"a[href='/view/0/{KNOWN}']")
+
+        page.wait_for_selector("body[data-tiles-loaded='1']", state="attached", timeout=60_000)
+        page.wait_for_selector("body[data-heatmap='1']", state="attached", timeout=60_000)
+        assert page.locator(".box").count() == 2
+        # heatmap off and on again
+        page.uncheck("#show-heatmap")
+        assert page.evaluate("heatItem.getOpacity()") == 0
+        page.check("#show-heatmap")
+        assert page.evaluate("heatItem.getOpacity()") > 0
+        # the threshold below, then above the image's score (0.8) and its boxes' malignancy (0.8, 0.5)
+        slide("#threshold", 0.45)
+        assert page.inner_text("#decision") == "malignant" and page.locator(".box.pos").count() == 2
+        slide("#threshold", 0.95)
+        assert page.inner_text("#decision") == "not malignant"
+        assert page.locator(".box.pos").count() == 0
+        # window/level: new tiles load
+        slide("#win-width", 0.5)
+        page.wait_for_selector("body[data-tiles-loaded='1']", state="attached", timeout=60_000)
+        # a verdict on box 1 and on the image
+        page.fill("#reader", "Dr Browser")
+        page.dispatch_event("#reader", "change")
+        page.check("input[name='lesion-0'][value='true lesion']")
+        page.check("input[name='pathology-0'][value='malignant']")
+        page.check("input[name='agreement'][value='disagree']")
+        page.fill("#comment", "threshold too low for this one")
+        page.click("#save")
+        page.wait_for_selector("#save-status[data-saved='1']", state="attached", timeout=10_000)
+        screenshot = tmp_path / "serve-viewer.png"
+        page.screenshot(path=str(screenshot))
+        if NOTES_SCREENSHOT.parent.is_dir():
+            shutil.copyfile(screenshot, NOTES_SCREENSHOT)
+
+        # back to the worklist: the threshold carried over, the image is reviewed, the CSV has the verdict
+        page.click("#back")
+        assert page.input_value("#threshold") == "0.95"
+        row = page.locator(f"tr[data-id='{KNOWN}']")
+        assert row.get_attribute("data-reviewed") == "yes" and row.locator(".decision").inner_text() == "not malignant"
+        with page.expect_download() as download:
+            page.click("a.export")
+        path = tmp_path / "verdicts.csv"
+        download.value.save_as(path)
+        browser.close()
+    assert not errors, errors
+    rows = list(csv.DictReader(open(path)))
+    box = next(r for r in rows if r["reader"] == "Dr Browser" and r["box"] == "1")
+    assert (box["image_id"], box["lesion"], box["pathology"]) == (KNOWN, "true lesion", "malignant")
+    image = next(r for r in rows if r["reader"] == "Dr Browser" and r["box"] == "")
+    assert (image["agreement"], image["comment"]) == ("disagree", "threshold too low for this one")
