@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # System packages that some tests drive for real, installed only when missing:
 #   postgresql  the tuning stage's multi-worker test starts its own server (initdb/pg_ctl in a temporary folder)
-#   chromium    a headless browser for another stage's HTML test
+#   chromium    a headless browser: the ROI contact sheet test and the `pipeline serve` browser test (Playwright)
 # Idempotent and quiet; fast when everything is there. Needs root and apt-get; anywhere else it says why it
 # installs nothing and exits 0 (the tests that need a missing piece then skip with the reason, except in CI,
 # where the PostgreSQL test fails instead).

@@ -146,6 +146,18 @@ def test_full_size_dicom_tiles_and_thumbnail(served):
     assert (run / ".serve" / "thumbs" / f"{dicom_id}.jpg").is_file()  # cached for the next worklist load
 
 
+def test_an_original_that_moved_is_a_clear_404_without_its_path(tmp_path):
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    write_result(gone, ImageResult("moved", "/nowhere/Mass_P_01234_LEFT.dcm", 300, 200, 0.1, 0.5, "not malignant"))
+    client = TestClient(create_app([gone]))
+    assert client.get("/").status_code == 200 and client.get("/view/0/moved").status_code == 200
+    for url in ("/api/tiles/0/moved/0/0_0.jpg", "/api/thumb/0/moved.jpg", "/api/heatmap/0/moved.png"):
+        r = client.get(url)
+        assert r.status_code == 404 and "01234" not in r.text, (url, r.text)
+    assert "file not found" in client.get("/api/tiles/0/moved/0/0_0.jpg").json()["detail"]
+
+
 def test_heatmap_is_coloured_with_alpha_where_the_map_is_zero(served):
     client, *_ = served
     png = client.get(f"/api/heatmap/0/{KNOWN}.png")

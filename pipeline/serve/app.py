@@ -18,6 +18,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
+from mammo.errors import ImageReadError
 from pipeline.serve.files import NotFound, RunSet, safe_file
 from pipeline.serve.jobs import MAX_UPLOAD_BYTES, UploadError, Uploads
 from pipeline.serve.security import AccessMiddleware
@@ -56,6 +57,10 @@ def create_app(run_dirs, models=None, cfg=None, threshold: float | None = None, 
     @app.exception_handler(NotFound)
     async def not_found(request, exc):
         return JSONResponse({"detail": "not found"}, status_code=404)
+
+    @app.exception_handler(ImageReadError)
+    async def unreadable(request, exc):  # the original moved or changed since infer; its path is not shown
+        return JSONResponse({"detail": f"the original image cannot be read: {exc.reason}"}, status_code=404)
 
     def rows() -> list[dict]:
         out = []

@@ -25,12 +25,20 @@ function drawBoxes() {
   info.lesions.forEach((l, i) => {
     const [x1, y1, x2, y2] = l.box;
     const el = document.createElement('div');
-    el.className = 'box ' + boxClass(l);
+    el.className = 'box ' + boxClass(l) + (i % 2 ? ' below' : '');  // alternate labels: nested boxes stay legible
     el.id = 'box-' + i;
     el.innerHTML = `<span>${i + 1}: ${l.malignancy.toFixed(2)} <small>det ${l.detector_score.toFixed(2)}</small></span>`;
     el.addEventListener('click', () => document.getElementById('verdict-box-' + i).scrollIntoView());
     viewer.addOverlay({element: el, location: item.imageToViewportRectangle(x1, y1, x2 - x1, y2 - y1)});
   });
+}
+
+// Zoom to a box with `margin` times its size around it (used by the README screenshot and the box list).
+function zoomToBox(i, margin = 3) {
+  const [x1, y1, x2, y2] = info.lesions[i].box;
+  const w = (x2 - x1) * margin, h = (y2 - y1) * margin;
+  const rect = viewer.world.getItemAt(0).imageToViewportRectangle((x1 + x2 - w) / 2, (y1 + y2 - h) / 2, w, h);
+  viewer.viewport.fitBounds(rect, true);
 }
 
 function summarize() {
@@ -39,7 +47,10 @@ function summarize() {
     `${window.mammoThreshold().toFixed(3)}: <b class="${d === 'malignant' ? 'pos' : 'neg'}" id="decision">${d}</b>` +
     ` &middot; ${info.lesions.length} box${info.lesions.length === 1 ? '' : 'es'} &middot; ` +
     `${info.width} x ${info.height} px`;
-  document.querySelectorAll('.box').forEach((el, i) => { el.className = 'box ' + boxClass(info.lesions[i]); });
+  document.querySelectorAll('.box').forEach((el, i) => {
+    el.classList.toggle('pos', boxClass(info.lesions[i]) === 'pos');
+    el.classList.toggle('neg', boxClass(info.lesions[i]) === 'neg');
+  });
 }
 
 function setHeat() {
@@ -59,7 +70,10 @@ function setWindow() {
 
 function watchLoaded(item) {
   delete document.body.dataset.tilesLoaded;
-  item.addHandler('fully-loaded-change', e => { if (e.fullyLoaded) document.body.dataset.tilesLoaded = '1'; });
+  item.addHandler('fully-loaded-change', e => {
+    if (e.fullyLoaded) document.body.dataset.tilesLoaded = '1';
+    else delete document.body.dataset.tilesLoaded;
+  });
 }
 
 // ------------------------------------------------------------------------------------------------- verdicts
@@ -76,7 +90,8 @@ function buildVerdictForm() {
     div.id = 'verdict-box-' + i;
     div.innerHTML = `<b>box ${i + 1}</b> malignancy ${l.malignancy.toFixed(2)}, detector ${l.detector_score.toFixed(2)}` +
       `<br>${radios('lesion', ['true lesion', 'false positive', 'unsure'], i)}` +
-      `<br>${radios('pathology', ['benign', 'malignant'], i)}`;
+      `<br>${radios('pathology', ['benign', 'malignant'], i)} <button type="button" class="zoom">zoom</button>`;
+    div.querySelector('.zoom').addEventListener('click', () => zoomToBox(i));
     $('boxes').appendChild(div);
   });
   $('boxes').addEventListener('change', e => {
