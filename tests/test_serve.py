@@ -5,6 +5,7 @@ import mammo.runtime  # noqa: F401  (must stay the first import)
 
 import csv
 import io
+import json
 import os
 import signal
 import socket
@@ -56,6 +57,11 @@ def served(tiny_bundle, tmp_path_factory):
     # the stand-in: a synthetic image whose result lists its two true lesions as boxes
     data = write_synthetic_dataset(root / "known", 1, seed=7, n_lesions=2)
     rows = list(csv.DictReader(open(data)))
+    # a patient id that shares nothing with the file name, so export-rois with the truth keeps the same image id
+    with open(data, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows([{**r, "patient_id": "pt-a"} for r in rows])
     source = data.parent / rows[0]["image"]
     m = cv2.imread(str(source), cv2.IMREAD_GRAYSCALE)
     heat = np.zeros((m.shape[0] // 4 + 1, m.shape[1] // 4 + 1), np.uint16)
@@ -315,18 +321,20 @@ def test_bad_uploads_are_refused_with_a_message_and_change_nothing(served, monke
                       if p.is_file() and "verdicts.sqlite" not in p.name)
 
     before = listing()
-    png = cv2.imencode(".png", np.zeros((40, 30), np.uint8))[1].tobytes()
-    cases = [("notes.png", b"this is a text file, not an image\n", "not an image"),
+    png = cv2.imencode(".png", np.zeros((64, 48), np.uint8))[1].tobytes()
+    cases = [("notes.png", b"this is a text file, not an image\n", "not a readable image"),
              ("report.pdf", b"%PDF-1.4", "not images this tool reads"),
              ("empty.png", b"", "empty file"),
-             ("fake.dcm", b"\0" * 128 + b"DICM" + b"\0" * 64, "not a DICOM image")]
+             ("tiny.png", cv2.imencode(".png", np.zeros((8, 8), np.uint8))[1].tobytes(), "too small"),
+             ("fake.dcm", b"\0" * 128 + b"DICM" + b"\0" * 64, "refused")]
     for name, content, message in cases:
         r = upload(client, name, content)
         assert r.status_code == 422 and message in r.json()["detail"], (name, r.text)
-    monkeypatch.setattr(jobs, "MAX_PIXELS", 1000)
+    uploads = client.app.state.uploads
+    monkeypatch.setattr(uploads, "max_pixels", 1000)
     r = upload(client, "big.png", png)
-    assert r.status_code == 422 and "too large: 30 x 40 pixels" in r.json()["detail"]
-    monkeypatch.setattr(jobs, "MAX_PIXELS", 60_000_000)
+    assert r.status_code == 422 and "48 x 64 pixels is more than run.max_pixels" in r.json()["detail"], r.text
+    monkeypatch.undo()
     monkeypatch.setattr(jobs, "MAX_UPLOAD_BYTES", 100)
     assert upload(client, "big.png", png).status_code == 422  # counted while streaming
     from pipeline.serve import app as app_module
@@ -339,6 +347,24 @@ def test_bad_uploads_are_refused_with_a_message_and_change_nothing(served, monke
     r = upload(client, "ok.png", png, run=5)
     assert r.status_code == 404
     assert listing() == before
+
+
+def test_uploads_are_viewable_when_results_hold_no_paths(served, tmp_path):
+    """pipeline.source_paths=hashed: the result records a hash, and the server finds its upload by source key."""
+    _, _, models, cfg, _ = served
+    import dataclasses
+
+    from mammo.config import replace
+
+    hashed = replace(cfg, pipeline=dataclasses.replace(cfg.pipeline, source_paths="hashed"))
+    client = TestClient(create_app([tmp_path / "run"], models, hashed, models.threshold))
+    png = write_png(tmp_path / "scan.png", 5, 1)
+    job = wait_job(client, upload(client, "scan.png", png.read_bytes()).json()["id"])
+    assert job["status"] == "done", job
+    result = json.loads((tmp_path / "run" / f"{job['image_id']}.json").read_text())
+    assert result["source"].startswith("src_") and "uploads" not in result["source"]
+    tile = client.get(f"/api/tiles/0/{job['image_id']}/9/0_0.jpg")
+    assert tile.status_code == 200 and tile.headers["content-type"] == "image/jpeg"
 
 
 def test_token_is_required_beyond_localhost(served):

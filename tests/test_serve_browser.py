@@ -1,9 +1,9 @@
 """`pipeline serve` in a real browser: the app under uvicorn on a free port, Debian's chromium driven by Playwright
-through worklist -> viewer -> heatmap -> threshold -> verdict -> CSV export. Skips without chromium (fails in CI)."""
+through worklist -> viewer -> heatmap -> threshold -> verdict -> CSV export. Skips without chromium or
+playwright (fails under CI: tests/ci.py)."""
 import mammo.runtime  # noqa: F401  (must stay the first import)
 
 import csv
-import os
 import shutil
 import socket
 import threading
@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from ci import unavailable
 from test_serve import KNOWN, served  # noqa: F401  (the module fixture: run folder, models, app)
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -21,9 +22,8 @@ NOTES_SCREENSHOT = Path("/work/notes/serve-screenshot.png")
 def chromium() -> str:
     path = shutil.which("chromium") or shutil.which("chromium-browser")
     if path is None:
-        if os.environ.get("CI", "").lower() in ("true", "1"):
-            pytest.fail("chromium is not installed (scripts/system-deps.sh installs it in CI)")
-        pytest.skip("no chromium installed (apt-get install chromium) to drive the review workstation")
+        unavailable("no chromium installed (apt-get install chromium) to drive the review workstation",
+                    "scripts/system-deps.sh")
     return path
 
 
@@ -51,7 +51,10 @@ def live_server(served):  # noqa: F811
 
 @pytest.mark.slow
 def test_review_in_a_real_browser(live_server, tmp_path):
-    playwright = pytest.importorskip("playwright.sync_api")
+    try:
+        from playwright import sync_api as playwright
+    except ImportError:
+        unavailable("the playwright package is not installed (requirements-test.txt)")
     executable = chromium()
     base, run = live_server
     errors = []

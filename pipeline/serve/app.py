@@ -33,7 +33,9 @@ def create_app(run_dirs, models=None, cfg=None, threshold: float | None = None, 
     """`run_dirs`: folders written by `pipeline infer` (created when missing; uploads go to the first);
     `models`/`cfg`: loaded PipelineModels and their config, for uploads (None: uploads are refused);
     `threshold`: the shipped operating point marked on the threshold control."""
-    runs = RunSet(run_dirs)
+    from pipeline.ids import resolve_salt
+
+    runs = RunSet(run_dirs, resolve_salt(cfg.pipeline.id_salt) if cfg is not None else None)
     if not runs.runs:
         raise ValueError("give at least one run folder")
     stores = [VerdictStore(run.state) for run in runs.runs]
@@ -104,10 +106,10 @@ def create_app(run_dirs, models=None, cfg=None, threshold: float | None = None, 
 
     @app.get("/api/tiles/{run}/{image_id}/{level}/{col}_{row}.jpg")
     def tile(run: int, image_id: str, level: int, col: int, row: int, c: float = 0.5, w: float = 1.0):
-        r = runs.result(run, image_id)[1]
+        run_obj, r = runs.result(run, image_id)
         if not (math.isfinite(c) and math.isfinite(w) and 0.0 <= c <= 1.0 and 0.001 <= w <= 2.0):
             raise HTTPException(422, "window centre must be in [0, 1] and width in [0.001, 2]")
-        pyramid = pyramids.get((run, image_id), Path(r.source))
+        pyramid = pyramids.get((run, image_id), lambda: runs.source_file(run_obj, r))
         if (pyramid.width, pyramid.height) != (r.width, r.height):
             raise HTTPException(409, f"image {image_id} changed since it was analysed (size differs)")
         try:
@@ -119,7 +121,7 @@ def create_app(run_dirs, models=None, cfg=None, threshold: float | None = None, 
     @app.get("/api/thumb/{run}/{image_id}.jpg")
     def thumb(run: int, image_id: str):
         run_obj, r = runs.result(run, image_id)
-        data = thumbnail(Path(r.source), run_obj.state / "thumbs" / f"{image_id}.jpg")
+        data = thumbnail(lambda: runs.source_file(run_obj, r), run_obj.state / "thumbs" / f"{image_id}.jpg")
         return Response(data, media_type="image/jpeg", headers=CACHE_HEADERS)
 
     @app.get("/api/heatmap/{run}/{image_id}.png")

@@ -11,6 +11,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from mammo.errors import ImageReadError
+from pipeline.ids import source_key
 from pipeline.results import ImageResult, read_results
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -55,9 +57,11 @@ class Run:
 
 
 class RunSet:
-    """The run folders and their image results; `refresh` re-reads a folder after an upload added an image."""
+    """The run folders and their image results; `refresh` re-reads a folder after an upload added an image.
+    `salt`: the id salt of the server's config, to find uploads by source key when results hold no paths."""
 
-    def __init__(self, roots):
+    def __init__(self, roots, salt: str | None = None):
+        self.salt = salt
         self._lock = threading.Lock()
         self.runs = []
         for i, root in enumerate(roots):
@@ -82,6 +86,20 @@ class RunSet:
         if not ID_PATTERN.match(image_id) or image_id not in run.results:
             raise NotFound(image_id)
         return run, run.results[image_id]
+
+    def source_file(self, run: Run, result: ImageResult) -> Path:
+        """The original image of a result: the path it records (pipeline.source_paths=full, the default), or an
+        image uploaded to this run found by its source key. The server only decodes it into pixels (read_mammogram
+        reads images only); it never sends the file itself."""
+        if result.source and not (result.source.startswith("src_") and not Path(result.source).exists()):
+            return Path(result.source)
+        uploads = run.state / "uploads"
+        if result.source_key and self.salt and uploads.is_dir():
+            for path in uploads.iterdir():
+                if not path.name.startswith(".") and source_key(path, self.salt) == result.source_key:
+                    return path
+        raise ImageReadError(result.image_id, "its result does not record where the image is "
+                                              "(made with pipeline.source_paths=hashed or none)")
 
     def run_file(self, run: Run, name: str) -> Path:
         """A file a result names (heatmap, overlay), checked like any client-given name."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import os
 import tempfile
 import threading
@@ -18,15 +19,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mammo.dicom import is_dicom
-from mammo.errors import ImageReadError
+from mammo.atomic import atomic_write_text, folder_lock
+from mammo.errors import ImageReadError, MammoError
 from mammo.imaging import IMAGE_SUFFIXES, read_mammogram
 from pipeline.ids import IdAllocator
-from pipeline.infer import StepTimer, infer_image
+from pipeline.infer import FINGERPRINT_FILE, StepTimer, check_fingerprint, infer_image, output_fingerprint
 from pipeline.results import CSV_COLUMNS, write_predictions_csv
 
 MAX_UPLOAD_BYTES = 200 * 1024 * 1024  # a full-field DICOM is 20-60 MB uncompressed
-MAX_PIXELS = 60_000_000  # 2x the largest digital mammography detector (about 4.7k x 5.9k)
 STEPS = ["read", "preprocess", "detect", "crop", "classify", "gradcam", "map_back", "write"]
 
 
@@ -65,33 +65,10 @@ class ProgressTimer(StepTimer):
         return super().step(name)
 
 
-def check_pixel_count(path: Path) -> None:
-    """Refuse images over MAX_PIXELS from their header, before decoding them."""
-    if is_dicom(path):
-        import pydicom
-
-        try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True)
-            rows, cols, frames = int(ds.Rows), int(ds.Columns), int(getattr(ds, "NumberOfFrames", 1) or 1)
-        except Exception:
-            raise UploadError("not a DICOM image this tool can read (no image size in its header)") from None
-    else:
-        from PIL import Image
-
-        Image.MAX_IMAGE_PIXELS = None  # our own limit below, with our own message
-        try:
-            with Image.open(path) as im:
-                cols, rows = im.size
-            frames = 1
-        except Exception:
-            raise UploadError("not an image (expected DICOM, PNG, PGM, JPEG or TIFF)") from None
-    if rows * cols * frames > MAX_PIXELS:
-        raise UploadError(f"image too large: {cols} x {rows} pixels (limit {MAX_PIXELS // 1_000_000} Mpixel)")
-
-
 class Uploads:
     def __init__(self, runs, models, cfg, threshold: float):
         self.runs, self.models, self.cfg, self.threshold = runs, models, cfg, threshold
+        self.max_pixels = cfg.run.max_pixels
         self.jobs: dict[str, Job] = {}
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="infer")
         self._lock = threading.Lock()
@@ -117,11 +94,10 @@ class Uploads:
                     f.write(chunk)
             if size == 0:
                 raise UploadError("empty file")
-            check_pixel_count(tmp)
-            try:
-                mammogram = read_mammogram(tmp)
+            try:  # sizes are checked from the header before decoding (run.max_pixels)
+                mammogram = read_mammogram(tmp, max_pixels=self.max_pixels)
             except ImageReadError as exc:
-                raise UploadError(f"not an image this tool can read: {exc.reason}") from None
+                raise UploadError(f"refused: {exc.reason}") from None
             target = folder / f"upload_{digest.hexdigest()[:12]}{suffix or '.dcm'}"
             os.replace(tmp, target)  # from here on the run owns it
         except BaseException:
@@ -137,18 +113,25 @@ class Uploads:
         run = self.runs.run(job.run)
         job.status = "running"
         try:
-            with self._lock:  # one writer of the run's predictions.csv at a time
+            # the folder's lock (an `infer` on it at the same time is refused, and refuses us) and its
+            # fingerprint (an image analysed with other models or settings would mix two operating points)
+            with self._lock, folder_lock(run.root):
+                fingerprint = output_fingerprint(self.models, self.cfg, self.threshold)
+                check_fingerprint(run.root, fingerprint, bool(run.results))
+                atomic_write_text(run.root / FINGERPRINT_FILE, json.dumps(fingerprint, indent=2))
                 allocate = IdAllocator(self.cfg.pipeline.image_id, self.cfg.pipeline.id_salt)
                 for r in run.results.values():
-                    allocate.used[r.image_id] = str(Path(r.source).resolve())
-                image_id = allocate(path, [mammogram.meta.patient_id])
+                    allocate.used[r.image_id] = r.source_key
+                meta = mammogram.meta
+                image_id = allocate(path, meta.identifiers, meta.is_dicom)
                 result = infer_image(mammogram, image_id, path, self.models, self.cfg, self.threshold, run.root,
                                      ProgressTimer(job))
                 append_prediction_row(run.root, result)
             self.runs.refresh(job.run)
             job.image_id, job.progress, job.status = image_id, 1.0, "done"
         except Exception as exc:  # reported to the page; the server goes on
-            job.status, job.error = "failed", f"{type(exc).__name__}: {exc}".replace(str(path), path.name)
+            message = str(exc) if isinstance(exc, MammoError) else f"{type(exc).__name__}: {exc}"
+            job.status, job.error = "failed", message.replace(str(run.root), "<run>")
         job.seconds = time.time() - job.started
 
     def get(self, job_id: str) -> Job | None:

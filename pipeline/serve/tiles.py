@@ -81,7 +81,8 @@ class PyramidCache:
         self._lock = threading.Lock()
         self._loading: dict = {}
 
-    def get(self, key, source: Path) -> Pyramid:
+    def get(self, key, source) -> Pyramid:
+        """`source`: a function giving the original's path, called only when the image is not cached."""
         with self._lock:
             if key in self._items:
                 self._items.move_to_end(key)
@@ -91,7 +92,7 @@ class PyramidCache:
             with self._lock:
                 if key in self._items:
                     return self._items[key]
-            pyramid = Pyramid(read_mammogram(source).pixels)
+            pyramid = Pyramid(read_mammogram(source()).pixels)
             with self._lock:
                 self._items[key] = pyramid
                 self._loading.pop(key, None)
@@ -100,11 +101,12 @@ class PyramidCache:
             return pyramid
 
 
-def thumbnail(source: Path, cache_file: Path) -> bytes:
-    """A small JPEG of the whole image, cached on disk in the run's state folder (written atomically)."""
+def thumbnail(source, cache_file: Path) -> bytes:
+    """A small JPEG of the whole image (`source`: a function giving the original's path), cached on disk in the
+    run's state folder (written atomically)."""
     if cache_file.is_file():
         return cache_file.read_bytes()
-    pixels = read_mammogram(source).pixels
+    pixels = read_mammogram(source()).pixels
     h, w = pixels.shape
     small = cv2.resize(pixels, (max(1, round(w * THUMB / h)), THUMB), interpolation=cv2.INTER_AREA)
     data = encode_jpeg(np.round(np.clip(small, 0, 1) * 255).astype(np.uint8))
