@@ -167,15 +167,20 @@ def cmd_export_rois(args, overrides, inputs) -> int:
 
 
 def cmd_serve(args, overrides, inputs) -> int:
+    from pipeline.ids import resolve_salt, scrub_argv
     from pipeline.models import PipelineModels
     from pipeline.serve import check_address, serve
 
     token = check_address(args.host, args.port, args.token)  # before the models load: a refusal is immediate
     cfg, bundle = resolve_config(args, overrides)
     run_dirs = inputs or [str(make_run_dir("pipeline", "infer", cfg.run.name))]
+    words = [w for w in sys.argv if not (args.token and args.token in w)]  # the token is never written
+    argv = scrub_argv(words, [*run_dirs, args.models, args.config], cfg.pipeline.source_paths,
+                      resolve_salt(cfg.pipeline.id_salt))
     print(f"models: {bundle.root} ({bundle.description or 'no description'})")
     with PipelineModels.load(bundle, cfg) as models:
-        return serve(run_dirs, models, cfg, bundle.threshold, host=args.host, port=args.port, token=token)
+        return serve(run_dirs, models, cfg, bundle.threshold, host=args.host, port=args.port, token=token,
+                     argv=argv)
 
 
 def cmd_train_all(args, overrides, inputs) -> int:

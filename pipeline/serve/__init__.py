@@ -17,7 +17,7 @@ def check_address(host: str, port: int, token: str | None) -> str | None:
 
 
 def serve(run_dirs, models, cfg, threshold: float, host: str = "127.0.0.1", port: int = 8000,
-          token: str | None = None) -> int:
+          token: str | None = None, argv=None) -> int:
     import uvicorn
 
     from mammo.runs import start_run
@@ -26,7 +26,7 @@ def serve(run_dirs, models, cfg, threshold: float, host: str = "127.0.0.1", port
 
     token = check_address(host, port, token)
     app = create_app(run_dirs, models, cfg, threshold, token=token)
-    start_run(cfg, app.state.runs.runs[0].root / STATE_DIR)  # the server's resolved config, beside its state
+    start_run(cfg, app.state.runs.runs[0].root / STATE_DIR, argv)  # the server's resolved config, beside its state
     n = sum(len(r.results) for r in app.state.runs.runs)
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     print(f"serving {n} analysed images from {len(run_dirs)} run folder(s)")
