@@ -46,7 +46,9 @@ def big_run(sample: Path, n: int, out: Path) -> Path:
     hard-linked)."""
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    results = [json.loads(p.read_text()) for p in sorted(sample.glob("*.json")) if p.stem[0].isdigit()]
+    results = [r for r in map(lambda p: json.loads(p.read_text()), sorted(sample.glob("*.json")))
+               if isinstance(r, dict) and "lesions" in r]
+    shutil.copyfile(sample / "fingerprint.json", out / "fingerprint.json")  # uploads analyse under the same models
     for i in range(n):
         r = dict(results[i % len(results)])
         heat = sample / r["heatmap"]
@@ -155,7 +157,7 @@ def browser_figures(base: str, run: Path, screenshot: str | None = None) -> dict
             page.wait_for_function(THUMBS_IN_VIEW_LOADED, timeout=300_000)
             figures[f"worklist page load in the browser, thumbnails in view drawn, {label} (ms)"] = (
                 time.perf_counter() - t0) * 1000
-        own = sorted(p.stem for p in run.glob("*.json") if not p.stem.startswith("bench"))  # the sample's ids
+        own = sample_ids(run)
         most_boxes = max(own, key=lambda i: len(json.loads((run / f"{i}.json").read_text())["lesions"]))
         other = next(i for i in own if i != most_boxes)
         for label, image in (("cold: DICOM read", most_boxes), ("warm: pyramid cached", most_boxes),
@@ -171,15 +173,20 @@ def browser_figures(base: str, run: Path, screenshot: str | None = None) -> dict
     return figures
 
 
+def sample_ids(run: Path) -> list[str]:
+    """The ids of the sample's own results in the big run (not the copies, not the run's other JSON files)."""
+    return sorted(p.stem for p in run.glob("*.json") if not p.stem.startswith("bench")
+                  and "lesions" in json.loads(p.read_text()))
+
+
 def save_screenshot(page, base: str, run: Path, path: Path) -> None:
     import io
 
     from PIL import Image
 
-    best = max((p for p in run.glob("*.json") if not p.stem.startswith("bench")),
-               key=lambda p: len(json.loads(p.read_text())["lesions"]))
+    best = max(sample_ids(run), key=lambda i: len(json.loads((run / f"{i}.json").read_text())["lesions"]))
     page.set_viewport_size({"width": 1200, "height": 700})
-    page.goto(f"{base}/view/0/{best.stem}")
+    page.goto(f"{base}/view/0/{best}")
     page.wait_for_selector("body[data-heatmap='1']", state="attached", timeout=120_000)
     page.wait_for_selector("body[data-tiles-loaded='1']", state="attached", timeout=120_000)
     page.eval_on_selector("#reader", "r => { r.value = 'Reader 1'; }")
