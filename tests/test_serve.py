@@ -32,6 +32,7 @@ from pipeline.serve.app import create_app  # noqa: E402
 from pipeline.serve.security import resolve_token  # noqa: E402
 
 KNOWN = "syn007_0000"  # the stand-in result's image id: the one infer and export-rois give its file
+SCAN = "scan1"  # a stand-in result (no boxes) over a real full-size DICOM
 
 
 def write_png(path: Path, seed: int, n_lesions: int, shape=(512, 384)) -> Path:
@@ -39,6 +40,45 @@ def write_png(path: Path, seed: int, n_lesions: int, shape=(512, 384)) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     cv2.imwrite(str(path), np.round(m.pixels * 255).astype(np.uint8))
     return path
+
+
+def write_known(root: Path, run: Path, threshold: float) -> Path:
+    """The stand-in result KNOWN: a synthetic image whose result lists its two true lesions as boxes (malignancy
+    0.8 and 0.5) and a heatmap with one hot square. Returns the image's annotation CSV."""
+    data = write_synthetic_dataset(root / "known", 1, seed=7, n_lesions=2)
+    rows = list(csv.DictReader(open(data)))
+    # a patient id that shares nothing with the file name, so export-rois with the truth keeps the same image id
+    with open(data, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows([{**r, "patient_id": "pt-a"} for r in rows])
+    source = data.parent / rows[0]["image"]
+    m = cv2.imread(str(source), cv2.IMREAD_GRAYSCALE)
+    heat = np.zeros((m.shape[0] // 4 + 1, m.shape[1] // 4 + 1), np.uint16)
+    heat[10:30, 10:30] = 65535
+    run.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(run / f"{KNOWN}_heatmap.png"), heat)
+    lesions = [LesionResult([float(r[k]) for k in ("x1", "y1", "x2", "y2")], 0.9 - 0.1 * i, 0.8 - 0.3 * i)
+               for i, r in enumerate(rows)]
+    write_result(run, ImageResult(KNOWN, str(source), m.shape[1], m.shape[0], 0.8, threshold, "malignant",
+                                  lesions, f"{KNOWN}_heatmap.png", "", heatmap_downscale=4))
+    return data
+
+
+@pytest.fixture(scope="module")
+def standin(tmp_path_factory):
+    """(client, run folder): the app without models over stand-in results of known output: KNOWN and a real
+    full-size CBIS-DDSM DICOM (id SCAN) without boxes. Uploads are off; everything else is the real app."""
+    from mammo.imaging import read_mammogram
+
+    root = tmp_path_factory.mktemp("standin")
+    run = root / "run"
+    write_known(root, run, 0.5)
+    dicom = sample_dicom_paths()[0]
+    h, w = read_mammogram(dicom).shape
+    write_result(run, ImageResult(SCAN, str(dicom), w, h, 0.1, 0.5, "not malignant"))
+    with TestClient(create_app([run])) as client:
+        yield client, run
 
 
 @pytest.fixture(scope="module")
@@ -54,23 +94,7 @@ def served(tiny_bundle, tmp_path_factory):
     models = PipelineModels.load(bundle, cfg)
     summary = run_inference(inputs, run, models, cfg, progress=False)
     assert summary["failed"] == 0, summary["failures"]
-    # the stand-in: a synthetic image whose result lists its two true lesions as boxes
-    data = write_synthetic_dataset(root / "known", 1, seed=7, n_lesions=2)
-    rows = list(csv.DictReader(open(data)))
-    # a patient id that shares nothing with the file name, so export-rois with the truth keeps the same image id
-    with open(data, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows([{**r, "patient_id": "pt-a"} for r in rows])
-    source = data.parent / rows[0]["image"]
-    m = cv2.imread(str(source), cv2.IMREAD_GRAYSCALE)
-    heat = np.zeros((m.shape[0] // 4 + 1, m.shape[1] // 4 + 1), np.uint16)
-    heat[10:30, 10:30] = 65535
-    cv2.imwrite(str(run / f"{KNOWN}_heatmap.png"), heat)
-    lesions = [LesionResult([float(r[k]) for k in ("x1", "y1", "x2", "y2")], 0.9 - 0.1 * i, 0.8 - 0.3 * i)
-               for i, r in enumerate(rows)]
-    write_result(run, ImageResult(KNOWN, str(source), m.shape[1], m.shape[0], 0.8, models.threshold, "malignant",
-                                  lesions, f"{KNOWN}_heatmap.png", "", heatmap_downscale=4))
+    data = write_known(root, run, models.threshold)
     app = create_app([run], models, cfg, models.threshold)
     with TestClient(app) as client:
         yield client, run, models, cfg, data
@@ -108,12 +132,12 @@ def test_worklist_and_viewer_pages_list_every_image_without_source_paths(served)
                                  "/api/thumb/0/nope.jpg", "/api/heatmap/0/nope.png", "/api/verdicts/0/nope",
                                  "/view/7/syn007_0000", "/api/images/-1/syn007_0000", "/runs/3/verdicts.csv",
                                  "/api/jobs/0123456789abcdef", "/view/0/.hidden", "/api/images/x/syn007_0000"])
-def test_unknown_run_image_or_job_is_404(served, url):
-    assert served[0].get(url).status_code in (404, 422)  # 422: a run that is not a number
+def test_unknown_run_image_or_job_is_404(standin, url):
+    assert standin[0].get(url).status_code in (404, 422)  # 422: a run that is not a number
 
 
-def test_tiles_form_the_pyramid_and_apply_the_window(served):
-    client, run, *_ = served
+def test_tiles_form_the_pyramid_and_apply_the_window(standin):
+    client, run, *_ = standin
     from pipeline.results import read_result
 
     r = read_result(run / f"{KNOWN}.json")
@@ -139,9 +163,9 @@ def test_tiles_form_the_pyramid_and_apply_the_window(served):
         assert client.get(f"/api/tiles/0/{KNOWN}/{top}/0_0.jpg", params=bad).status_code == 422
 
 
-def test_full_size_dicom_tiles_and_thumbnail(served):
-    client, run, *_ = served
-    dicom_id = next(i for i in ids(client) if i not in (KNOWN, "case0", "case1"))
+def test_full_size_dicom_tiles_and_thumbnail(standin):
+    client, run, *_ = standin
+    dicom_id = SCAN
     info = client.get(f"/api/images/0/{dicom_id}").json()
     assert info["width"] * info["height"] > 5_000_000  # a full-size scan, not a downscaled copy
     tile = client.get(f"/api/tiles/0/{dicom_id}/{info['max_level']}/3_5.jpg")
@@ -164,35 +188,37 @@ def test_an_original_that_moved_is_a_clear_404_without_its_path(tmp_path):
     assert "file not found" in client.get("/api/tiles/0/moved/0/0_0.jpg").json()["detail"]
 
 
-def test_heatmap_is_coloured_with_alpha_where_the_map_is_zero(served):
-    client, *_ = served
+def test_heatmap_is_coloured_with_alpha_where_the_map_is_zero(standin):
+    client, *_ = standin
     png = client.get(f"/api/heatmap/0/{KNOWN}.png")
     bgra = cv2.imdecode(np.frombuffer(png.content, np.uint8), cv2.IMREAD_UNCHANGED)
     assert bgra.ndim == 3 and bgra.shape[2] == 4
     assert bgra[20, 20, 3] == 255 and bgra[60, 60, 3] == 0
 
 
-def test_path_traversal_is_refused(served, tmp_path):
-    client, run, *_ = served
+def test_path_traversal_is_refused(standin, tmp_path):
+    client, run, *_ = standin
     assert client.get(f"/runs/0/files/{KNOWN}_heatmap.png").status_code == 200
     outside = tmp_path / "secret.png"
     cv2.imwrite(str(outside), np.zeros((4, 4), np.uint8))
     (run / "link.png").symlink_to(outside)
     (run / "sub").mkdir(exist_ok=True)
-    (run / "sub" / "up.png").symlink_to(run.parent / "in" / "case0.png")
-    attempts = ["../in/case0.png", "..%2Fin%2Fcase0.png", "%2e%2e/%2e%2e/etc/passwd", "..%252Fin%252Fcase0.png",
+    (run / "sub" / "up.png").symlink_to(run.parent / "known" / "images" / f"{KNOWN}.png")
+    up = f"known/images/{KNOWN}.png"  # the source image, beside the run folder
+    attempts = [f"../{up}", "..%2F" + up.replace("/", "%2F"), "%2e%2e/%2e%2e/etc/passwd", "..%252F" + up,
                 "/etc/passwd", "%2Fetc%2Fpasswd", str(outside).lstrip("/"), "link.png", "sub/up.png",
                 f"{KNOWN}.json", "predictions.csv", ".serve/verdicts.sqlite", "sub/../link.png",
-                "..\\in\\case0.png", "x%00.png"]
+                "..\\" + up.replace("/", "\\"), "x%00.png"]
     for name in attempts:
         r = client.get(f"/runs/0/files/{name}")
         assert r.status_code == 404, (name, r.status_code)
-    for url in ["/api/thumb/0/..%2F..%2Fin%2Fcase0.jpg", "/api/images/0/..%2Fsyn007_0000", "/view/0/%2Fetc%2Fpasswd"]:
+    for url in ["/api/thumb/0/..%2F..%2Fknown%2Fimages%2Fx.jpg", f"/api/images/0/..%2F{KNOWN}",
+                "/view/0/%2Fetc%2Fpasswd"]:
         assert client.get(url).status_code == 404, url
 
 
-def test_verdicts_round_trip_two_tabs_and_csv(served):
-    client, run, *_ = served
+def test_verdicts_round_trip_two_tabs_and_csv(standin):
+    client, run, *_ = standin
 
     def save(body):
         return client.post(f"/api/verdicts/0/{KNOWN}", json=body)
@@ -236,15 +262,15 @@ def test_verdicts_round_trip_two_tabs_and_csv(served):
     ({"reader": "Dr C", "image": {"comment": "x" * 4001}}, 422),
     ({"reader": "Dr C"}, 422),
 ])
-def test_bad_verdicts_are_refused_and_change_nothing(served, body, status):
-    client = served[0]
+def test_bad_verdicts_are_refused_and_change_nothing(standin, body, status):
+    client = standin[0]
     before = client.get(f"/api/verdicts/0/{KNOWN}").json()
     assert client.post(f"/api/verdicts/0/{KNOWN}", json=body).status_code == status
     assert client.get(f"/api/verdicts/0/{KNOWN}").json() == before
 
 
-def test_verdict_needs_json(served):
-    client = served[0]
+def test_verdict_needs_json(standin):
+    client = standin[0]
     r = client.post(f"/api/verdicts/0/{KNOWN}", data={"reader": "x"})
     assert r.status_code == 415
     r = client.post(f"/api/verdicts/0/{KNOWN}", content=b"{not json", headers={"content-type": "application/json"})
@@ -367,8 +393,8 @@ def test_uploads_are_viewable_when_results_hold_no_paths(served, tmp_path):
     assert tile.status_code == 200 and tile.headers["content-type"] == "image/jpeg"
 
 
-def test_token_is_required_beyond_localhost(served):
-    _, run, *_ = served
+def test_token_is_required_beyond_localhost(standin):
+    _, run, *_ = standin
     with pytest.raises(ValueError, match="token"):
         resolve_token("0.0.0.0", None)
     with pytest.raises(ValueError, match="at least"):
@@ -390,8 +416,8 @@ def test_token_is_required_beyond_localhost(served):
     assert client.get("/").status_code == 401
 
 
-def test_loopback_server_refuses_other_host_names_and_cross_site_posts(served):
-    client = served[0]
+def test_loopback_server_refuses_other_host_names_and_cross_site_posts(standin):
+    client = standin[0]
     assert client.get("/", headers={"host": "evil.example"}).status_code == 403  # DNS rebinding
     assert client.get("/", headers={"host": "127.0.0.1:8000"}).status_code == 200
     r = client.post(f"/api/verdicts/0/{KNOWN}", json={"reader": "x", "image": {"agreement": "agree"}},
