@@ -288,16 +288,19 @@ def test_verdicts_fill_export_rois_review_label(served, tmp_path):
     assert image_id_for(source, cfg.pipeline.image_id, cfg.pipeline.id_salt) == KNOWN
     client.post(f"/api/verdicts/0/{KNOWN}", json={"reader": "Dr R", "boxes": {"1": {
         "lesion": "true lesion", "pathology": "malignant"}}})
-    label = review_labels([run])
     box = client.get(f"/api/images/0/{KNOWN}").json()["lesions"][1]["box"]
-    assert "true lesion/malignant (Dr R)" in label(KNOWN, box)
+    assert review_labels([run])(KNOWN, box) == "true lesion/malignant"
+    client.post(f"/api/verdicts/0/{KNOWN}", json={"reader": "Dr S", "boxes": {"1": {"lesion": "unsure"}}})
+    label = review_labels([run])
+    assert label(KNOWN, box) == "true lesion/malignant (Dr R); unsure/? (Dr S)"  # two readers: both, named
     assert label(KNOWN, [0, 0, 5, 5]) == "" and label("other", box) == ""
     # through export-rois: its true-lesion rows carry the same boxes as the stand-in's
     out = tmp_path / "review"
     export_rois([], out, models, cfg, read_annotations("csv", data), progress=False, review=label)
     rows = [r for r in csv.DictReader(open(out / "rois.csv")) if r["kind"] == "true"]
     matched = [r for r in rows if np.allclose([float(r[k]) for k in ("x1", "y1", "x2", "y2")], box, atol=0.1)]
-    assert len(matched) == 1 and "true lesion/malignant" in matched[0]["review_label"]
+    assert len(matched) == 1 and matched[0]["review_label"] == label(KNOWN, box)
+    assert all(r["review_label"] == "" for r in rows if r is not matched[0])
 
 
 def upload(client, name: str, content: bytes, run: int = 0):
