@@ -255,13 +255,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--overwrite", action="store_true", help="redo images already done in --out")
     sub.choices["export-rois"].add_argument("--with-truth", action="store_true",
                                             help="also export the annotated lesions of the config's dataset")
-    sub.choices["export-rois"].add_argument("--verdicts", nargs="+", metavar="RUN_DIR",
+    sub.choices["export-rois"].add_argument("--verdicts", action="append", metavar="RUN_DIR",
                                             help="fill review_label from the verdicts recorded with `serve` on "
-                                                 "these infer folders (matched by image id and box overlap)")
+                                                 "this infer folder (matched by image id and box overlap); "
+                                                 "repeat for several")
     p = add("serve", cmd_serve, "review workstation in the browser: worklist, full-resolution viewer with boxes "
             "and Grad-CAM, reader verdicts, new images", "RUN_DIR folders of `infer` (none: the default infer "
             "folder; uploads go to the first) and key=value overrides")
-    p.add_argument("--port", type=int, default=8000, help="TCP port (default: %(default)s)")
+    p.add_argument("--port", type=in_range(1, 65535), default=8000, help="TCP port (default: %(default)s)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s, this machine "
                    "only); any other address requires a token")
     p.add_argument("--token", help="access token required on every request (default: $MAMMO_SERVE_TOKEN); "

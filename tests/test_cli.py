@@ -19,7 +19,7 @@ from mammo.config import load_config, to_dict
 REPO = Path(__file__).resolve().parent.parent
 STAGES = ("pipeline", "detector", "classifier", "tuning")
 SCRIPTS = {f"mammo-{s}": s for s in STAGES}  # console entry points of pyproject.toml
-INPUT_COMMANDS = {"pipeline": ("infer", "export-rois"), "detector": ("predict",)}
+INPUT_COMMANDS = {"pipeline": ("infer", "export-rois", "serve"), "detector": ("predict",)}
 
 
 # --- collecting the documented commands -----------------------------------------------------------------------
