@@ -419,6 +419,17 @@ def test_token_is_required_beyond_localhost(standin):
     assert client.get("/").status_code == 401
 
 
+def test_access_log_never_shows_the_token():
+    import logging
+
+    from pipeline.serve.security import RedactToken
+
+    record = logging.LogRecord("uvicorn.access", logging.INFO, "", 0, '%s - "%s %s HTTP/%s" %d', (
+        "127.0.0.1:5000", "GET", "/view/0/x?a=1&token=s3cret-token-0123456789&b=2", "1.1", 303), None)
+    assert RedactToken().filter(record)
+    assert "s3cret" not in record.getMessage() and "token=***&b=2" in record.getMessage()
+
+
 def test_loopback_server_refuses_other_host_names_and_cross_site_posts(standin):
     client = standin[0]
     assert client.get("/", headers={"host": "evil.example"}).status_code == 403  # DNS rebinding

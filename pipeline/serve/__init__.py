@@ -18,11 +18,14 @@ def check_address(host: str, port: int, token: str | None) -> str | None:
 
 def serve(run_dirs, models, cfg, threshold: float, host: str = "127.0.0.1", port: int = 8000,
           token: str | None = None, argv=None) -> int:
+    import logging
+
     import uvicorn
 
     from mammo.runs import start_run
     from pipeline.serve.app import create_app
     from pipeline.serve.files import STATE_DIR
+    from pipeline.serve.security import RedactToken
 
     token = check_address(host, port, token)
     app = create_app(run_dirs, models, cfg, threshold, token=token)
@@ -31,5 +34,6 @@ def serve(run_dirs, models, cfg, threshold: float, host: str = "127.0.0.1", port
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     print(f"serving {n} analysed images from {len(run_dirs)} run folder(s)")
     print(f"open http://{shown}:{port}/" + (f"?token={token}" if token else "") + "   (Ctrl+C stops)", flush=True)
+    logging.getLogger("uvicorn.access").addFilter(RedactToken())
     uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=5)
     return 0

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import logging
 import os
+import re
 from urllib.parse import urlsplit
 
 from starlette.middleware.base import BaseHTTPMiddleware
@@ -22,6 +24,7 @@ TOKEN_ENV = "MAMMO_SERVE_TOKEN"
 COOKIE = "mammo_serve_token"
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1", "testserver"}  # testserver: the framework's test client
 MIN_TOKEN_LENGTH = 16
+_TOKEN_IN_URL = re.compile(r"([?&]token=)[^&\s]*")
 
 
 def is_loopback(host: str) -> bool:
@@ -43,6 +46,15 @@ def resolve_token(host: str, token: str | None) -> str | None:
         raise ValueError(f"--host {host} is reachable from other machines: give a token (--token or "
                          f"{TOKEN_ENV}), e.g. `python -c 'import secrets; print(secrets.token_urlsafe())'`")
     return token
+
+
+class RedactToken(logging.Filter):
+    """Access-log lines show `?token=***`: the first request of a browser carries the token in its address."""
+
+    def filter(self, record):
+        if isinstance(record.args, tuple):
+            record.args = tuple(_TOKEN_IN_URL.sub(r"\1***", a) if isinstance(a, str) else a for a in record.args)
+        return True
 
 
 def _hostname(value: str) -> str:
