@@ -22,7 +22,6 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
@@ -229,15 +228,24 @@ def read_detections_csv(path) -> dict[str, list[Detection]]:
 
 
 # --- feeding the model --------------------------------------------------------------------------------------
-def prepare(crops: np.ndarray, clahe: bool = False) -> np.ndarray:
-    """Crops [N, S, S] in [0, 1] -> float32 [N, S, S, 1], optionally CLAHE-equalised. Training and inference
-    both go through here, so a model always sees what it was trained on."""
+def clahe_setting(cfg) -> tuple[float, int] | None:
+    """(clip limit, tile grid) of the crops' CLAHE: the configured preprocess.clahe_* values when
+    classifier.clahe is on, else None. Saved with the model, so inference equalises exactly as training did."""
+    if not cfg.classifier.clahe:
+        return None
+    return float(cfg.preprocess.clahe_clip_limit), int(cfg.preprocess.clahe_tile_grid)
+
+
+def prepare(crops: np.ndarray, clahe: tuple[float, int] | None = None) -> np.ndarray:
+    """Crops [N, S, S] in [0, 1] -> float32 [N, S, S, 1], CLAHE-equalised with (clip limit, tile grid) when
+    given. Training and inference both go through here, so a model always sees what it was trained on."""
     x = np.asarray(crops, dtype=np.float32)
     if x.ndim == 4:
         x = x[..., 0]
     if clahe:
-        op = cv2.createCLAHE(clipLimit=2.0, tileGridSize=(4, 4))
-        x = np.stack([op.apply(np.clip(c * 65535, 0, 65535).astype(np.uint16)) / 65535.0 for c in x])
+        from mammo.preprocess import clahe as equalise
+
+        x = np.stack([equalise(c, *clahe) for c in x]) if len(x) else x
     return np.clip(x, 0.0, 1.0).astype(np.float32)[..., None]
 
 

@@ -19,7 +19,6 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from mammo.geometry import Transform
 
 _NOT_TARGETS = (keras.layers.MaxPooling2D, keras.layers.AveragePooling2D, keras.layers.Dropout,
                 keras.layers.SpatialDropout2D, keras.layers.InputLayer)
@@ -147,12 +146,3 @@ class GradCAMPlusPlus(BaseCAM):
 
 
 METHODS = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus}
-
-
-def paste(maps: np.ndarray, transforms: list[Transform], shape: tuple[int, int]) -> np.ndarray:
-    """Warp each crop-resolution map back into the original grid (`transforms` map original -> crop) and
-    fuse them by maximum: one heatmap [H, W] in [0, 1] for the whole image."""
-    out = np.zeros(tuple(shape), np.float32)
-    for m, t in zip(maps, transforms):
-        np.maximum(out, t.inverse().warp(m.astype(np.float32), tuple(shape)), out=out)
-    return out

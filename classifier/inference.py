@@ -24,13 +24,13 @@ from classifier.data import prepare
 
 class MalignancyClassifier:
     def __init__(self, model, calibrator: Calibrator, *, context_margin: float, threshold: float = 0.5,
-                 clahe: bool = False, source: str = ""):
+                 clahe: tuple[float, int] | None = None, source: str = ""):
         self.model = model
         self.calibrator = calibrator
         self.input_size = int(model.inputs[0].shape[1])
         self.context_margin = float(context_margin)
         self.threshold = float(threshold)  # F-beta operating point chosen on validation
-        self.clahe = bool(clahe)
+        self.clahe = tuple(clahe) if clahe else None  # (clip limit, tile grid) of training, or None
         self.source = source
         self._cams: dict = {}
         self._forward = None
@@ -54,7 +54,7 @@ class MalignancyClassifier:
 
         return cls(model, Calibrator.from_dict(info), context_margin=info.get("context_margin",
                    ClassifierConfig.context_margin), threshold=info.get("threshold", 0.5),
-                   clahe=info.get("clahe", False), source=str(model_path))
+                   clahe=_clahe_of(info.get("clahe")), source=str(model_path))
 
     @property
     def calibrated(self) -> bool:
@@ -101,9 +101,10 @@ class MalignancyClassifier:
             self._cams[method] = METHODS[method](self.model, batch_size=batch_size)
         return self._cams[method](prepare(crops, self.clahe))
 
-    def explain(self, pixels: np.ndarray, boxes, method: str = "gradcam"):
-        """(probabilities [N], maps [N, S, S], transforms original -> crop) for boxes in original pixels."""
-        crops, transforms = self.crop_many(pixels, boxes)
-        if len(crops) == 0:
-            return np.zeros(0), np.zeros((0, self.input_size, self.input_size), np.float32), []
-        return self.predict(crops), self.gradcam(crops, method), transforms
+
+def _clahe_of(saved) -> tuple[float, int] | None:
+    """calibration.json's 'clahe': false, or [clip limit, tile grid]. A bare `true` comes from models saved before
+    the setting was recorded, whose crops were equalised with clip 2.0 on a 4 x 4 grid."""
+    if saved is True:
+        return 2.0, 4
+    return (float(saved[0]), int(saved[1])) if saved else None

@@ -25,7 +25,7 @@ from mammo.config import Config, replace, save_config
 from mammo.datasets import load_split_dataset
 
 from classifier.calibration import Calibrator, negative_log_likelihood
-from classifier.data import CropSet, build_crops, make_dataset, prepare
+from classifier.data import CropSet, build_crops, clahe_setting, make_dataset, prepare
 
 VAL_KINDS = ("truth",)
 
@@ -136,8 +136,9 @@ def train(cfg: Config, run_dir, *, crops: CropSet | None = None, on_epoch_end=No
     tr, va = crops.select("train"), crops.select("val", VAL_KINDS)
     if len(tr) == 0 or len(va) == 0:
         raise ValueError(f"need train and val crops, got {len(tr)} train and {len(va)} val")
-    x_tr, y_tr = prepare(tr.images, c.clahe), tr.labels
-    x_va, y_va = prepare(va.images, c.clahe), va.labels
+    equalise = clahe_setting(cfg)
+    x_tr, y_tr = prepare(tr.images, equalise), tr.labels
+    x_va, y_va = prepare(va.images, equalise), va.labels
 
     model = build_model(c)
     model.compile(optimizer=make_optimizer(c), loss="binary_crossentropy",
@@ -195,13 +196,14 @@ def train(cfg: Config, run_dir, *, crops: CropSet | None = None, on_epoch_end=No
     # Optional, labelled: validation truth crops plus normal-tissue and detector crops (what the pipeline meets).
     va_all = crops.select("val", ("truth", "background", "detection", "detection_background"))
     if len(va_all) > len(va) and len(set(va_all.labels)) == 2:
-        p_all = calib(_predict(model, prepare(va_all.images, c.clahe)))
+        p_all = calib(_predict(model, prepare(va_all.images, equalise)))
         metrics["val_all_crops"] = M.summary(va_all.labels, p_all, threshold, c.fbeta)
 
     with atomic_path(run_dir / "model.keras") as tmp:
         model.save(tmp)
     calib.save(run_dir / "calibration.json", threshold=threshold, fbeta=c.fbeta,
-               input_size=c.input_size, context_margin=c.context_margin, clahe=c.clahe)
+               input_size=c.input_size, context_margin=c.context_margin,
+               clahe=list(equalise) if equalise else False)
     history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
     atomic_write_text(run_dir / "history.json", json.dumps(_jsonable(history), indent=1))
     _plot_curves(history, run_dir / "learning_curves.png")

@@ -1,4 +1,4 @@
-"""Binary classification metrics in plain numpy, shared by the classifier, the pipeline and the tuning stage.
+"""Binary classification metrics (areas and curve points from scikit-learn), shared by the classifier, the pipeline and the tuning stage.
 
 `y` are 0/1 labels, `p` scores (higher = more likely positive). Metrics that are undefined for the data (auROC
 with one class only, precision without any positive call) return nan rather than a made-up number, so that a
@@ -22,38 +22,45 @@ def _check(y, p) -> tuple[np.ndarray, np.ndarray]:
 
 
 def auroc(y, p) -> float:
-    """Area under the ROC curve = P(score of a random positive > score of a random negative), ties count 1/2
-    (the Mann-Whitney statistic with mid-ranks)."""
+    """Area under the ROC curve (scikit-learn; ties count 1/2). nan with one class only."""
     y, p = _check(y, p)
-    n_pos, n_neg = int(y.sum()), int((1 - y).sum())
-    if n_pos == 0 or n_neg == 0:
+    if len(y) == 0 or y.min() == y.max():
         return float("nan")
-    order = np.argsort(p, kind="mergesort")
-    ranks = np.empty(len(p), dtype=np.float64)
-    sorted_p = p[order]
-    # mid-ranks of tied groups
-    starts = np.r_[0, np.flatnonzero(np.diff(sorted_p)) + 1]
-    ends = np.r_[starts[1:], len(p)]
-    for s, e in zip(starts, ends):
-        ranks[order[s:e]] = (s + e + 1) / 2.0
-    return float((ranks[y == 1].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(y, p))
 
 
 def aupr(y, p) -> float:
-    """Average precision: sum over thresholds of (recall step) x precision, as scikit-learn computes it
-    (no interpolation, which would be optimistic)."""
+    """Average precision (scikit-learn): sum over distinct thresholds of (recall step) x precision, no
+    interpolation, which would be optimistic. nan without a positive."""
     y, p = _check(y, p)
-    n_pos = int(y.sum())
-    if n_pos == 0:
+    if y.sum() == 0:
         return float("nan")
-    order = np.argsort(-p, kind="mergesort")
-    y_sorted, p_sorted = y[order], p[order]
-    last_of_tie = np.r_[np.flatnonzero(np.diff(p_sorted)), len(p) - 1]  # thresholds at distinct scores
-    tp = np.cumsum(y_sorted)[last_of_tie]
-    fp = (last_of_tie + 1) - tp
-    precision = tp / (tp + fp)
-    recall = tp / n_pos
-    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+    from sklearn.metrics import average_precision_score
+
+    return float(average_precision_score(y, p))
+
+
+def roc_points(y, p) -> tuple[np.ndarray, np.ndarray]:
+    """(false positive rate, true positive rate) with one point per distinct score: tied scores are one step
+    (a diagonal segment), so the area under these points (trapezoids) is `auroc` exactly."""
+    from sklearn.metrics import roc_curve
+
+    y, p = _check(y, p)
+    fpr, tpr, _ = roc_curve(y, p, drop_intermediate=False)
+    return fpr, tpr
+
+
+def pr_points(y, p) -> tuple[np.ndarray, np.ndarray]:
+    """(recall, precision) by increasing recall, one point per distinct score, starting at (0, 1). Drawn as
+    steps (`drawstyle='steps-pre'`: each precision holds over the recall gained at its threshold), the area is
+    `aupr` exactly."""
+    from sklearn.metrics import precision_recall_curve
+
+    y, p = _check(y, p)
+    precision, recall, _ = precision_recall_curve(y, p, drop_intermediate=False)
+    return recall[::-1], precision[::-1]
 
 
 def confusion(y, p, threshold: float) -> dict:

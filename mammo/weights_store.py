@@ -47,12 +47,9 @@ def store_dir() -> Path:
     return Path(os.environ.get("TORCH_HOME") or runtime.CACHE_DIR / "torch") / "hub" / "checkpoints"
 
 
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
+def sha256_of(path) -> str:
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def verify(path: Path) -> Path:

@@ -7,7 +7,6 @@ labelled by the image's pathology.
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
@@ -55,13 +54,15 @@ def train_baseline(cfg: Config, run_dir, progress: bool = True) -> dict:
 
 
 def score_images(model_dir, records, cfg: Config, progress: bool = True) -> dict:
-    """{file stem: calibrated P(malignant)} for each record, plus '__threshold__' (chosen on validation)."""
+    """{record image_id: calibrated P(malignant)} for each record (ids are unique where file names are not:
+    every CBIS-DDSM image is 000000.dcm), plus the threshold chosen on validation."""
     from classifier.inference import MalignancyClassifier
+    from pipeline.evaluate import BASELINE_THRESHOLD
 
     clf = MalignancyClassifier.load(model_dir, threads=cfg.run.threads)
     scores = {}
     for rec in tqdm(records, desc="baseline scores", disable=not progress):
         crop = whole_breast(read_mammogram(rec.path), cfg, clf.input_size)
-        scores[Path(rec.path).stem] = float(clf.predict(crop[None])[0])
-    scores["__threshold__"] = clf.threshold
+        scores[rec.image_id] = float(clf.predict(crop[None])[0])
+    scores[BASELINE_THRESHOLD] = clf.threshold
     return scores

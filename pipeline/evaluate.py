@@ -23,6 +23,8 @@ from mammo.errors import MammoError  # noqa: E402
 from mammo.froc import FP_RATES, froc_curve, hit_matrix  # noqa: E402
 from pipeline.results import ImageResult, read_results  # noqa: E402
 
+BASELINE_THRESHOLD = "__threshold__"  # key of a baseline's own operating point in its scores
+
 
 @dataclass
 class Matched:
@@ -35,13 +37,19 @@ class Matched:
 
 
 def match(results: list[ImageResult], records) -> Matched:
-    """Pair by resolved source path, falling back to the file stem (e.g. mdb001 for .../mdb001.pgm)."""
+    """Pair by resolved source path, falling back to the file stem (e.g. mdb001 for .../mdb001.pgm) only when
+    that stem names one annotated image: CBIS-DDSM calls every image 000000.dcm, and a stem shared by several
+    images must not pair a prediction with the wrong one."""
     by_path = {str(Path(r.path).resolve()): r for r in records}
-    by_stem = {Path(r.path).stem: r for r in records}
+    by_stem: dict = {}
+    for r in records:
+        by_stem.setdefault(Path(r.path).stem, []).append(r)
     pairs, unmatched, used = [], [], set()
     for res in results:
-        rec = by_path.get(str(Path(res.source).resolve())) or by_stem.get(Path(res.source).stem)
-        if rec is None:
+        rec = by_path.get(str(Path(res.source).resolve()))
+        if rec is None and len(by_stem.get(Path(res.source).stem, ())) == 1:
+            rec = by_stem[Path(res.source).stem][0]
+        if rec is None or rec.image_id in used:
             unmatched.append(res.image_id)
         else:
             pairs.append((res, rec))
@@ -91,23 +99,6 @@ def metric_table(y, p, groups, threshold: float, beta: float, n_boot: int, seed:
 
 
 # --- curves with bootstrap bands ------------------------------------------------------------------------
-def _roc_points(y, p):
-    order = np.argsort(-p, kind="mergesort")
-    ys = y[order]
-    tpr = np.r_[0, np.cumsum(ys)] / max(ys.sum(), 1)
-    fpr = np.r_[0, np.cumsum(1 - ys)] / max((1 - ys).sum(), 1)
-    return fpr, tpr
-
-
-def _pr_points(y, p):
-    order = np.argsort(-p, kind="mergesort")
-    ys = y[order]
-    tp = np.cumsum(ys)
-    precision = tp / np.arange(1, len(ys) + 1)
-    recall = tp / max(ys.sum(), 1)
-    return recall, precision
-
-
 def _bands(y, p, groups, curve, grid, n_boot, seed):
     """2.5/97.5 percentiles of the curve's value on `grid` over patient-bootstrap resamples."""
     ids, inverse = np.unique(groups, return_inverse=True)
@@ -130,8 +121,8 @@ def plot_curves(sets: dict, out_dir: Path, n_boot: int, seed: int) -> list[str]:
     """ROC and PR curves for each named (y, p, groups) set, with 95 % bootstrap bands."""
     written = []
     grid = np.linspace(0, 1, 101)
-    for kind, curve, xlabel, ylabel in (("roc", _roc_points, "1 - specificity", "sensitivity"),
-                                        ("pr", _pr_points, "recall (sensitivity)", "precision")):
+    for kind, curve, xlabel, ylabel in (("roc", metrics.roc_points, "1 - specificity", "sensitivity"),
+                                        ("pr", metrics.pr_points, "recall (sensitivity)", "precision")):
         fig, ax = plt.subplots(figsize=(5, 5))
         for name, (y, p, groups) in sets.items():
             if len(y) == 0 or y.min() == y.max():
@@ -139,7 +130,8 @@ def plot_curves(sets: dict, out_dir: Path, n_boot: int, seed: int) -> list[str]:
             x, v = curve(y, p)
             label = f"{name} ({'auROC' if kind == 'roc' else 'auPR'} " \
                     f"{(metrics.auroc if kind == 'roc' else metrics.aupr)(y, p):.3f})"
-            line, = ax.plot(x, v, label=label)
+            # ROC: straight segments (a tie is one diagonal step); PR: steps, as average precision sums them
+            line, = ax.plot(x, v, label=label, drawstyle="default" if kind == "roc" else "steps-pre")
             band = _bands(y, p, groups, curve, grid, min(n_boot, 300), seed)
             if band is not None:
                 ax.fill_between(grid, band[0], band[1], color=line.get_color(), alpha=0.15)
@@ -247,7 +239,7 @@ def markdown_report(report: dict) -> str:
 def evaluate(predictions_dir, records, out_dir, *, threshold: float | None = None, beta: float = 2.0,
              hit_iou: float = 0.1, n_boot: int = 1000, seed: int = 0, baselines: dict | None = None) -> dict:
     """`records`: the annotated images to evaluate on (e.g. the validation split). `baselines`: optional
-    {name: {image_id_or_path_stem: score}} of other systems scored on the same images (image level only)."""
+    {name: {record image_id: score, BASELINE_THRESHOLD: its threshold}} of other systems scored on the same images (image level only)."""
     predictions_dir, out_dir = Path(predictions_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     results = read_results(predictions_dir)
@@ -270,9 +262,9 @@ def evaluate(predictions_dir, records, out_dir, *, threshold: float | None = Non
               "lesion": {"two-stage": metric_table(y_les, p_les, g_les, threshold, beta, n_boot, seed)}}
     curve_sets = {"two-stage (image)": (y_img, p_img, g_img), "two-stage (lesion)": (y_les, p_les, g_les)}
     for name, scores in (baselines or {}).items():
-        b = np.array([scores.get(Path(r.path).stem, np.nan) for r in m.records], float)
+        b = np.array([scores.get(r.image_id, np.nan) for r in m.records], float)
         keep = np.isfinite(b)
-        b_threshold = scores.get("__threshold__", threshold)
+        b_threshold = scores.get(BASELINE_THRESHOLD, threshold)
         report["image"][name] = metric_table(y_img[keep], b[keep], g_img[keep], b_threshold, beta, n_boot, seed)
         curve_sets[f"{name} (image)"] = (y_img[keep], b[keep], g_img[keep])
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from mammo.atomic import atomic_path, atomic_write_text
 from mammo.config import Config, check_setting
 from mammo.errors import ConfigError, WeightsError
+from mammo.weights_store import sha256_of as sha256
 
 BUNDLE_FILE = "pipeline.json"
 MANIFEST = "MANIFEST.sha256"  # '<sha256>  <relative path>' per model file, checked before anything is loaded
@@ -33,14 +34,6 @@ OTHER_MODELS_NOTE = ("note: models from {path}, not the shipped ones: {manifest}
                      "results are only as good as whoever trained these models.")
 WITH_MANIFEST = f"its {MANIFEST} matches its files (they are unchanged since it was written; it does not say by whom)"
 WITHOUT_MANIFEST = f"it has no {MANIFEST}, so damaged or modified files cannot be detected"
-
-
-def sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def model_files(root: Path) -> list[Path]:

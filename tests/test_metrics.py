@@ -96,3 +96,22 @@ def test_summary_has_the_usual_set():
     s = M.summary([0, 1, 1, 0], [0.2, 0.9, 0.6, 0.7], threshold=0.6, beta=2.0)
     assert set(s) >= {"auroc", "aupr", "f2", "sensitivity", "specificity", "threshold", "n", "n_positive"}
     assert s["n"] == 4 and s["n_positive"] == 2 and s["sensitivity"] == 1.0 and s["specificity"] == 0.5
+
+
+def test_curve_points_tie_to_one_step_and_agree_with_the_areas():
+    """Tied scores are one threshold: one diagonal ROC segment, one PR step, so the plotted curve has the
+    area its legend prints (a sorted-row staircase would depend on the order of the tied rows)."""
+    y = np.array([0, 1, 0, 1, 1, 0, 0])
+    p = np.array([0.5, 0.5, 0.5, 0.5, 0.9, 0.1, 0.1])
+    fpr, tpr = M.roc_points(y, p)
+    assert len(fpr) == len(np.unique(p)) + 1  # (0, 0) plus one point per distinct score
+    assert np.trapezoid(tpr, fpr) == pytest.approx(M.auroc(y, p))
+    recall, precision = M.pr_points(y, p)
+    assert recall[0] == 0 and np.all(np.diff(recall) >= 0)
+    assert np.sum(np.diff(recall) * precision[1:]) == pytest.approx(M.aupr(y, p))  # 'steps-pre' drawing
+    rng = np.random.default_rng(3)
+    y, p = rng.integers(0, 2, 200), np.round(rng.random(200), 1)  # many ties
+    fpr, tpr = M.roc_points(y, p)
+    assert np.trapezoid(tpr, fpr) == pytest.approx(skm.roc_auc_score(y, p))
+    recall, precision = M.pr_points(y, p)
+    assert np.sum(np.diff(recall) * precision[1:]) == pytest.approx(skm.average_precision_score(y, p))

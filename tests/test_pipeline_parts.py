@@ -10,7 +10,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from mammo.crops import crop_roi
 from mammo.geometry import Transform
 from mammo.records import ImageRecord, Lesion
-from pipeline.evaluate import evaluate, lesion_level, match
+from pipeline.evaluate import BASELINE_THRESHOLD, evaluate, lesion_level, match
 from pipeline.heatmap import HeatmapCanvas
 from pipeline.ids import IdAllocator, image_id_for, looks_like_identifier
 from pipeline.inputs import discover
@@ -278,3 +278,28 @@ def test_export_labels_detected_rois_by_the_evaluation_hit_rule():
     assert _true_label((150, 150, 260, 230), truth, strict) == "none"
     assert _true_label((190, 190, 260, 260), truth, cfg) == "none"  # IoU 0.007, centre outside
     assert _true_label((140, 140, 160, 160), None, cfg) == ""  # no annotation for this image
+
+
+def test_evaluation_keys_images_that_share_a_file_stem_by_id(tmp_path):
+    """CBIS-DDSM names every image 000000.dcm: two images with one stem keep their own scores and baselines."""
+    records, results = [], []
+    for i, (label, score, base) in enumerate([("malignant", 0.9, 0.2), ("benign", 0.1, 0.7)]):
+        path = tmp_path / f"Mass-Training_P_{i:05d}_LEFT_CC" / "1.3.6" / "000000.dcm"
+        lesion = Lesion(f"case{i}", f"p{i}", (10.0, 10.0, 50.0, 50.0), "mass", label, "t")
+        records.append(ImageRecord(f"case{i}", f"p{i}", path, (lesion,)))
+        results.append(ImageResult(f"img{i}", str(path), 100, 100, score, 0.5, decide(score, 0.5),
+                                   [LesionResult([12, 12, 48, 48], 0.9, score)]))
+    m = match(results, records)
+    assert [r.image_id for r in m.records] == ["case0", "case1"]
+    # a prediction whose path is elsewhere is not paired by an ambiguous stem
+    elsewhere = ImageResult("x", str(tmp_path / "copy" / "000000.dcm"), 100, 100, 0.5, 0.5, "negative")
+    assert match([elsewhere], records).unmatched_predictions == ["x"]
+
+    preds = tmp_path / "preds"
+    for r in results:
+        write_result(preds, r)
+    baseline = {"case0": 0.2, "case1": 0.7, BASELINE_THRESHOLD: 0.5}
+    report = evaluate(preds, records, tmp_path / "eval", n_boot=10, baselines={"base": baseline})
+    assert report["image"]["two-stage"]["auroc"]["value"] == 1.0
+    assert report["image"]["base"]["auroc"]["value"] == 0.0  # its own scores, not one image's twice
+    assert report["image"]["base"]["n"] == 2

@@ -113,3 +113,23 @@ def test_breast_mask_on_real_dicoms(real_mammograms):
         assert chest_wall_side(p) == {"L": "left", "R": "right"}[m.meta.laterality]
         frame = preprocess(m)
         assert frame.pixels.size < 0.6 * p.size, "background and labels are cropped away"
+
+
+def test_crop_clahe_is_the_configured_one():
+    """One CLAHE: the classifier's crops are equalised with preprocess.clahe_clip_limit / clahe_tile_grid (the
+    configured values, recorded with the model), not with constants of its own."""
+    from classifier.data import clahe_setting, prepare
+    from classifier.inference import _clahe_of
+    from mammo.config import load_config
+
+    crops = np.random.default_rng(0).random((2, 32, 32)).astype(np.float32) * 0.5
+    assert clahe_setting(load_config(None, [])) is None
+    cfg = load_config(None, ["classifier.clahe=true", "preprocess.clahe_clip_limit=3.0",
+                             "preprocess.clahe_tile_grid=2"])
+    setting = clahe_setting(cfg)
+    assert setting == (3.0, 2)
+    out = prepare(crops, setting)
+    np.testing.assert_array_equal(out[1, ..., 0], clahe(crops[1], 3.0, 2))
+    assert not np.allclose(out, prepare(crops, (3.0, 8)))  # the grid is used, not ignored
+    np.testing.assert_array_equal(prepare(crops)[..., 0], crops)
+    assert _clahe_of([3.0, 2]) == (3.0, 2) and _clahe_of(False) is None
