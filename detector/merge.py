@@ -18,6 +18,8 @@ import numpy as np
 from detector.frames import normalizer
 from mammo.config import MERGES as METHODS
 
+NESTED_COVER = 0.7  # two boxes whose intersection is >= this share of the smaller one show one finding
+
 
 def merge_boxes(boxes, scores, labels, shape: tuple[int, int], method: str = "wbf", iou: float = 0.5,
                 cut=None):
@@ -56,12 +58,32 @@ def merge_boxes(boxes, scores, labels, shape: tuple[int, int], method: str = "wb
     return boxes[order], scores[order], labels[order]
 
 
-def covered_cut_views(boxes: np.ndarray, labels: np.ndarray, cut: np.ndarray, min_cover: float = 0.5) -> np.ndarray:
-    """(N,) bool: cut-off boxes mostly covered by a whole box of the same class."""
+def cover_matrix(boxes: np.ndarray) -> np.ndarray:
+    """(N, N): the share of box i's area inside box j."""
     tl = np.maximum(boxes[:, None, :2], boxes[None, :, :2])
     br = np.minimum(boxes[:, None, 2:], boxes[None, :, 2:])
     inter = np.clip(br - tl, 0, None).prod(axis=2)  # (N, N)
     area = (boxes[:, 2:] - boxes[:, :2]).clip(0).prod(axis=1)
-    cover = inter / np.maximum(area[:, None], 1e-12)  # share of box i inside box j
+    return inter / np.maximum(area[:, None], 1e-12)
+
+
+def suppress_nested(boxes, scores, min_cover: float = NESTED_COVER) -> np.ndarray:
+    """Indices to keep, highest score first: NMS over the kept set, class-agnostic, with intersection over the
+    SMALLER box instead of IoU. Per-class NMS at IoU 0.5 keeps a box nested in another (IoU of a box inside
+    one twice its size is 0.5 at most), and the two then get contradictory malignancy on one finding."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    order = np.argsort(-np.asarray(scores, dtype=np.float64).reshape(-1), kind="stable")
+    cover = cover_matrix(boxes)
+    near = np.maximum(cover, cover.T) >= min_cover  # either box mostly inside the other
+    keep: list[int] = []
+    for i in order:
+        if not any(near[i, k] for k in keep):
+            keep.append(int(i))
+    return np.array(keep, dtype=np.int64)
+
+
+def covered_cut_views(boxes: np.ndarray, labels: np.ndarray, cut: np.ndarray, min_cover: float = 0.5) -> np.ndarray:
+    """(N,) bool: cut-off boxes mostly covered by a whole box of the same class."""
+    cover = cover_matrix(boxes)  # share of box i inside box j
     whole_same_class = (~cut)[None, :] & (labels[:, None] == labels[None, :])
     return cut & ((cover >= min_cover) & whole_same_class).any(axis=1)

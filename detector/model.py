@@ -29,7 +29,7 @@ from mammo.preprocess import Frame, preprocess
 from mammo.records import Detection, Mammogram
 
 from detector.frames import clip_to_shape, letterbox_input, tile_inputs
-from detector.merge import merge_boxes
+from detector.merge import merge_boxes, suppress_nested
 
 MODES = ("letterbox", "tiled")
 MAX_BATCH = 8  # tiles per forward pass
@@ -166,7 +166,9 @@ class LesionDetector:
             boxes, scores, labels = merge_boxes(boxes, scores, labels, original_shape, self.cfg.merge, self.cfg.iou,
                                                 cut=cut)
         boxes = clip_to_shape(boxes, original_shape)
-        keep = ((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])).nonzero()[0][: self.cfg.max_det]
+        valid = ((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])).nonzero()[0]
+        # one box per finding before anything is classified: nested near-duplicates merged over the kept set
+        keep = valid[suppress_nested(boxes[valid], scores[valid])][: self.cfg.max_det]
         return [Detection(tuple(float(v) for v in boxes[i]), float(scores[i]), self.names[int(labels[i])])
                 for i in keep]
 

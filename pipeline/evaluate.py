@@ -21,6 +21,7 @@ from mammo import metrics  # noqa: E402
 from mammo.atomic import atomic_path, atomic_write_text  # noqa: E402
 from mammo.errors import MammoError  # noqa: E402
 from mammo.froc import FP_RATES, froc_curve, hit_matrix  # noqa: E402
+from pipeline.render import overlay_panel  # noqa: E402
 from pipeline.results import ImageResult, read_results  # noqa: E402
 
 BASELINE_THRESHOLD = "__threshold__"  # key of a baseline's own operating point in its scores
@@ -190,8 +191,7 @@ def gradcam_grid(m: Matched, predictions_dir: Path, threshold: float, out_dir: P
             if col < len(items):
                 img = cv2.imread(str(predictions_dir / items[col].overlay)) if items[col].overlay else None
                 if img is not None:
-                    third = img.shape[1] // 3
-                    ax.imshow(cv2.cvtColor(img[:, 2 * third:], cv2.COLOR_BGR2RGB))
+                    ax.imshow(cv2.cvtColor(overlay_panel(img), cv2.COLOR_BGR2RGB))
                 ax.set_title(f"{name}\n{items[col].image_id}: {items[col].score:.2f}", fontsize=9)
     path = out_dir / "gradcam_examples.png"
     with atomic_path(path) as tmp:

@@ -18,7 +18,7 @@ import pytest
 
 from detector.__main__ import main
 from detector.frames import tile_inputs
-from detector.merge import merge_boxes
+from detector.merge import merge_boxes, suppress_nested
 from detector.model import LesionDetector, check_model_source, cut_by_edge
 from mammo.config import DetectorConfig, PreprocessConfig, load_config, replace
 from mammo.errors import ConfigError, WeightsError
@@ -435,3 +435,23 @@ def test_help_shows_commands_and_examples(capsys):
     assert exc.value.code == 0
     text = capsys.readouterr().out
     assert all(c in text for c in ("export-dataset", "train", "predict", "evaluate", "examples:", "key=value"))
+
+
+def test_nested_near_duplicates_become_one_box_before_classification():
+    """A box nested in another on one finding (IoU < 0.5, so NMS kept both; each got its own malignancy) is
+    merged over the kept set, class-agnostically, the higher-scoring box kept; separate findings stay."""
+    boxes = np.array([[100, 100, 200, 200], [110, 110, 180, 190], [300, 300, 340, 340], [105, 90, 210, 205]])
+    scores = np.array([0.8, 0.9, 0.5, 0.3])
+    assert suppress_nested(boxes, scores).tolist() == [1, 2]
+    assert suppress_nested(np.zeros((0, 4)), np.zeros(0)).tolist() == []
+
+    class Stub(LesionDetector):  # the network's raw output, to check what predict_frame hands on
+        def _infer(self, inputs, frame=None):
+            order = np.argsort(-scores)
+            return boxes[order].astype(float), scores[order], np.array([0, 1, 0, 1])[order], np.zeros(4, bool)
+
+    yolo = type("Yolo", (), {"names": {0: "mass", 1: "calcification"}})()
+    det = Stub(yolo, DetectorConfig(imgsz=64, max_det=10))
+    frame = Frame(np.zeros((400, 400), np.float32), Transform.identity((400, 400)))
+    found = det.predict_frame(frame)
+    assert [d.box for d in found] == [(110, 110, 180, 190), (300, 300, 340, 340)]

@@ -303,3 +303,48 @@ def test_evaluation_keys_images_that_share_a_file_stem_by_id(tmp_path):
     assert report["image"]["two-stage"]["auroc"]["value"] == 1.0
     assert report["image"]["base"]["auroc"]["value"] == 0.0  # its own scores, not one image's twice
     assert report["image"]["base"]["n"] == 2
+
+
+@pytest.mark.parametrize("shape", [(4000, 600), (3000, 1100), (1024, 1024), (2000, 3000), (300, 3000)])
+def test_figure_titles_are_legible_at_any_width(shape):
+    """Titles are in a band of their own, each line inside its panel and clear of every other line, whatever
+    the scan's aspect (narrow figures used to print the overlay title over the next panel)."""
+    from pipeline.render import PANEL_HEIGHT, TITLE_SCALE, overlay_panel, three_panels, title_layout
+
+    h, w = shape
+    image = np.linspace(0, 1, h * w, dtype=np.float32).reshape(h, w)
+    heat = np.zeros((h // 4, w // 4), np.float32)
+    text = "(score 0.97, threshold 0.98)"
+    figure = three_panels(image, heat, [[w * 0.4, h * 0.4, w * 0.6, h * 0.6]], ["0.97"], text)
+    panel_w = round(w * PANEL_HEIGHT / h)
+    widths = [panel_w, panel_w + 56, panel_w]
+    band, boxes = title_layout(["image", "Grad-CAM (malignant evidence, 0-1)", f"overlay {text}"], widths)
+    assert figure.shape[0] == PANEL_HEIGHT + band and figure.shape[1] == sum(widths) + 16
+    starts = np.cumsum([0] + [wd + 8 for wd in widths])
+    for b in boxes:
+        panel = int(np.searchsorted(starts, b["x"], side="right") - 1)
+        assert b["x"] >= starts[panel] and b["x"] + b["w"] <= starts[panel] + widths[panel], b
+        assert 0 <= b["top"] and b["bottom"] <= band
+        assert b["scale"] >= TITLE_SCALE[1]
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            apart = (a["x"] + a["w"] <= b["x"] or b["x"] + b["w"] <= a["x"] or
+                     a["bottom"] <= b["top"] or b["bottom"] <= a["top"])
+            assert apart, (a, b)
+    assert " ".join(b["text"] for b in boxes).split() == f"image Grad-CAM (malignant evidence, 0-1) overlay {text}".split()
+    assert overlay_panel(figure).shape[:2] == (PANEL_HEIGHT, panel_w)
+
+
+def test_gradcam_panel_shows_the_anatomy_under_the_map_with_a_colour_bar():
+    from pipeline.render import PANEL_HEIGHT, three_panels
+
+    image = np.tile(np.linspace(0, 1, 512, dtype=np.float32), (1024, 1))  # a left-to-right ramp
+    heat = np.zeros((256, 128), np.float32)
+    figure = three_panels(image, heat, [], [])
+    body = figure[-PANEL_HEIGHT:]
+    cam = body[:, 512 + 8:512 + 8 + 512].astype(float)
+    # where the map is 0 the anatomy still shows: the ramp's brightness goes on rising under the colour
+    assert cam[500, 480:500].mean() - cam[500, 20:40].mean() > 60
+    bar = body[:, 512 + 8 + 512:512 + 8 + 512 + 56]
+    top, bottom = bar[40, 10], bar[-40, 10]  # JET: red at 1 (top), blue at 0 (bottom); BGR
+    assert top[2] > 100 > top[0] and bottom[0] > 100 > bottom[2]
