@@ -53,12 +53,13 @@ Exit codes: 0 all done, 1 some inputs failed (listed in predictions.csv), 2 bad 
 
 
 def resolve_config(args, overrides):
-    """The bundle's training settings sit under the user's overrides; returns (cfg, bundle)."""
+    """The settings the bundle's models ran with (training settings, classifier section, threshold) sit under the
+    user's overrides, so the config.yaml a run writes is what produced its outputs; returns (cfg, bundle)."""
     from pipeline.demo import default_bundle
     from pipeline.models import read_bundle
 
     bundle = read_bundle(args.models) if args.models else default_bundle()
-    cfg = load_config(args.config, bundle.config_overrides + overrides)
+    cfg = load_config(args.config, bundle.settings() + overrides)
     return cfg, bundle
 
 
@@ -75,8 +76,11 @@ def cmd_infer(args, overrides, inputs) -> int:
     from pipeline.demo import sample_inputs
     from pipeline.ids import resolve_salt, scrub_argv
     from pipeline.infer import run_inference
+    from pipeline.inputs import require_images
     from pipeline.models import PipelineModels
 
+    if inputs and not args.split:
+        require_images(inputs)  # before the models load: a mistyped path is a usage error at once
     cfg, bundle = resolve_config(args, overrides)
     if args.split:
         inputs = [str(r.path) for r in split_records(cfg, args.split)[1]]
@@ -133,8 +137,11 @@ def cmd_evaluate(args, overrides, inputs) -> int:
 
 def cmd_export_rois(args, overrides, inputs) -> int:
     from pipeline.export import export_rois
+    from pipeline.inputs import require_images
     from pipeline.models import PipelineModels
 
+    if inputs and not args.split:
+        require_images(inputs)  # before the models load
     cfg, bundle = resolve_config(args, overrides)
     annotations = None
     if args.split:
@@ -216,7 +223,7 @@ def cmd_benchmark(args, overrides, inputs) -> int:
         data_overrides = [] if args.data.endswith((".yaml", ".yml")) else [
             f"data.annotations={args.data}", f"data.format={args.format or cfg.data.format}"]
         cfg = load_config(args.data if not data_overrides else args.config,
-                          bundle.config_overrides + data_overrides + overrides)
+                          bundle.settings() + data_overrides + overrides)
     out = make_run_dir("pipeline", "benchmark", cfg.run.name, args.out)
     start_run(cfg, out)
     sizes = args.folder_sizes if args.folder_sizes is not None else ([2] if args.quick else [10, 100])

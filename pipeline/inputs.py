@@ -7,10 +7,12 @@ none, by the 'DICM' preamble. Other files are skipped and counted. A CSV list na
 from __future__ import annotations
 
 import csv
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from mammo.dicom import is_dicom
+from mammo.errors import MammoError
 from mammo.imaging import IMAGE_SUFFIXES
 
 
@@ -60,8 +62,22 @@ def discover(inputs, exclude=()) -> Discovery:
         elif p.suffix.lower() == ".csv" and p.is_file():
             for q in _from_csv(p):
                 add(q)  # a listed path that does not exist becomes a failed row with the reason
-        elif p.exists() or p.suffix.lower() in IMAGE_SUFFIXES:
+        elif p.exists():
             add(p)  # named explicitly: try it, a bad one fails with its reason
         else:
             out.missing.append(p)
     return out
+
+
+def require_images(inputs) -> Discovery:
+    """`discover`, checked before any model is loaded: a mistyped path should cost a second, not a model load.
+    No image at all is a usage error (MammoError, exit 2); some missing ones are reported and the rest run."""
+    found = discover(inputs)
+    names = ", ".join(str(p) for p in found.missing[:5]) + (" ..." if len(found.missing) > 5 else "")
+    if not any(p.exists() for p in found.images):  # (a CSV may list files that do not exist)
+        listed = [str(p) for p in found.images[:5]]
+        why = f"not found: {names or ', '.join(listed)}" if found.missing or listed else "no image files in them"
+        raise MammoError(f"no input image to process ({why}); give image files, folders or CSV lists")
+    if found.missing:
+        print(f"warning: {len(found.missing)} input(s) not found, recorded as failed: {names}", file=sys.stderr)
+    return found

@@ -13,6 +13,7 @@ the user's own command-line overrides. `threshold` is the image-level operating 
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -20,8 +21,10 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+
 from mammo.atomic import atomic_path, atomic_write_text
-from mammo.config import Config, check_setting
+from mammo.config import ClassifierConfig, Config, check_setting
 from mammo.errors import ConfigError, WeightsError
 from mammo.weights_store import sha256_of as sha256
 
@@ -78,6 +81,18 @@ class Bundle:
     description: str = ""
     info: dict = field(default_factory=dict)
     baseline: Path | None = None
+
+    def settings(self) -> list[str]:
+        """Config overrides that say what these models run with: the training settings of `config_overrides`,
+        the classifier section of the classifier's own training run (its backbone, input size, margin ...) and
+        the shipped operating threshold. Without them a run's config.yaml would show the defaults."""
+        out = list(self.config_overrides)
+        run_config = self.classifier / "config.yaml"
+        if run_config.is_file():
+            section = (yaml.safe_load(run_config.read_text()) or {}).get("classifier") or {}
+            known = {f.name for f in dataclasses.fields(ClassifierConfig)}
+            out += [f"classifier.{k}={json.dumps(v)}" for k, v in section.items() if k in known]
+        return out + [f"pipeline.threshold={self.threshold!r}"]
 
 
 def read_bundle(root, require_manifest: bool = False) -> Bundle:

@@ -30,9 +30,9 @@ def test_discover_mixes_files_folders_csv_and_counts_skips(tmp_path):
     found = discover([tmp_path / "a", tmp_path / "list.csv", tmp_path / "a" / "one.png", tmp_path / "nope.png",
                       tmp_path / "missing_dir"])
     names = [p.name for p in found.images]
-    assert names == ["one.png", "IM0001", "b.png", "nope.png"]  # no duplicate; an explicit missing image is tried
+    assert names == ["one.png", "IM0001", "b.png"]  # no duplicate
     assert [p.name for p in found.skipped] == ["notes.txt"]
-    assert [p.name for p in found.missing] == ["missing_dir"]
+    assert [p.name for p in found.missing] == ["nope.png", "missing_dir"]
 
 
 @pytest.mark.parametrize("name,expected", [
@@ -348,3 +348,45 @@ def test_gradcam_panel_shows_the_anatomy_under_the_map_with_a_colour_bar():
     bar = body[:, 512 + 8 + 512:512 + 8 + 512 + 56]
     top, bottom = bar[40, 10], bar[-40, 10]  # JET: red at 1 (top), blue at 0 (bottom); BGR
     assert top[2] > 100 > top[0] and bottom[0] > 100 > bottom[2]
+
+
+def test_run_config_says_what_the_bundle_ran_with(tmp_path):
+    """config.yaml of an infer run: the classifier section of the classifier's training run and the shipped
+    threshold, not the defaults (small_cnn, threshold null); the user's overrides still win."""
+    import argparse
+
+    import yaml
+
+    from pipeline.__main__ import resolve_config
+
+    (tmp_path / "det.pt").write_bytes(b"detector weights")
+    tiny_keras_model(tmp_path / "clf" / "model.keras")
+    (tmp_path / "clf" / "calibration.json").write_text("{}")
+    (tmp_path / "clf" / "config.yaml").write_text(yaml.safe_dump(
+        {"classifier": {"backbone": "mobilenet_v2", "weights": "imagenet-offline", "input_size": 96,
+                        "retired_key": 1}}))
+    from pipeline.models import write_bundle
+
+    write_bundle(tmp_path / "b", tmp_path / "det.pt", tmp_path / "clf", 0.37, ["detector.imgsz=320"], "fake")
+    args = argparse.Namespace(models=str(tmp_path / "b"), config=None)
+    cfg, _ = resolve_config(args, ["classifier.dropout=0.1"])
+    assert (cfg.classifier.backbone, cfg.classifier.weights, cfg.classifier.input_size) == \
+        ("mobilenet_v2", "imagenet-offline", 96)
+    assert cfg.pipeline.threshold == 0.37 and cfg.detector.imgsz == 320 and cfg.classifier.dropout == 0.1
+    assert resolve_config(args, ["pipeline.threshold=0.5"])[0].pipeline.threshold == 0.5
+
+
+def test_mistyped_input_is_a_usage_error_before_any_model_loads(tmp_path):
+    """exit 2 at once, naming the path, no output folder left behind (the models are never loaded: --models
+    points at a folder that is not even a bundle)."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    for command in ("infer", "export-rois"):
+        proc = subprocess.run([sys.executable, "-m", "pipeline", command, str(tmp_path / "scna.dcm"), "--out",
+                               str(out), "--models", str(tmp_path)], cwd=Path(__file__).resolve().parent.parent,
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2, proc.stderr
+        assert "scna.dcm" in proc.stderr and "not found" in proc.stderr
+        assert not out.exists()
