@@ -70,6 +70,14 @@ class MalignancyClassifier:
         crops = np.stack([c for c, _ in pairs]) if pairs else np.zeros((0, s, s), np.float32)
         return crops, [t for _, t in pairs]
 
+    def warmup(self, methods=("gradcam",)) -> None:
+        """Build the compiled forward pass and Grad-CAM now, on one blank crop (the batch dimension is symbolic:
+        real batches of any size reuse them)."""
+        blank = np.zeros((1, self.input_size, self.input_size), np.float32)
+        self.predict(blank)
+        for method in methods:
+            self.gradcam(blank, method)
+
     # --- scores and maps ------------------------------------------------------------------------------------
     def forward(self, x: np.ndarray) -> np.ndarray:
         """The network on prepared crops [N, S, S, 1], as one compiled graph: an eager Keras call costs ~3x

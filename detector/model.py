@@ -32,6 +32,7 @@ from detector.frames import clip_to_shape, letterbox_input, tile_inputs
 from detector.merge import merge_boxes, suppress_nested
 
 MODES = ("letterbox", "tiled")
+CANDIDATES = 3  # boxes asked of the network per kept box: nested near-duplicates are merged before the cut
 MAX_BATCH = 8  # tiles per forward pass
 
 
@@ -205,7 +206,8 @@ class LesionDetector:
         results = []
         for start in range(0, len(images), MAX_BATCH):  # bounded memory for many tiles
             results += self.yolo.predict(images[start:start + MAX_BATCH], imgsz=size, conf=self.cfg.conf,
-                                         iou=self.cfg.iou, max_det=self.cfg.max_det, device=self.device,
+                                         iou=self.cfg.iou, max_det=CANDIDATES * self.cfg.max_det,
+                                         device=self.device,
                                          verbose=False, save=False)
         if not self._ready:  # ultralytics' device set-up resets torch to 1 CPU thread on the first call
             runtime.configure_torch(self.threads)

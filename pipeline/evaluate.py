@@ -239,7 +239,8 @@ def markdown_report(report: dict) -> str:
 def evaluate(predictions_dir, records, out_dir, *, threshold: float | None = None, beta: float = 2.0,
              hit_iou: float = 0.1, n_boot: int = 1000, seed: int = 0, baselines: dict | None = None) -> dict:
     """`records`: the annotated images to evaluate on (e.g. the validation split). `baselines`: optional
-    {name: {record image_id: score, BASELINE_THRESHOLD: its threshold}} of other systems scored on the same images (image level only)."""
+    {name: {record image_id: score, BASELINE_THRESHOLD: its threshold}} of other systems scored on the same
+    images (image level only)."""
     predictions_dir, out_dir = Path(predictions_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     results = read_results(predictions_dir)

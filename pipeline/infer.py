@@ -63,12 +63,12 @@ def analyse_image(mammogram, models, cfg: Config, timer: StepTimer):
         frame = preprocess(mammogram, cfg.preprocess)
     with timer.step("detect"):
         detections = models.detector.predict_frame(frame)
+    canvas = HeatmapCanvas(mammogram.shape, cfg.pipeline.heatmap_downscale)
+    if not detections:
+        return [], canvas  # without touching the classifier: it may still be loading
     clf = models.classifier
     with timer.step("crop"):
         batch, transforms = clf.crop_many(mammogram.pixels, [d.box for d in detections])
-    canvas = HeatmapCanvas(mammogram.shape, cfg.pipeline.heatmap_downscale)
-    if not detections:
-        return [], canvas
     batch = batch.astype(np.float32, copy=False)
     with timer.step("classify"):
         probs = np.asarray(clf.predict(batch), dtype=np.float64).reshape(-1)
@@ -104,7 +104,7 @@ def infer_image(mammogram, image_id: str, source, models, cfg: Config, threshold
                          source_key=source_key(source, salt), width=int(w), height=int(h), score=score,
                          threshold=float(threshold), decision=decide(score, threshold), lesions=lesions,
                          heatmap=f"{image_id}_heatmap.png", overlay=f"{image_id}_overlay.png",
-                         aggregate=cfg.pipeline.aggregate, calibrated=bool(models.classifier.calibrated),
+                         aggregate=cfg.pipeline.aggregate, calibrated=models.calibrated,
                          heatmap_downscale=cfg.pipeline.heatmap_downscale)
     with timer.step("write"):
         write_outputs(out_dir, image_id, mammogram, lesions, canvas, result)
@@ -205,4 +205,5 @@ def _run_locked(inputs, out_dir: Path, models, cfg: Config, overwrite: bool, pro
     atomic_write_text(out_dir / FAILURES_FILE, json.dumps(failures, indent=2))
     return {"images": len(found.images), "done": len(rows), "resumed": n_skipped_done, "failed": len(failures),
             "skipped_not_images": len(found.skipped), "failures": failures, "timings": dict(timer.totals),
-            "processed": len(timer.per_image), "loop_seconds": time.perf_counter() - started}
+            "processed": len(timer.per_image), "loop_seconds": time.perf_counter() - started,
+            "per_image_seconds": [round(sum(steps.values()), 4) for steps in timer.per_image]}

@@ -18,6 +18,7 @@ import hashlib
 import json
 import shutil
 import sys
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -179,28 +180,83 @@ def bundle_fingerprint(bundle: Bundle) -> str:
 
 class PipelineModels:
     """Detector + classifier + operating threshold, loaded once; a context manager frees them. `fingerprint`
-    identifies the model files, so an output folder is never resumed with other models."""
+    identifies the model files, so an output folder is never resumed with other models.
 
-    def __init__(self, detector, classifier, threshold: float, description: str = "", fingerprint: str = ""):
-        self.detector, self.classifier = detector, classifier
+    `classifier` may be given as a `Background` load: the detector (torch) is ready at once, while TensorFlow is
+    imported, the classifier loaded and its compiled functions built in another thread. An image without boxes
+    never waits for it; the first image with boxes does, once.
+    """
+
+    def __init__(self, detector, classifier, threshold: float, description: str = "", fingerprint: str = "",
+                 calibrated: bool | None = None):
+        self.detector, self._classifier = detector, classifier
         self.threshold, self.description = float(threshold), description
         self.fingerprint = fingerprint
+        self._calibrated = calibrated
+
+    @property
+    def classifier(self):
+        if isinstance(self._classifier, Background):
+            self._classifier = self._classifier.result()
+        return self._classifier
+
+    @property
+    def calibrated(self) -> bool:
+        return self._calibrated if self._calibrated is not None else bool(self.classifier.calibrated)
 
     @classmethod
-    def load(cls, bundle: Bundle, cfg: Config) -> "PipelineModels":
-        from classifier.inference import MalignancyClassifier
+    def load(cls, bundle: Bundle, cfg: Config, background: bool = True) -> "PipelineModels":
         from detector.model import LesionDetector
 
         detector = LesionDetector.load(bundle.detector, cfg.detector, device=cfg.run.device, threads=cfg.run.threads)
-        classifier = MalignancyClassifier.load(bundle.classifier, threads=cfg.run.threads)
-        return cls(detector, classifier, bundle.threshold, bundle.description, bundle_fingerprint(bundle))
+        # only after torch is in (the detector imported it): TensorFlow must never be imported before it
+        classifier = Background(_load_classifier, bundle.classifier, cfg.run.threads)
+        if not background:
+            classifier = classifier.result()
+        info = bundle.classifier / "calibration.json"
+        calibrated = bool(json.loads(info.read_text()).get("calibrated")) if info.is_file() else None
+        return cls(detector, classifier, bundle.threshold, bundle.description, bundle_fingerprint(bundle), calibrated)
 
     def close(self) -> None:
+        if isinstance(self._classifier, Background):
+            self._classifier.result(raise_error=False)  # never leave a thread building a model behind
         self.detector.close()
-        self.classifier = None
+        self._classifier = None
 
     def __enter__(self) -> "PipelineModels":
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _load_classifier(path, threads):
+    """The classifier, with its compiled forward pass and Grad-CAM built now (on a dummy batch) rather than on
+    the first image that has boxes, which then took seconds longer than every other image."""
+    from classifier.inference import MalignancyClassifier
+
+    clf = MalignancyClassifier.load(path, threads=threads)
+    clf.warmup()
+    return clf
+
+
+class Background:
+    """`fn(*args)` in a thread; `result()` waits for it and returns its value or raises its exception."""
+
+    def __init__(self, fn, *args):
+        self._value, self._error = None, None
+
+        def run():
+            try:
+                self._value = fn(*args)
+            except BaseException as exc:  # handed to the caller of result()
+                self._error = exc
+
+        self._thread = threading.Thread(target=run, name=f"load-{getattr(fn, '__name__', 'model')}", daemon=True)
+        self._thread.start()
+
+    def result(self, raise_error: bool = True):
+        self._thread.join()
+        if self._error is not None and raise_error:
+            raise self._error
+        return self._value

@@ -9,7 +9,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from mammo.crops import crop_roi
 from mammo.geometry import Transform
-from mammo.records import ImageRecord, Lesion
+from mammo.records import ImageRecord, Lesion, Mammogram
 from pipeline.evaluate import BASELINE_THRESHOLD, evaluate, lesion_level, match
 from pipeline.heatmap import HeatmapCanvas
 from pipeline.ids import IdAllocator, image_id_for, looks_like_identifier
@@ -331,7 +331,8 @@ def test_figure_titles_are_legible_at_any_width(shape):
             apart = (a["x"] + a["w"] <= b["x"] or b["x"] + b["w"] <= a["x"] or
                      a["bottom"] <= b["top"] or b["bottom"] <= a["top"])
             assert apart, (a, b)
-    assert " ".join(b["text"] for b in boxes).split() == f"image Grad-CAM (malignant evidence, 0-1) overlay {text}".split()
+    words = f"image Grad-CAM (malignant evidence, 0-1) overlay {text}".split()
+    assert " ".join(b["text"] for b in boxes).split() == words
     assert overlay_panel(figure).shape[:2] == (PANEL_HEIGHT, panel_w)
 
 
@@ -390,3 +391,40 @@ def test_mistyped_input_is_a_usage_error_before_any_model_loads(tmp_path):
         assert proc.returncode == 2, proc.stderr
         assert "scna.dcm" in proc.stderr and "not found" in proc.stderr
         assert not out.exists()
+
+
+def test_classifier_compiles_once_at_load_and_waits_only_for_boxes(tmp_path):
+    """warmup builds the compiled forward pass and Grad-CAM on a dummy batch (no retrace later, whatever the
+    batch size); an image without boxes is finished without waiting for the classifier still loading."""
+    from classifier.inference import MalignancyClassifier
+    from mammo.config import load_config
+    from pipeline.infer import StepTimer, analyse_image
+    from pipeline.models import Background, PipelineModels
+
+    import keras
+
+    keras.utils.set_random_seed(0)
+    x = keras.Input((8, 8, 1))
+    logit = keras.layers.Dense(1, name="logit")(keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(2, 3)(x)))
+    (tmp_path / "clf").mkdir()
+    keras.Model(x, keras.layers.Activation("sigmoid")(logit)).save(tmp_path / "clf" / "model.keras")
+    clf = MalignancyClassifier.load(tmp_path / "clf" / "model.keras")
+    clf.warmup()
+    forward, cam = clf._forward, clf._cams["gradcam"]._maps
+    counts = (forward.experimental_get_tracing_count(), cam.experimental_get_tracing_count())
+    assert counts == (1, 1)
+    for n in (1, 3, 7):
+        crops = np.random.default_rng(n).random((n, 8, 8)).astype(np.float32)
+        clf.predict(crops), clf.gradcam(crops)
+    assert (forward.experimental_get_tracing_count(), cam.experimental_get_tracing_count()) == counts
+
+    def never_ready():
+        raise AssertionError("the classifier was waited for")
+
+    detector = type("NoBoxes", (), {"predict_frame": lambda self, frame: [], "close": lambda self: None})()
+    models = PipelineModels(detector, Background(never_ready), 0.5, calibrated=True)
+    m = Mammogram(np.zeros((64, 48), np.float32), None)
+    lesions, _ = analyse_image(m, models, load_config(None, []), StepTimer())
+    assert lesions == [] and models.calibrated
+    with pytest.raises(AssertionError, match="waited"):
+        models.classifier

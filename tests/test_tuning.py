@@ -462,3 +462,49 @@ def test_real_classifier_study_prunes_resumes_and_best_trains(tmp_path, syntheti
     retrained = load_config(tmp_path / "retrain" / "config.yaml")
     assert retrained.classifier == load_config(best_yaml).classifier
     assert retrained.classifier.learning_rate == pytest.approx(study.best_params["classifier.learning_rate"])
+
+
+# --- failed trials: one line each, the tracebacks in a log, and a non-zero exit --------------------------------------
+HALF_FAILING = '''
+from tuning.trainers import ToyTrainer
+
+
+class HalfFailing(ToyTrainer):
+    """Every other trial fails (odd seeds), as trials asking for weights that are not installed did."""
+
+    def train(self, cfg, run_dir, on_epoch_end=None, crop_seed=0):
+        if cfg.run.seed % 2:
+            raise FileNotFoundError("weights not installed\\nsecond line of the message")
+        return super().train(cfg, run_dir, on_epoch_end, crop_seed)
+'''
+
+
+def test_study_whose_trials_fail_says_so_and_exits_non_zero(tmp_path):
+    (tmp_path / "halffail.py").write_text(HALF_FAILING)
+    space, d = _write_space(tmp_path / "space.yaml"), tmp_path / "study"
+    args = _toy_run_args(d, space, 4)
+    args[args.index("toy", args.index("--trainer"))] = "halffail:HalfFailing"
+    res = _run(args, tmp_path, PYTHONPATH=tmp_path)
+    assert res.returncode == 1, res.stderr[-2000:]
+    out = res.stdout + res.stderr
+    assert "Traceback" not in out
+    failed_lines = [line for line in out.splitlines() if " FAIL " in line]
+    assert len(failed_lines) == _states(_load(d))["FAIL"] >= 3
+    assert all("weights not installed second line" in line and "failed_trials.log" in line for line in failed_lines)
+    assert "trial(s) of this run failed" in out and "error: " in res.stderr
+    log = (d / "failed_trials.log").read_text()
+    assert log.count("Traceback") == len(failed_lines) and "FileNotFoundError" in log
+    assert len(_finished(_load(d))) == 4  # the study still reached its target
+
+
+def test_imagenet_weights_missing_stop_the_study_before_it_starts(tmp_path, monkeypatch):
+    from mammo import weights_store
+    from tuning.study import check_pretrained_weights
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(weights_store, "package_file", lambda: None)
+    cfg = load_config(None, [])
+    with pytest.raises(ConfigError, match="imagenet-offline.*not installed.*weights install"):
+        check_pretrained_weights(load_space(DEFAULT_SPACE), cfg)
+    no_pretrained = parse_space({"parameters": {"classifier.weights": {"type": "categorical", "choices": ["none"]}}})
+    check_pretrained_weights(no_pretrained, cfg)  # nothing to install

@@ -119,10 +119,13 @@ def cmd_run(cfg, args, argv) -> int:
 
     sigterm_as_interrupt()
     run_dir = make_run_dir("tuning", "run", cfg.tuning.study, args.out)
-    run_study(cfg, run_dir, trainer_spec=args.trainer, argv=_safe_argv(argv))
+    result = run_study(cfg, run_dir, trainer_spec=args.trainer, argv=_safe_argv(argv))
     where = " --storage URL" if cfg.tuning.storage else (f" --study-dir {run_dir}" if args.out else "")
     print(f"next: python -m tuning best --study {cfg.tuning.study}{where}   |   "
           f"python -m tuning report --study {cfg.tuning.study}{where}")
+    if result["failed_here"]:  # like `pipeline infer`: 1 when some of the work failed
+        print(f"error: {result['failed_here']} trial(s) failed (see above)", file=sys.stderr)
+        return 1
     return 0
 
 

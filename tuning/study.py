@@ -26,6 +26,7 @@ import socket
 import subprocess
 import sys
 import time
+import traceback
 import warnings
 from pathlib import Path
 
@@ -45,9 +46,16 @@ class SurplusTrial(Exception):
     """A trial started after the study already had its `n_trials` (a race between workers); it does nothing."""
 
 
+FAILED_LOG = "failed_trials.log"  # in the study folder: the full traceback of every failed trial
+
+
 class _NoSurplusNoise(logging.Filter):
+    """Drops optuna's report of a failed trial (a 25-line traceback per trial): `work` prints one line per
+    trial, and `Objective` writes the traceback to FAILED_LOG. A surplus trial is expected, not worth a word."""
+
     def filter(self, record: logging.LogRecord) -> bool:
-        return "SurplusTrial" not in record.getMessage()
+        message = record.getMessage()
+        return "SurplusTrial" not in message and not (message.startswith("Trial ") and " failed" in message)
 
 
 def _optuna():
@@ -177,7 +185,10 @@ class Objective:
             raise
         except Exception as exc:
             trial.set_user_attr("epochs_run", reporter.epochs)
-            trial.set_user_attr("error", f"{type(exc).__name__}: {exc}"[:2000])
+            trial.set_user_attr("error", " ".join(f"{type(exc).__name__}: {exc}".split())[:500])
+            with open(self.run_dir / FAILED_LOG, "a") as f:
+                f.write(f"--- trial {trial.number} ({time.strftime('%Y-%m-%d %H:%M:%S')}): "
+                        f"{', '.join(f'{k}={v}' for k, v in overrides.items())}\n{traceback.format_exc()}\n")
             raise
         finally:
             clear = getattr(self.trainer, "clear", None)
@@ -247,7 +258,8 @@ def work(study, objective: Objective, cfg: Config, *, n_trials: int, timeout: fl
         if trial.user_attrs.get("surplus"):
             return
         value = f" {cfg.tuning.metric}={trial.value:.4f}" if trial.value is not None else ""
-        extra = f" error: {trial.user_attrs['error']}" if trial.user_attrs.get("error") else ""
+        error = trial.user_attrs.get("error", "")
+        extra = f" error: {error[:200]} (traceback in {FAILED_LOG})" if error else ""
         best = ""
         if c["COMPLETE"]:
             best = f", best {study_.best_value:.4f} (trial {study_.best_trial.number})"
@@ -357,7 +369,9 @@ def run_study(cfg: Config, run_dir, *, trainer_spec: str = "classifier", argv=No
     # 1. everything that can be checked without touching the storage: config, search space, data
     check_tuning_config(cfg)
     space_path = resolve_space_path(cfg.tuning.search_space)
-    load_space(space_path)
+    space = load_space(space_path)
+    if trainer_spec == "classifier":
+        check_pretrained_weights(space, cfg)
     trainer = load_trainer(trainer_spec)
     trainer.prepare(cfg, run_dir)
     # 2. the storage must be reachable; 3. only then the study is created
@@ -372,15 +386,38 @@ def run_study(cfg: Config, run_dir, *, trainer_spec: str = "classifier", argv=No
     log(f"study {cfg.tuning.study!r} in {shown}: {'created' if created else 'resumed'}; "
         f"{c['finished']} finished ({c['PRUNED']} pruned), {c['RUNNING']} running, {c['WAITING']} queued; "
         f"target {target}" + (f", timeout {cfg.tuning.timeout:g} s" if cfg.tuning.timeout else ""))
+    failed_before = c["FAIL"]
     t0 = time.perf_counter()
     if cfg.tuning.workers == 1:
         final = run_worker(cfg, run_dir, trainer=trainer, storage=storage)
     else:
         final = _run_processes(cfg, run_dir, url, trainer_spec)
     seconds = time.perf_counter() - t0
+    failed_here = final["FAIL"] - failed_before
     log(f"done in {seconds:.0f} s: {final['finished']} finished ({final['COMPLETE']} complete, "
         f"{final['PRUNED']} pruned), {final['FAIL']} failed")
-    return {**final, "seconds": seconds}
+    if failed_here:
+        log(f"warning: {failed_here} trial(s) of this run failed; their tracebacks are in {run_dir / FAILED_LOG}")
+    return {**final, "seconds": seconds, "failed_here": failed_here}
+
+
+def check_pretrained_weights(space: SearchSpace, cfg: Config) -> None:
+    """A study whose trials may ask for ImageNet weights that are not installed would lose those trials one by
+    one; say so before the study is created. (Installed with the package, they are put in place here.)"""
+    from mammo.errors import WeightsError
+    from mammo.weights_store import INSTALL_HINT, imagenet_mobilenet_v2_path
+
+    param = next((p for p in space.params if p.key == "classifier.weights"), None)
+    wanted = "imagenet-offline" in (param.choices if param else (cfg.classifier.weights,))
+    if not wanted:
+        return
+    try:
+        imagenet_mobilenet_v2_path()
+    except WeightsError as exc:
+        where = f"the search space {space.source}" if param else "classifier.weights"
+        raise ConfigError(f"{where} asks for 'imagenet-offline', whose weights are not installed ({exc}). "
+                          f"Either {INSTALL_HINT} (the README's setup command does it), or tune without them: "
+                          f"a search space whose classifier.weights choices are [none].") from None
 
 
 def _stop(procs, patience: float = 10.0) -> None:
