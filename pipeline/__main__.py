@@ -91,7 +91,7 @@ def cmd_infer(args, overrides, inputs) -> int:
     start_run(cfg, out, scrub_argv(sys.argv, [*inputs, args.out, args.models, args.config],
                                    cfg.pipeline.source_paths, resolve_salt(cfg.pipeline.id_salt)))
     print(f"models: {bundle.root} ({bundle.description or 'no description'})")
-    with PipelineModels.load(bundle, cfg) as models:
+    with PipelineModels.load(bundle, cfg, background=True) as models:  # run_inference leaves TF to the models
         summary = run_inference(inputs, out, models, cfg, overwrite=args.overwrite)
     # counts, seconds per step and peak memory of this run (the benchmark reads throughput and memory here)
     summary["peak_memory_mb"] = peak_memory_mb()

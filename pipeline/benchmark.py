@@ -167,8 +167,8 @@ def measure_cold_start(path, models_dir: Path, config: str, overrides: list[str]
     JSON appears (written last, atomically: its presence means the image is done) and until the process exits."""
     work = Path(tempfile.mkdtemp(prefix="mammo-cold-"))
     out = work / "out"
-    cmd = [sys.executable, "-m", "pipeline", "infer", str(path), "--out", str(out), "--models", str(models_dir),
-           "--config", config, f"run.threads={threads}", *overrides]
+    cmd = [sys.executable, "-m", "pipeline", "infer", "--out", str(out), "--models", str(models_dir),
+           "--config", config, str(path), f"run.threads={threads}", *overrides]
     load_before = os.getloadavg()[0]
     try:
         t = time.perf_counter()

@@ -205,7 +205,10 @@ class PipelineModels:
         return self._calibrated if self._calibrated is not None else bool(self.classifier.calibrated)
 
     @classmethod
-    def load(cls, bundle: Bundle, cfg: Config, background: bool = True) -> "PipelineModels":
+    def load(cls, bundle: Bundle, cfg: Config, background: bool = False) -> "PipelineModels":
+        """`background`: load the classifier in a thread. Only for callers whose own thread touches neither
+        TensorFlow nor Keras until it asks for `classifier` (two threads importing TensorFlow at once break its
+        circular imports: 'partially initialized module')."""
         from detector.model import LesionDetector
 
         detector = LesionDetector.load(bundle.detector, cfg.detector, device=cfg.run.device, threads=cfg.run.threads)
