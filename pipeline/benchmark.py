@@ -158,7 +158,15 @@ def measure_folder(paths, n: int, models_dir: Path, config: str, overrides: list
         shutil.rmtree(work, ignore_errors=True)
 
 
-RESULT_JSON_SKIP = {"run.json", "run_summary.json", "failures.json"}  # what `infer` writes besides results
+def _has_result(folder: Path) -> bool:
+    """Whether an image's result JSON is in `folder` (infer writes other JSON files too: run, fingerprint ...)."""
+    for f in folder.glob("*.json"):
+        try:
+            if "decision" in json.loads(f.read_text()):
+                return True
+        except (ValueError, OSError):
+            continue
+    return False
 
 
 def measure_cold_start(path, models_dir: Path, config: str, overrides: list[str], threads: int,
@@ -176,7 +184,7 @@ def measure_cold_start(path, models_dir: Path, config: str, overrides: list[str]
             proc = subprocess.Popen(cmd, cwd=runtime.PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=err_file)
         first = None
         while proc.poll() is None:
-            if first is None and any(f.name not in RESULT_JSON_SKIP for f in out.glob("*.json")):
+            if first is None and _has_result(out):
                 first = time.perf_counter() - t
             time.sleep(poll)
         exited = time.perf_counter() - t
