@@ -66,7 +66,8 @@ def analyse_image(mammogram, models, cfg: Config, timer: StepTimer):
     canvas = HeatmapCanvas(mammogram.shape, cfg.pipeline.heatmap_downscale)
     if not detections:
         return [], canvas  # without touching the classifier: it may still be loading
-    clf = models.classifier
+    with timer.step("wait_classifier"):  # still loading in the background (first image with boxes): counted
+        clf = models.classifier
     with timer.step("crop"):
         batch, transforms = clf.crop_many(mammogram.pixels, [d.box for d in detections])
     batch = batch.astype(np.float32, copy=False)
