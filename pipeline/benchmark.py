@@ -170,7 +170,7 @@ def _has_result(folder: Path) -> bool:
 
 
 def measure_cold_start(path, models_dir: Path, config: str, overrides: list[str], threads: int,
-                       poll: float = 0.02) -> dict:
+                       poll: float = 0.02, cwd: Path = runtime.PROJECT_ROOT) -> dict:
     """`python -m pipeline infer ONE_IMAGE` in a fresh process: seconds from its start until the image's result
     JSON appears (written last, atomically: its presence means the image is done) and until the process exits."""
     work = Path(tempfile.mkdtemp(prefix="mammo-cold-"))
@@ -181,7 +181,7 @@ def measure_cold_start(path, models_dir: Path, config: str, overrides: list[str]
     try:
         t = time.perf_counter()
         with open(work / "stderr.txt", "wb") as err_file:  # a file, not a pipe: a full pipe would block the child
-            proc = subprocess.Popen(cmd, cwd=runtime.PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=err_file)
+            proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=err_file)
         first = None
         while proc.poll() is None:
             if first is None and _has_result(out):
