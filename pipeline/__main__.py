@@ -79,8 +79,9 @@ def cmd_infer(args, overrides, inputs) -> int:
     from pipeline.inputs import require_images
     from pipeline.models import PipelineModels
 
-    if inputs and not args.split:
-        require_images(inputs)  # before the models load: a mistyped path is a usage error at once
+    if inputs and not args.split:  # before the models load: a bad setting or a mistyped path fails at once
+        load_config(args.config, overrides)
+        require_images(inputs)
     cfg, bundle = resolve_config(args, overrides)
     if args.split:
         inputs = [str(r.path) for r in split_records(cfg, args.split)[1]]
@@ -140,8 +141,9 @@ def cmd_export_rois(args, overrides, inputs) -> int:
     from pipeline.inputs import require_images
     from pipeline.models import PipelineModels
 
-    if inputs and not args.split:
-        require_images(inputs)  # before the models load
+    if inputs and not args.split:  # before the models load
+        load_config(args.config, overrides)
+        require_images(inputs)
     cfg, bundle = resolve_config(args, overrides)
     annotations = None
     if args.split:
