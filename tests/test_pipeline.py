@@ -2,6 +2,7 @@
 import csv
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -161,7 +162,9 @@ def test_no_patient_identifier_reaches_output_names(tiny_bundle, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     written = " ".join([p.name for p in out.iterdir()] + [p.read_text() for p in out.glob("*.json")]
                        + [(out / "predictions.csv").read_text(), result.stdout, result.stderr]).lower()
-    for secret in ("00820", "doe", "jane", "12345", str(src).lower()):
+    words = set(re.split(r"[^a-z0-9]+", written))  # 'doe' as a name part, not inside 'does'
+    assert not {"doe", "jane"} & words
+    for secret in ("00820", "12345", str(src).lower()):
         assert secret not in written, secret
     rows = list(csv.DictReader(open(out / "predictions.csv")))
     assert len(rows) == 3 and all(r["image_id"].startswith("img_") and r["source"] == "" for r in rows)
