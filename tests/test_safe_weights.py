@@ -11,6 +11,8 @@ import pickle
 import shutil
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 import torch
 
@@ -95,7 +97,9 @@ def test_payload_in_a_models_bundle_is_refused_with_or_without_its_manifest(tmp_
     (root / MANIFEST).unlink()
     if own_manifest:  # an attacker ships a manifest that matches the payload: integrity, not trust
         write_manifest(root)
-    rc = main(["infer", "--models", str(root), "--out", str(tmp_path / "out"), str(tmp_path / "none.png")])
+    scan = tmp_path / "scan.png"  # a real input: inputs are checked before any model loads
+    cv2.imwrite(str(scan), np.full((64, 64), 100, np.uint8))
+    rc = main(["infer", "--models", str(root), "--out", str(tmp_path / "out"), str(scan)])
     err = capsys.readouterr().err
     assert rc == 2 and not marker.exists()
     assert f"{root / 'detector.pt'}: refused before loading" in err and "builtins.exec" in err
