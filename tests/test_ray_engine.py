@@ -65,13 +65,18 @@ def mixed_folder(tmp_path_factory) -> Path:
 
 
 def test_ray_with_two_workers_writes_what_the_single_process_run_writes(tiny_bundle, mixed_folder, tmp_path):
+    listed = tmp_path / "list.csv"  # names an image no worker can see (as a path off the shared filesystem)
+    listed.write_text(f"image\n{tmp_path / 'elsewhere' / 'scan.png'}\n")
     single, ray = tmp_path / "single", tmp_path / "ray"
-    a = run(infer_cmd(mixed_folder, single, tiny_bundle))
-    b = run(infer_cmd(mixed_folder, ray, tiny_bundle, "--engine", "ray", "--workers", 2))
+    a = run(infer_cmd(mixed_folder, single, tiny_bundle, listed))
+    b = run(infer_cmd(mixed_folder, ray, tiny_bundle, listed, "--engine", "ray", "--workers", 2))
     assert a.returncode == b.returncode == 1, (a.stderr[-2000:], b.stderr[-3000:])  # the bad files failed
 
     rows_a, rows_b = (list(csv.DictReader(open(d / "predictions.csv"))) for d in (single, ray))
     assert [r["source"] for r in rows_a] == [r["source"] for r in rows_b]  # same rows, same order
+    unseen = rows_b.pop()
+    assert unseen["status"] == "failed" and "not found on Ray node" in unseen["error"], unseen
+    assert "file not found" in rows_a.pop()["error"]
     for ra, rb in zip(rows_a, rows_b):
         assert {k: v for k, v in ra.items() if k != "score"} == {k: v for k, v in rb.items() if k != "score"}
         assert (ra["score"] == rb["score"] == "") or abs(float(ra["score"]) - float(rb["score"])) <= 1e-6
@@ -79,7 +84,8 @@ def test_ray_with_two_workers_writes_what_the_single_process_run_writes(tiny_bun
     assert failed == {"notes.png", "truncated.dcm"}
     ids = {Path(r["source"]).relative_to(mixed_folder).as_posix(): r["image_id"] for r in rows_b}
     assert ids["a/scan.png"] == "scan" and ids["b/scan.png"].startswith("scan_")  # first in input order keeps it
-    assert json.loads((single / "failures.json").read_text()) == json.loads((ray / "failures.json").read_text())
+    fa, fb = (json.loads((d / "failures.json").read_text()) for d in (single, ray))
+    assert fa[:-1] == fb[:-1] and fa[-1]["source"] == fb[-1]["source"] == unseen["source"]
 
     for r in rows_a:
         if r["status"] != "done":
@@ -98,7 +104,7 @@ def test_ray_with_two_workers_writes_what_the_single_process_run_writes(tiny_bun
             assert pa.shape == pb.shape and np.abs(pa.astype(int) - pb.astype(int)).max() <= 1, png
 
     sa, sb = (json.loads((d / "run_summary.json").read_text()) for d in (single, ray))
-    for key in ("images", "done", "resumed", "failed", "skipped_not_images", "failures", "processed"):
+    for key in ("images", "done", "resumed", "failed", "skipped_not_images", "processed"):
         assert sa[key] == sb[key], key
     workers = sb["engine"]["per_worker"]
     assert len(workers) == 2 and all(w["pids"] and w["node"] for w in workers.values())
