@@ -169,7 +169,9 @@ def run_inference_ray(inputs, out_dir, bundle, cfg, *, overwrite: bool = False, 
                                                     max_task_retries=0)
             actors = [actor.remote(str(Path(bundle.root).resolve()), worker_cfg, str(plan.out_dir.resolve()),
                                    os.getcwd()) for _ in range(engine["workers"])]
-            run_pool(ray, actors, plan, todo, timer, engine["per_worker"], progress)
+            first_up = run_pool(ray, actors, plan, todo, timer, engine["per_worker"], progress)
+            engine["startup_seconds"] = first_up - started  # Ray started, the first actor's models loaded
+            started = first_up  # loop_seconds counts from there, as the single-process run's loop does
         finally:
             ray.shutdown()
     summary = finish_run(plan, timer, started)
@@ -177,8 +179,9 @@ def run_inference_ray(inputs, out_dir, bundle, cfg, *, overwrite: bool = False, 
     return summary
 
 
-def run_pool(ray, actors, plan, todo: dict, timer: StepTimer, per_worker: dict, progress: bool) -> None:
-    """Feed images to the actors that are up, collect rows into `plan.rows`, resend what a dead actor held."""
+def run_pool(ray, actors, plan, todo: dict, timer: StepTimer, per_worker: dict, progress: bool) -> float:
+    """Feed images to the actors that are up, collect rows into `plan.rows`, resend what a dead actor held;
+    returns when (perf_counter) the first actor was up."""
     from ray.exceptions import RayActorError, RayError
 
     groups = IdGroups(plan, todo)
@@ -186,7 +189,7 @@ def run_pool(ray, actors, plan, todo: dict, timer: StepTimer, per_worker: dict, 
     up, in_flight, load, attempts = set(), {}, defaultdict(int), defaultdict(int)
     stats = {k: {"node": "", "pids": [], "done": 0, "failed": 0, "lost_in_flight": 0, "peak_memory_mb": 0.0}
              for k in range(len(actors))}
-    remaining, waited_since, last_error = len(todo), time.monotonic(), None
+    remaining, waited_since, first_up, last_error = len(todo), time.perf_counter(), None, None
     bar = tqdm(total=len(plan.rows), initial=len(plan.rows) - len(todo), desc="infer (ray)", unit="img",
                disable=not progress)
 
@@ -217,7 +220,7 @@ def run_pool(ray, actors, plan, todo: dict, timer: StepTimer, per_worker: dict, 
                 raise MammoError(f"every Ray worker died ({last_error}); {remaining} images not done: rerun the "
                                  f"command to finish them (done images are kept)")
             finished, _ = ray.wait(list(in_flight) + list(pings), num_returns=1, timeout=5.0)
-            if not up and not finished and time.monotonic() - waited_since > STARTUP_TIMEOUT_S:
+            if not up and not finished and time.perf_counter() - waited_since > STARTUP_TIMEOUT_S:
                 raise MammoError(f"no Ray worker started in {STARTUP_TIMEOUT_S} s: no node has the CPUs and memory "
                                  f"one worker asks for (see `ray status`; --worker-memory, --worker-cpus)")
             for ref in finished:
@@ -226,6 +229,7 @@ def run_pool(ray, actors, plan, todo: dict, timer: StepTimer, per_worker: dict, 
                     try:
                         note(k, ray.get(ref))
                         up.add(k)
+                        first_up = first_up or time.perf_counter()
                     except RayActorError as exc:  # out of restarts, or cannot start (e.g. --out not visible)
                         last_error = exc
                     continue
@@ -257,3 +261,4 @@ def run_pool(ray, actors, plan, todo: dict, timer: StepTimer, per_worker: dict, 
     finally:
         bar.close()
         per_worker.update({f"worker-{k}": s for k, s in stats.items()})
+    return first_up
