@@ -21,13 +21,18 @@ import socket
 import time
 from collections import defaultdict, deque
 from pathlib import Path
+from types import SimpleNamespace
 
 from tqdm import tqdm
 
+from mammo import dicom
+from mammo.atomic import folder_lock
 from mammo.errors import MammoError
+from mammo.imaging import DICOM_SUFFIXES
 from mammo.runs import peak_memory_mb
-from pipeline.ids import IdAllocator, image_id_for
+from pipeline.ids import IdAllocator, image_id_for, written_source
 from pipeline.infer import StepTimer, finish_run, plan_run, process_one
+from pipeline.models import bundle_fingerprint
 
 WORKER_MEMORY_GB = 1.7  # measured: one worker with the shipped detector + classifier loaded, on full-size DICOMs
 IN_FLIGHT_PER_WORKER = 2  # one running, one queued: no idle gap between images, at most 2 lost if a worker dies
@@ -67,14 +72,12 @@ class InferWorker:
     def process(self, path: str, threshold: float, taken: dict):
         """(row, step seconds, info). `taken`: the ids that images before this one hold (see IdGroups)."""
         timer = StepTimer()
-        if not os.path.exists(path):
-            row = {"image_id": "", "source": path, "status": "failed",
-                   "error": f"{path}: not found on Ray node {self.node} (every node must see the inputs at the same "
-                            f"path: a shared filesystem)"}
-            return row, {}, self.info()
-        allocate = IdAllocator(self.cfg.pipeline.image_id, self.cfg.pipeline.id_salt)
+        allocate = IdAllocator(self.cfg.pipeline.image_id, self.cfg.pipeline.id_salt)  # the driver's salt
         allocate.used.update(taken)
         row = process_one(Path(path), allocate, self.models, self.cfg, threshold, self.out_dir, timer)
+        if row["status"] == "failed" and not os.path.exists(path):
+            row["error"] += (f" on Ray node {self.node} (every node must see the inputs at the same path: a shared "
+                             f"filesystem)")
         return row, (timer.per_image[0] if timer.per_image else {}), self.info()
 
 
@@ -88,8 +91,11 @@ class IdGroups:
 
     def __init__(self, plan, todo: dict):
         mode, salt = plan.allocate.mode, plan.allocate.salt
-        self.name = {i: image_id_for(p, "name") for i, p in todo.items()
-                     if image_id_for(p, mode, salt) == image_id_for(p, "name")}
+        self.name = {}
+        for i, p in todo.items():  # read_mammogram's own test for a DICOM (which 'auto' always hashes)
+            is_dicom = Path(p).suffix.lower() in DICOM_SUFFIXES or dicom.is_dicom(p)
+            if image_id_for(p, mode, salt, (), is_dicom) == image_id_for(p, "name"):
+                self.name[i] = image_id_for(p, "name")
         self.claimed = {}  # name -> resolved path of the image that holds it
         self.held = {}  # name -> the later images that want it, in input order
         self.ready = deque()
@@ -151,35 +157,50 @@ def run_inference_ray(inputs, out_dir, bundle, cfg, *, overwrite: bool = False, 
                       progress: bool = True) -> dict:
     """`run_inference` on Ray: same planning and files, images run by `workers` actors; returns the summary with
     an `engine` section (per-worker counts, nodes, peak memory of each worker)."""
-    timer = StepTimer()
-    plan = plan_run(inputs, out_dir, cfg, bundle.threshold, overwrite)
-    todo = dict(plan.todo())
-    started = time.perf_counter()
+    out_dir = Path(out_dir)
     worker_cpus = worker_cpus or cfg.run.threads
     engine = {"name": "ray", "address": address or "local", "workers": workers, "worker_cpus": worker_cpus,
               "worker_memory_gb": worker_memory_gb, "per_worker": {}}
-    if todo:  # all done already: nothing to start
-        ray = import_ray()
-        start_ray(ray, address, workers * worker_cpus)
-        try:
-            memory = int(worker_memory_gb * 2**30)
-            engine["workers"] = workers_that_fit(ray, workers, memory, local=not address)
-            worker_cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, threads=worker_cpus))
-            actor = ray.remote(InferWorker).options(num_cpus=worker_cpus, memory=memory, max_restarts=MAX_RESTARTS,
-                                                    max_task_retries=0)
-            actors = [actor.remote(str(Path(bundle.root).resolve()), worker_cfg, str(plan.out_dir.resolve()),
-                                   os.getcwd()) for _ in range(engine["workers"])]
-            first_up = run_pool(ray, actors, plan, todo, timer, engine["per_worker"], progress)
-            engine["startup_seconds"] = first_up - started  # Ray started, the first actor's models loaded
-            started = first_up  # loop_seconds counts from there, as the single-process run's loop does
-        finally:
-            ray.shutdown()
-    summary = finish_run(plan, timer, started)
+    models = SimpleNamespace(threshold=bundle.threshold, fingerprint=bundle_fingerprint(bundle))  # none loaded here
+    timer = StepTimer()
+    with folder_lock(out_dir):  # held by the driver for the whole run; the actors only write inside
+        plan = plan_run(inputs, out_dir, models, cfg, overwrite)
+        todo = dict(plan.todo())
+        started = time.perf_counter()
+        if todo:  # all done already: nothing to start
+            ray = import_ray()
+            start_ray(ray, address, workers * worker_cpus)
+            try:
+                memory = int(worker_memory_gb * 2**30)
+                engine["workers"] = workers_that_fit(ray, workers, memory, local=not address)
+                # The driver's resolved id salt: another node's installation salt would give other ids and keys.
+                worker_cfg = dataclasses.replace(
+                    cfg, run=dataclasses.replace(cfg.run, threads=worker_cpus),
+                    pipeline=dataclasses.replace(cfg.pipeline, id_salt=plan.allocate.salt))
+                actor = ray.remote(InferWorker).options(num_cpus=worker_cpus, memory=memory,
+                                                        max_restarts=MAX_RESTARTS, max_task_retries=0)
+                actors = [actor.remote(str(Path(bundle.root).resolve()), worker_cfg, str(out_dir.resolve()),
+                                       os.getcwd()) for _ in range(engine["workers"])]
+                first_up = run_pool(ray, actors, plan, todo, timer, engine["per_worker"], progress,
+                                    cfg.pipeline.source_paths)
+                engine["startup_seconds"] = first_up - started  # Ray started, the first actor's models loaded
+                started = first_up  # loop_seconds counts from there, as the single-process run's loop does
+            finally:
+                ray.shutdown()
+        summary = finish_run(plan, timer, started)
     summary["engine"] = engine
     return summary
 
 
-def run_pool(ray, actors, plan, todo: dict, timer: StepTimer, per_worker: dict, progress: bool) -> float:
+def died_row(path, source_paths: str, salt: str) -> dict:
+    source = written_source(path, source_paths, salt)
+    name = path if source_paths == "full" else (source or "<input>")  # as process_one keeps paths out of reasons
+    return {"image_id": "", "source": source, "status": "failed",
+            "error": f"{name}: the Ray worker died twice while processing it (out of memory, or killed)"}
+
+
+def run_pool(ray, actors, plan, todo: dict, timer: StepTimer, per_worker: dict, progress: bool,
+             source_paths: str) -> float:
     """Feed images to the actors that are up, collect rows into `plan.rows`, resend what a dead actor held;
     returns when (perf_counter) the first actor was up."""
     from ray.exceptions import RayActorError, RayError
@@ -247,9 +268,7 @@ def run_pool(ray, actors, plan, todo: dict, timer: StepTimer, per_worker: dict, 
                     if attempts[i] < ATTEMPTS:
                         groups.ready.appendleft(i)
                         continue
-                    row, seconds, info = ({"image_id": "", "source": str(todo[i]), "status": "failed",
-                                           "error": f"{todo[i]}: the Ray worker died twice while processing it "
-                                                    f"(out of memory, or killed)"}, {}, None)
+                    row, seconds, info = died_row(todo[i], source_paths, plan.allocate.salt), {}, None
                 if info:
                     note(k, info)
                     stats[k]["done" if row["status"] == "done" else "failed"] += 1
