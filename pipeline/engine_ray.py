@@ -34,7 +34,7 @@ from pipeline.ids import IdAllocator, image_id_for, written_source
 from pipeline.infer import StepTimer, finish_run, plan_run, process_one
 from pipeline.models import bundle_fingerprint
 
-WORKER_MEMORY_GB = 1.7  # measured: one worker with the shipped detector + classifier loaded, on full-size DICOMs
+WORKER_MEMORY_GB = 1.8  # GiB; measured peak 1.70-1.72 GiB: one actor with the shipped models on full-size DICOMs
 IN_FLIGHT_PER_WORKER = 2  # one running, one queued: no idle gap between images, at most 2 lost if a worker dies
 ATTEMPTS = 2  # an image whose worker died is sent once more, then recorded as failed
 MAX_RESTARTS = 3  # a killed worker process is restarted (models reloaded) this many times
