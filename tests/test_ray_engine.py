@@ -18,10 +18,18 @@ from conftest import sample_dicom_paths
 from mammo.synthetic import write_synthetic_dataset
 
 REPO = Path(__file__).resolve().parent.parent
-pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module", autouse=True)
+def test_without_ray_the_engine_says_how_to_install_it(monkeypatch):
+    from mammo.errors import MammoError
+    from pipeline.engine_ray import import_ray
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if not installed: `import ray` raises ImportError
+    with pytest.raises(MammoError, match="pip install -r requirements-ray.txt"):
+        import_ray()
+
+
+@pytest.fixture(scope="module")
 def ray_installed():
     try:
         import ray  # noqa: F401
@@ -42,8 +50,7 @@ def run(cmd, timeout=900):
 
 
 def good_images(root: Path, n: int, seed: int) -> Path:
-    images = write_synthetic_dataset(root / "data", n, seed=seed, n_lesions=1).parent / "images"
-    return images
+    return write_synthetic_dataset(root / "data", n, seed=seed, n_lesions=1).parent / "images"
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +71,9 @@ def mixed_folder(tmp_path_factory) -> Path:
     return folder
 
 
-def test_ray_with_two_workers_writes_what_the_single_process_run_writes(tiny_bundle, mixed_folder, tmp_path):
+@pytest.mark.slow
+def test_ray_with_two_workers_writes_what_the_single_process_run_writes(ray_installed, tiny_bundle, mixed_folder,
+                                                                       tmp_path):
     listed = tmp_path / "list.csv"  # names an image no worker can see (as a path off the shared filesystem)
     listed.write_text(f"image\n{tmp_path / 'elsewhere' / 'scan.png'}\n")
     single, ray = tmp_path / "single", tmp_path / "ray"
@@ -140,8 +149,9 @@ def wait_for(predicate, timeout=600, poll=0.2):
     raise AssertionError("timed out")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("victim", ["worker", "driver"])
-def test_killed_worker_or_driver_loses_only_images_in_flight(tiny_bundle, tmp_path, victim):
+def test_killed_worker_or_driver_loses_only_images_in_flight(ray_installed, tiny_bundle, tmp_path, victim):
     folder = good_images(tmp_path, 24, seed=5)
     out = tmp_path / "out"
     cmd = infer_cmd(folder, out, tiny_bundle, "--engine", "ray", "--workers", 2)
