@@ -218,12 +218,17 @@ def _num(v):
 
 # --- counting ----------------------------------------------------------------------------------------------------
 def counts(study) -> dict[str, int]:
-    out = {"COMPLETE": 0, "PRUNED": 0, "FAIL": 0, "RUNNING": 0, "WAITING": 0, "SURPLUS": 0}
-    for t in study.get_trials(deepcopy=False):
+    """Trials by state; 'UNRECOVERED' counts the failed ones that were not queued again: a trial whose worker
+    died (heartbeat) or was interrupted is retried with the same parameters, so it is no failure of the study."""
+    out = {"COMPLETE": 0, "PRUNED": 0, "FAIL": 0, "RUNNING": 0, "WAITING": 0, "SURPLUS": 0, "UNRECOVERED": 0}
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.system_attrs.get("failed_trial") for t in trials}
+    for t in trials:
         if t.state.name == "FAIL" and t.user_attrs.get("surplus"):
             out["SURPLUS"] += 1
         else:
             out[t.state.name] += 1
+            out["UNRECOVERED"] += t.state.name == "FAIL" and t.number not in retried
     out["finished"] = out["COMPLETE"] + out["PRUNED"]
     return out
 
@@ -386,14 +391,14 @@ def run_study(cfg: Config, run_dir, *, trainer_spec: str = "classifier", argv=No
     log(f"study {cfg.tuning.study!r} in {shown}: {'created' if created else 'resumed'}; "
         f"{c['finished']} finished ({c['PRUNED']} pruned), {c['RUNNING']} running, {c['WAITING']} queued; "
         f"target {target}" + (f", timeout {cfg.tuning.timeout:g} s" if cfg.tuning.timeout else ""))
-    failed_before = c["FAIL"]
+    failed_before = c["UNRECOVERED"]
     t0 = time.perf_counter()
     if cfg.tuning.workers == 1:
         final = run_worker(cfg, run_dir, trainer=trainer, storage=storage)
     else:
         final = _run_processes(cfg, run_dir, url, trainer_spec)
     seconds = time.perf_counter() - t0
-    failed_here = final["FAIL"] - failed_before
+    failed_here = final["UNRECOVERED"] - failed_before
     log(f"done in {seconds:.0f} s: {final['finished']} finished ({final['COMPLETE']} complete, "
         f"{final['PRUNED']} pruned), {final['FAIL']} failed")
     if failed_here:
