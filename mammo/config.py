@@ -31,7 +31,7 @@ DEFAULT_CONFIG = CONFIG_DIR / "default.yaml"
 
 # Choices shared with the code that implements them (one tuple each, so adding a value is one edit here plus
 # its implementation): pipeline/results.py aggregates, classifier/model.py registers backbones, ...
-AGGREGATES = ("max", "noisy_or")
+AGGREGATES = ("max", "max_product", "noisy_or", "noisy_or_product", "stacker")  # stacker: fitted by cross-validate
 DATA_FORMATS = ("mias", "cbis-ddsm", "inbreast", "vindr", "csv")
 BACKBONES = ("small_cnn", "mobilenet_v2", "densenet121", "resnet50", "vgg16", "efficientnet_b0")
 CALIBRATIONS = ("temperature", "platt", "isotonic", "none")

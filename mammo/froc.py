@@ -68,17 +68,13 @@ class FrocCurve:
         return float(np.mean([self.sensitivity_at(r) for r in rates]))
 
 
-def froc_curve(predictions: Sequence[tuple], truths: Sequence, iou_threshold: float = 0.1,
-               centre: bool = True) -> FrocCurve:
-    """FROC over a set of images.
-
-    predictions: one (boxes (N, 4), scores (N,)) per image; truths: one (M, 4) array of lesion boxes per image
-    (empty for a normal image), same order and length. Boxes in any one pixel grid per image, [x1, y1, x2, y2].
-    """
+def _per_image(predictions, truths, iou_threshold: float, centre: bool):
+    """Per lesion the best score of a prediction hitting it (-inf: none), the scores of predictions that hit
+    nothing, and all scores."""
     if len(predictions) != len(truths):
         raise ValueError(f"{len(predictions)} prediction sets for {len(truths)} images")
-    lesion_best: list[float] = []  # per lesion: the highest score of a prediction that hits it (-inf: none)
-    fp_scores: list[float] = []  # scores of the predictions that hit no lesion
+    lesion_best: list[float] = []
+    fp_scores: list[float] = []
     all_scores: list[float] = []
     for (boxes, scores), true in zip(predictions, truths):
         boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
@@ -91,9 +87,19 @@ def froc_curve(predictions: Sequence[tuple], truths: Sequence, iou_threshold: fl
         lesion_best.extend(best.tolist())
         fp_scores.extend(scores[~hits.any(axis=1)].tolist())
         all_scores.extend(scores.tolist())
-    n_lesions, n_images = len(lesion_best), len(truths)
+    return np.asarray(lesion_best, dtype=np.float64), fp_scores, all_scores
+
+
+def froc_curve(predictions: Sequence[tuple], truths: Sequence, iou_threshold: float = 0.1,
+               centre: bool = True) -> FrocCurve:
+    """FROC over a set of images.
+
+    predictions: one (boxes (N, 4), scores (N,)) per image; truths: one (M, 4) array of lesion boxes per image
+    (empty for a normal image), same order and length. Boxes in any one pixel grid per image, [x1, y1, x2, y2].
+    """
+    found, fp_scores, all_scores = _per_image(predictions, truths, iou_threshold, centre)
+    n_lesions, n_images = len(found), len(truths)
     thresholds = np.concatenate([[np.inf], np.unique(all_scores)[::-1]])
-    found = np.asarray(lesion_best)
     fps = np.sort(np.asarray(fp_scores))
     # counts of scores >= t for every threshold at once
     n_found = (found[None, :] >= thresholds[:, None]).sum(axis=1) if n_lesions else np.zeros(len(thresholds))
@@ -103,3 +109,23 @@ def froc_curve(predictions: Sequence[tuple], truths: Sequence, iou_threshold: fl
     fp_rate = n_fp / max(n_images, 1)
     return FrocCurve(thresholds, np.asarray(sensitivity, dtype=np.float64), fp_rate.astype(np.float64),
                      n_lesions, n_images)
+
+
+def sensitivity_by_kind(predictions: Sequence[tuple], truths: Sequence, kinds: Sequence[Sequence[str]],
+                        iou_threshold: float = 0.1, centre: bool = True, rates: Sequence[float] = FP_RATES) -> dict:
+    """Per lesion kind (`kinds`: one name per true box, same nesting as `truths`): how many lesions there are,
+    how many some kept prediction hits ('any box'), and the sensitivity at each overall operating point of the
+    FROC (the score threshold giving <= r false positives per image over ALL images and kinds: a kind is
+    judged at the operating point the whole system runs at, not at one tuned for it)."""
+    curve = froc_curve(predictions, truths, iou_threshold, centre)
+    found, _, _ = _per_image(predictions, truths, iou_threshold, centre)
+    flat = [k for ks in kinds for k in ks]
+    if len(flat) != len(found):
+        raise ValueError(f"{len(flat)} kind names for {len(found)} true boxes")
+    flat = np.asarray(flat, dtype=object)
+    out = {}
+    for kind in sorted(set(flat.tolist())):
+        best = found[flat == kind]
+        out[kind] = {"n": int(len(best)), "hit_any_box": int(np.isfinite(best).sum()),
+                     "sensitivity": {str(float(r)): float(np.mean(best >= curve.threshold_at(r))) for r in rates}}
+    return out

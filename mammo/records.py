@@ -91,6 +91,12 @@ class Lesion:
     def malignant(self) -> bool:
         return self.pathology == "malignant"
 
+    @property
+    def kind(self) -> str:
+        """The finding's class for per-kind figures: MIAS's own classes (CIRC, SPIC, CALC, ARCH, ASYM, MISC),
+        whose mass subtypes behave very differently, else the normalized abnormality."""
+        return self.detail.upper() if self.source == "mias" and self.detail else self.abnormality
+
 
 @dataclass(frozen=True)
 class ImageRecord:

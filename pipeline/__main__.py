@@ -1,4 +1,5 @@
-"""`python -m pipeline <command>`: infer, evaluate, export-rois, serve, benchmark, train-baseline, train-all, bundle."""
+"""`python -m pipeline <command>`: infer, evaluate, export-rois, serve, benchmark, train-baseline, train-all, bundle,
+cross-validate."""
 import mammo.runtime  # noqa: F401  (must stay the first import: import order, offline switches)
 
 import argparse
@@ -45,6 +46,11 @@ examples:
 
   # train detector + classifier on one patient split and package them (threshold chosen on validation)
   python -m pipeline train-all --config configs/mias.yaml --out weights/
+  # patient-level 5-fold cross-validation: out-of-fold predictions, settings chosen on them, their evaluation
+  python -m pipeline cross-validate --config configs/mias_shipped.yaml --folds 5 --out runs/cv
+  python -m pipeline cross-validate --config configs/mias_shipped.yaml --folds 5 --fold 2 --out runs/cv  # one fold
+  # ship models with the settings cross-validation chose (conf, boxes, image-score rule, threshold)
+  python -m pipeline train-all --config configs/mias_shipped.yaml --operating-point runs/cv/operating_point.json
   # or package models trained separately
   python -m pipeline bundle --config configs/mias.yaml --detector runs/detector/train/mias/weights/best.pt \\
       --classifier runs/classifier/train/mias --out weights/
@@ -205,13 +211,20 @@ def cmd_serve(args, overrides, inputs) -> int:
                      argv=argv)
 
 
+def _operating_point(args):
+    from pipeline.operating_point import read_operating_point
+
+    return read_operating_point(args.operating_point) if args.operating_point else None
+
+
 def cmd_train_all(args, overrides, inputs) -> int:
     from pipeline.train_all import train_all
 
     cfg = load_config(args.config, overrides)
     work = make_run_dir("pipeline", "train-all", cfg.run.name)
     out = Path(args.out) if args.out else work / "bundle"
-    summary = train_all(cfg, out, work, description=args.description or f"trained on {cfg.data.format}")
+    summary = train_all(cfg, out, work, description=args.description or f"trained on {cfg.data.format}",
+                        operating_point=_operating_point(args))
     print(json.dumps(summary["image_level_val"], indent=1, default=float))
     print(f"bundle: {out} (use it with --models {out})")
     return 0
@@ -224,7 +237,8 @@ def cmd_bundle(args, overrides, inputs) -> int:
     out = Path(args.out)
     start_run(cfg, make_run_dir("pipeline", "bundle", cfg.run.name))
     summary = make_bundle(cfg, args.detector, args.classifier, out, baseline_dir=args.baseline,
-                          description=args.description or f"trained on {cfg.data.format}")
+                          description=args.description or f"trained on {cfg.data.format}",
+                          operating_point=_operating_point(args))
     print(json.dumps(summary["image_level_val"], indent=1, default=float))
     print(f"bundle: {out} (use it with --models {out})")
     return 0
@@ -259,6 +273,32 @@ def cmd_train_baseline(args, overrides, inputs) -> int:
     print(json.dumps(metrics.get("val", metrics), indent=1, default=float))
     print(f"baseline: {out} (ship it with `python -m pipeline bundle ... --baseline {out}`)")
     return 0
+
+
+def cmd_cross_validate(args, overrides, inputs) -> int:
+    from pipeline.cross_validate import cross_validate
+
+    from mammo.datasets import load_split_dataset
+
+    cfg = load_config(args.config, overrides)
+    _, splits = load_split_dataset(cfg.data)
+    records = [r for name, part in splits.items() if name != "test" for r in part]  # a test split stays unseen
+    out = make_run_dir("pipeline", "cross-validate", cfg.run.name, args.out)
+    start_run(cfg, out)
+    summary = cross_validate(cfg, records, out, k=args.folds, only_fold=args.fold, conf=args.predict_conf,
+                             max_det=args.predict_max_det, baseline=args.baseline)
+    if summary is None:
+        return 0
+    print((out / "evaluation" / "metrics.md").read_text())
+    print(json.dumps({"operating_point": {k: v for k, v in summary["operating_point"].items()
+                                          if k not in ("stacker", "selection")},
+                      "oof_cross_fitted": summary["oof_figures"]["cross_fitted"]}, indent=1, default=float))
+    print(f"written: {out}/oof, {out}/operating_point.json, {out}/evaluation")
+    return 0
+
+
+OP_HELP = ("operating_point.json of `pipeline cross-validate`: detector conf, boxes kept, image-score rule and "
+           "threshold chosen on k-fold OOF predictions (default: threshold chosen on the validation split)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -328,12 +368,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--folder-sizes", nargs="*", action=ListOption, convert=in_range(1, 1000),
                    help="folder runs for throughput and peak memory (default: 10 100; quick: 2; none: skip)")
     p.add_argument("--out", help="report folder (default: runs/pipeline/benchmark/<run.name>)")
+    p = add("cross-validate", cmd_cross_validate, "patient-level k-fold cross-validation: out-of-fold predictions, "
+            "operating settings chosen on them, their evaluation (resumable fold by fold)")
+    p.add_argument("--folds", type=int, default=5, help="k (default: %(default)s)")
+    p.add_argument("--fold", type=int, help="run only this fold (0 .. k-1); the evaluation follows once all are done")
+    p.add_argument("--out", help="run folder (default: runs/pipeline/cross-validate/<run.name>)")
+    p.add_argument("--predict-conf", type=float, default=0.001,
+                   help="detector conf of the fold predictions (low: conf is chosen afterwards; default %(default)s)")
+    p.add_argument("--predict-max-det", type=int, default=50,
+                   help="boxes per image in the fold predictions (default %(default)s, at most 100)")
+    p.add_argument("--baseline", action="store_true", help="also train and score the single-stage baseline per fold")
     p = add("train-baseline", cmd_train_baseline, "train the single-stage baseline (one classifier on the whole "
             "breast) on the config's train/val split")
     p.add_argument("--out", help="run folder (default: runs/pipeline/baseline/<run.name>)")
     p = add("train-all", cmd_train_all, "train detector and classifier on one split and bundle them")
     p.add_argument("--out", help="bundle folder (default: runs/pipeline/train-all/<run.name>/bundle)")
     p.add_argument("--description", help="what these models are, stored in the bundle")
+    p.add_argument("--operating-point", help=OP_HELP)
     p = add("bundle", cmd_bundle, "package a trained detector and classifier (threshold chosen on validation)")
     p.add_argument("--detector", required=True, help="detector weights (.pt) from `python -m detector train`")
     p.add_argument("--classifier", required=True, help="classifier run folder from `python -m classifier train`")
@@ -341,6 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
                                       " to ship beside the models")
     p.add_argument("--out", required=True, help="bundle folder to write (e.g. weights/)")
     p.add_argument("--description", help="what these models are, stored in the bundle")
+    p.add_argument("--operating-point", help=OP_HELP)
     return parser
 
 

@@ -290,11 +290,11 @@ def markdown(report: dict) -> str:
         lines.append(f"\nPeak memory target < 2048 MB: {'met' if peak < TARGETS['peak_rss_mb'] else 'MISSED'}.")
     quality = report.get("quality")
     if quality:
-        from pipeline.evaluate import metrics_table
+        from pipeline.evaluate import kind_table, metrics_table
 
         lines += ["", f"## Quality: '{quality['split']}' split of {report['data']} ({quality['n_images']} images; "
                   f"95 % CIs from {quality['bootstrap']} patient-level bootstrap resamples)", "",
-                  *metrics_table(quality)]
+                  *metrics_table(quality), "", *kind_table(quality.get("froc", {}).get("by_kind", {}))]
         if not quality["baseline_shipped"]:
             lines.append("\nThe bundle ships no single-stage baseline: only the two-stage pipeline is measured.")
         lines.append(f"\nFull evaluation (curves, FROC, Grad-CAM grid): {quality['report_dir']}/metrics.md")

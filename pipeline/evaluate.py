@@ -20,7 +20,7 @@ import numpy as np  # noqa: E402
 from mammo import metrics  # noqa: E402
 from mammo.atomic import atomic_path, atomic_write_text  # noqa: E402
 from mammo.errors import MammoError  # noqa: E402
-from mammo.froc import FP_RATES, froc_curve, hit_matrix  # noqa: E402
+from mammo.froc import FP_RATES, froc_curve, hit_matrix, sensitivity_by_kind  # noqa: E402
 from pipeline.render import overlay_panel  # noqa: E402
 from pipeline.results import ImageResult, read_results  # noqa: E402
 
@@ -61,8 +61,9 @@ def match(results: list[ImageResult], records) -> Matched:
 
 def lesion_level(m: Matched, hit_iou: float):
     """One row per true boxed lesion (score: the highest malignancy among predictions that hit it, 0 when the
-    detector missed it) plus one per prediction that hits no lesion (label 0). Returns y, p, patient groups."""
-    y, p, groups = [], [], []
+    detector missed it) plus one per prediction that hits no lesion (label 0). Returns y, p, patient groups and
+    each row's image threshold."""
+    y, p, groups, thresholds = [], [], [], []
     for res, rec in zip(m.results, m.records):
         true = np.array([l.box for l in rec.boxed_lesions], dtype=np.float64).reshape(-1, 4)
         pred = np.array([l.box for l in res.lesions], dtype=np.float64).reshape(-1, 4)
@@ -72,30 +73,36 @@ def lesion_level(m: Matched, hit_iou: float):
             y.append(int(lesion.malignant))
             p.append(float(mal[hits[:, j]].max()) if hits[:, j].any() else 0.0)
             groups.append(rec.patient_id)
+            thresholds.append(res.threshold)
         for i in np.flatnonzero(~hits.any(axis=1)):
             y.append(0)
             p.append(float(mal[i]))
             groups.append(rec.patient_id)
-    return np.array(y, int), np.array(p, float), np.array(groups)
+            thresholds.append(res.threshold)
+    return np.array(y, int), np.array(p, float), np.array(groups), np.array(thresholds, float)
 
 
-def metric_table(y, p, groups, threshold: float, beta: float, n_boot: int, seed: int) -> dict:
-    """Each metric with its patient-bootstrap 95 % CI: {name: {value, low, high}}."""
+def metric_table(y, p, groups, threshold, beta: float, n_boot: int, seed: int) -> dict:
+    """Each metric with its patient-bootstrap 95 % CI: {name: {value, low, high}}. `threshold` is one number,
+    or one per row (cross-validation: each fold's own), in which case the calls p >= threshold are fixed first
+    and the threshold metrics resample those calls."""
+    per_row = np.ndim(threshold) > 0
+    calls, t = ((p >= np.asarray(threshold, float)).astype(float), 0.5) if per_row else (p, threshold)
     fns = {
-        "auroc": metrics.auroc,
-        "aupr": metrics.aupr,
-        f"f{beta:g}": lambda y_, p_: metrics.fbeta(y_, p_, threshold, beta),
-        "sensitivity": lambda y_, p_: metrics.sensitivity_specificity(y_, p_, threshold)[0],
-        "specificity": lambda y_, p_: metrics.sensitivity_specificity(y_, p_, threshold)[1],
+        "auroc": (metrics.auroc, p),
+        "aupr": (metrics.aupr, p),
+        f"f{beta:g}": (lambda y_, p_: metrics.fbeta(y_, p_, t, beta), calls),
+        "sensitivity": (lambda y_, p_: metrics.sensitivity_specificity(y_, p_, t)[0], calls),
+        "specificity": (lambda y_, p_: metrics.sensitivity_specificity(y_, p_, t)[1], calls),
     }
     out = {}
-    for name, fn in fns.items():
-        value, low, high = metrics.bootstrap_ci(fn, y, p, groups, n=n_boot, seed=seed)
+    for name, (fn, values) in fns.items():
+        value, low, high = metrics.bootstrap_ci(fn, y, values, groups, n=n_boot, seed=seed)
         out[name] = {"value": value, "low": low, "high": high}
     out["n"] = int(len(y))
     out["n_positive"] = int(np.sum(y))
-    out["threshold"] = float(threshold)
-    out["confusion"] = metrics.confusion(y, p, threshold) if len(y) else {}
+    out["threshold"] = "per image" if per_row else float(threshold)
+    out["confusion"] = metrics.confusion(y, calls, t) if len(y) else {}
     return out
 
 
@@ -149,8 +156,12 @@ def plot_curves(sets: dict, out_dir: Path, n_boot: int, seed: int) -> list[str]:
     return written
 
 
+def _threshold_text(threshold) -> str:
+    return f"{float(threshold):.3f}" if np.ndim(threshold) == 0 else "each image's own threshold"
+
+
 def plot_confusion_and_distribution(y, p, threshold: float, out_dir: Path, title: str) -> list[str]:
-    c = metrics.confusion(y, p, threshold)
+    c = metrics.confusion(y, p, threshold)  # elementwise when each image has its own threshold
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     grid = np.array([[c["tn"], c["fp"]], [c["fn"], c["tp"]]])
     axes[0].imshow(grid, cmap="Blues")
@@ -158,11 +169,12 @@ def plot_confusion_and_distribution(y, p, threshold: float, out_dir: Path, title
         axes[0].text(j, i, str(v), ha="center", va="center", fontsize=14)
     axes[0].set(xticks=[0, 1], yticks=[0, 1], xticklabels=["not malignant", "malignant"],
                 yticklabels=["not malignant", "malignant"], xlabel="predicted", ylabel="true",
-                title=f"{title}: confusion at {threshold:.2f}")
+                title=f"{title}: confusion at {_threshold_text(threshold)}")
     bins = np.linspace(0, 1, 21)
     axes[1].hist(p[y == 0], bins=bins, alpha=0.6, label=f"not malignant (n={int((y == 0).sum())})")
     axes[1].hist(p[y == 1], bins=bins, alpha=0.6, label=f"malignant (n={int((y == 1).sum())})")
-    axes[1].axvline(threshold, color="k", ls="--", label="threshold")
+    for i, t in enumerate(np.unique(threshold)):
+        axes[1].axvline(t, color="k", ls="--", label="threshold" if i == 0 else None)
     axes[1].set(xlabel="predicted malignancy", ylabel="images", title="score distribution by class")
     axes[1].legend(fontsize=8)
     path = out_dir / "confusion_distribution.png"
@@ -175,19 +187,21 @@ def plot_confusion_and_distribution(y, p, threshold: float, out_dir: Path, title
 def gradcam_grid(m: Matched, predictions_dir: Path, threshold: float, out_dir: Path, per_group: int = 4) -> str:
     """Overlay panels of a few true/false positives/negatives (most confident first), one row per group."""
     groups = {"true positive": [], "false positive": [], "false negative": [], "true negative": []}
-    for res, rec in zip(m.results, m.records):
-        call, truth = res.score >= threshold, rec.label == 1
+    for i, (res, rec) in enumerate(zip(m.results, m.records)):
+        t = threshold if np.ndim(threshold) == 0 else threshold[i]
+        call, truth = res.score >= t, rec.label == 1
         key = {(True, True): "true positive", (True, False): "false positive",
                (False, True): "false negative", (False, False): "true negative"}[(call, truth)]
-        groups[key].append(res)
+        groups[key].append((abs(res.score - t), i))
     fig, axes = plt.subplots(4, per_group, figsize=(4 * per_group, 13), squeeze=False)
     for row, (name, items) in enumerate(groups.items()):
-        items = sorted(items, key=lambda r: -abs(r.score - threshold))[:per_group]
+        items = [m.results[i] for _, i in sorted(items, key=lambda x: -x[0])[:per_group]]
         for col in range(per_group):
             ax = axes[row, col]
             ax.axis("off")
             if col == 0 and not items:  # say so, rather than leave a blank row that reads like a rendering bug
-                ax.text(0.0, 0.5, f"no {name} at threshold {threshold:.3f}", fontsize=11, transform=ax.transAxes)
+                ax.text(0.0, 0.5, f"no {name} at {_threshold_text(threshold)}", fontsize=11,
+                        transform=ax.transAxes)
             if col < len(items):
                 img = cv2.imread(str(predictions_dir / items[col].overlay)) if items[col].overlay else None
                 if img is not None:
@@ -220,27 +234,45 @@ def metrics_table(report: dict) -> list[str]:
     return lines
 
 
+def kind_table(by_kind: dict) -> list[str]:
+    """Markdown rows: per lesion kind, lesions hit by any kept box and sensitivity at the overall FROC points."""
+    if not by_kind:
+        return []
+    lines = ["Per lesion kind (sensitivity at the operating point of the whole FROC with that many FP per image):",
+             "", "| kind | lesions | hit by a kept box | " + " | ".join(f"{r:g} FP" for r in FP_RATES) + " |",
+             "| --- | --- | --- | " + " | ".join("---" for _ in FP_RATES) + " |"]
+    for kind, k in by_kind.items():
+        lines.append(f"| {kind} | {k['n']} | {k['hit_any_box']} | "
+                     + " | ".join(f"{k['sensitivity'][str(float(r))]:.2f}" for r in FP_RATES) + " |")
+    return lines
+
+
 def markdown_report(report: dict) -> str:
     lines = ["# Evaluation", "", f"Predictions: {report['n_images']} images matched to annotations "
              f"({len(report['unmatched_predictions'])} predictions without annotation, "
              f"{len(report['unpredicted_images'])} annotated images without prediction). "
-             f"Threshold {report['threshold']:.3f} ({report['threshold_source']}). 95 % CIs from "
+             f"Threshold {_threshold_text(report['threshold']) if report['threshold'] != 'per image' else 'per image'}"
+             f" ({report['threshold_source']}). 95 % CIs from "
              f"{report['bootstrap']} patient-level bootstrap resamples.", "", *metrics_table(report)]
     froc = report.get("froc")
     if froc:
         lines += ["", "## FROC (detection)", "", "| FP / image | " + " | ".join(f"{r:g}" for r in FP_RATES) + " |",
                   "| --- | " + " | ".join("---" for _ in FP_RATES) + " |",
                   "| sensitivity | " + " | ".join(f"{froc['sensitivity'][str(float(r))]:.3f}" for r in FP_RATES)
-                  + " |", "", f"{froc['n_lesions']} lesions with boxes on {froc['n_images']} images."]
+                  + " |", "", f"{froc['n_lesions']} lesions with boxes on {froc['n_images']} images.", "",
+                  *kind_table(froc.get("by_kind", {}))]
     lines += ["", "Figures: " + ", ".join(f"[{f}]({f})" for f in report["figures"])]
     return "\n".join(lines) + "\n"
 
 
 def evaluate(predictions_dir, records, out_dir, *, threshold: float | None = None, beta: float = 2.0,
-             hit_iou: float = 0.1, n_boot: int = 1000, seed: int = 0, baselines: dict | None = None) -> dict:
+             hit_iou: float = 0.1, n_boot: int = 1000, seed: int = 0, baselines: dict | None = None,
+             threshold_source: str | None = None) -> dict:
     """`records`: the annotated images to evaluate on (e.g. the validation split). `baselines`: optional
     {name: {record image_id: score, BASELINE_THRESHOLD: its threshold}} of other systems scored on the same
-    images (image level only)."""
+    images (image level only).
+    Without `threshold`, each image is judged at its own JSON's threshold (one shipped threshold for `infer`
+    outputs; each fold's own for cross-validation's OOF predictions)."""
     predictions_dir, out_dir = Path(predictions_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     results = read_results(predictions_dir)
@@ -249,23 +281,33 @@ def evaluate(predictions_dir, records, out_dir, *, threshold: float | None = Non
     m = match(results, records)
     if not m.results:
         raise MammoError(f"{predictions_dir}: none of the {len(results)} predictions matches an annotated image")
-    source = "given" if threshold is not None else "shipped with the models (chosen on validation)"
-    threshold = float(threshold if threshold is not None else m.results[0].threshold)
+    source = threshold_source or ("given" if threshold is not None else
+                                  "shipped with the models (chosen on validation)")
+    own = np.array([r.threshold for r in m.results], float)
+    if threshold is not None:
+        threshold = float(threshold)
+    elif np.all(own == own[0]):
+        threshold = float(own[0])
+    else:  # per image: the calls are fixed by each image's own threshold
+        threshold = own
 
     y_img = np.array([r.label for r in m.records], int)
     p_img = np.array([r.score for r in m.results], float)
     g_img = np.array([r.patient_id for r in m.records])
-    y_les, p_les, g_les = lesion_level(m, hit_iou)
-    report = {"n_images": len(m.results), "threshold": threshold, "threshold_source": source, "beta": beta,
+    y_les, p_les, g_les, t_les = lesion_level(m, hit_iou)
+    report = {"n_images": len(m.results), "threshold": threshold if np.ndim(threshold) == 0 else "per image",
+              "threshold_source": source, "beta": beta,
               "bootstrap": n_boot, "unmatched_predictions": m.unmatched_predictions,
               "unpredicted_images": m.unpredicted_images,
               "image": {"two-stage": metric_table(y_img, p_img, g_img, threshold, beta, n_boot, seed)},
-              "lesion": {"two-stage": metric_table(y_les, p_les, g_les, threshold, beta, n_boot, seed)}}
+              "lesion": {"two-stage": metric_table(y_les, p_les, g_les, threshold if np.ndim(threshold) == 0
+                                                   else t_les, beta, n_boot, seed)}}
     curve_sets = {"two-stage (image)": (y_img, p_img, g_img), "two-stage (lesion)": (y_les, p_les, g_les)}
     for name, scores in (baselines or {}).items():
         b = np.array([scores.get(r.image_id, np.nan) for r in m.records], float)
         keep = np.isfinite(b)
         b_threshold = scores.get(BASELINE_THRESHOLD, threshold)
+        b_threshold = b_threshold[keep] if np.ndim(b_threshold) else b_threshold
         report["image"][name] = metric_table(y_img[keep], b[keep], g_img[keep], b_threshold, beta, n_boot, seed)
         curve_sets[f"{name} (image)"] = (y_img[keep], b[keep], g_img[keep])
 
@@ -274,7 +316,9 @@ def evaluate(predictions_dir, records, out_dir, *, threshold: float | None = Non
               np.array([l.detector_score for l in r.lesions], float)) for r in m.results]
     curve = froc_curve(preds, truths, hit_iou)
     report["froc"] = {"sensitivity": {str(float(k)): v for k, v in curve.table().items()},
-                      "n_lesions": curve.n_lesions, "n_images": curve.n_images}
+                      "n_lesions": curve.n_lesions, "n_images": curve.n_images,
+                      "by_kind": sensitivity_by_kind(preds, truths, [[l.kind for l in r.boxed_lesions]
+                                                                     for r in m.records], hit_iou)}
     figures = plot_curves(curve_sets, out_dir, n_boot, seed)
     figures += plot_confusion_and_distribution(y_img, p_img, threshold, out_dir, "image level")
     figures.append(_plot_froc(curve, out_dir))

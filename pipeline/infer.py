@@ -98,7 +98,7 @@ def infer_image(mammogram, image_id: str, source, models, cfg: Config, threshold
                 timer: StepTimer) -> ImageResult:
     """One read image through both stages, its score and decision, and its files written."""
     lesions, canvas = analyse_image(mammogram, models, cfg, timer)
-    score = aggregate_scores([l.malignancy for l in lesions], cfg.pipeline.aggregate)
+    score = aggregate_scores(lesions, cfg.pipeline.aggregate, models.stacker)
     h, w = mammogram.shape
     salt = resolve_salt(cfg.pipeline.id_salt)
     result = ImageResult(image_id=image_id, source=written_source(source, cfg.pipeline.source_paths, salt),

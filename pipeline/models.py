@@ -188,11 +188,12 @@ class PipelineModels:
     """
 
     def __init__(self, detector, classifier, threshold: float, description: str = "", fingerprint: str = "",
-                 calibrated: bool | None = None):
+                 calibrated: bool | None = None, stacker: dict | None = None):
         self.detector, self._classifier = detector, classifier
         self.threshold, self.description = float(threshold), description
         self.fingerprint = fingerprint
         self._calibrated = calibrated
+        self.stacker = stacker  # coefficients of pipeline.aggregate=stacker (plain JSON numbers), if shipped
 
     @property
     def classifier(self):
@@ -218,7 +219,8 @@ class PipelineModels:
             classifier = classifier.result()
         info = bundle.classifier / "calibration.json"
         calibrated = bool(json.loads(info.read_text()).get("calibrated")) if info.is_file() else None
-        return cls(detector, classifier, bundle.threshold, bundle.description, bundle_fingerprint(bundle), calibrated)
+        return cls(detector, classifier, bundle.threshold, bundle.description, bundle_fingerprint(bundle), calibrated,
+                   bundle.info.get("stacker"))
 
     def close(self) -> None:
         if isinstance(self._classifier, Background):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -43,20 +44,62 @@ class ImageResult:
     source_key: str = ""  # salted hash of the resolved input path: how a rerun recognises a done image
 
 
-def aggregate_scores(malignancies, how: str = "max") -> float:
-    """Image malignancy from its lesions: 'max' (the most suspicious lesion) or 'noisy_or'
-    (1 - prod(1 - p): several moderately suspicious lesions add up). No lesion -> 0."""
-    values = [float(p) for p in malignancies]
-    if not values:
+# The image-score rules `pipeline.aggregate` may name are mammo.config.AGGREGATES (the config's Literal reads
+# them there). d = a box's detector_score (P(lesion)), m = its malignancy (P(malignant | lesion)); the chain is
+# P(malignant lesion) = d * m.
+STACKER_FEATURES = ("top_detector", "top_malignancy", "top_product", "n_boxes")
+
+
+def image_features(lesions) -> list[float]:
+    """The stacker's inputs, in STACKER_FEATURES order. No box: all zero (the stacker then says its intercept)."""
+    if not lesions:
+        return [0.0, 0.0, 0.0, 0.0]
+    d = [float(l.detector_score) for l in lesions]
+    m = [float(l.malignancy) for l in lesions]
+    return [max(d), max(m), max(a * b for a, b in zip(d, m)), float(len(lesions))]
+
+
+def stacker_score(features, stacker: dict) -> float:
+    """A logistic regression over standardised features, stored as plain JSON numbers (never a pickle):
+    {"features": [...], "mean": [...], "scale": [...], "coef": [...], "intercept": b}."""
+    if list(stacker.get("features", ())) != list(STACKER_FEATURES):
+        raise ValueError(f"stacker features {stacker.get('features')} differ from {list(STACKER_FEATURES)}")
+    z = float(stacker["intercept"]) + sum(float(c) * (float(x) - float(mu)) / float(sd) for x, mu, sd, c in
+                                          zip(features, stacker["mean"], stacker["scale"], stacker["coef"]))
+    return 1.0 / (1.0 + math.exp(-max(min(z, 50.0), -50.0)))
+
+
+def aggregate_scores(lesions, how: str = "max", stacker: dict | None = None) -> float:
+    """Image malignancy from its kept boxes (objects with `detector_score` and `malignancy`):
+
+    - 'max': the most suspicious box's malignancy (ignores how sure the detector was);
+    - 'max_product': max of d * m, the most probable malignant lesion;
+    - 'noisy_or': 1 - prod(1 - m), several moderately suspicious boxes add up;
+    - 'noisy_or_product': 1 - prod(1 - d * m), the same with each box weighed by P(lesion);
+    - 'stacker': a logistic regression over `image_features`, fitted on out-of-fold predictions
+      (pipeline.operating_point); its coefficients come with the models.
+
+    No kept box: 0 for the first four (nothing was found: the lowest score there is) and, for the stacker,
+    sigmoid(intercept - sum(coef * mean / scale)), the malignancy rate it learned for images without a box, so
+    those images sit at a calibrated low probability instead of a tie at 0."""
+    if how not in AGGREGATES:
+        raise ValueError(f"pipeline.aggregate must be one of {AGGREGATES}, got {how!r}")
+    if how == "stacker":
+        if not stacker:
+            raise ValueError("pipeline.aggregate=stacker needs the stacker's coefficients (the bundle's "
+                             "pipeline.json 'stacker', written by `pipeline bundle --operating-point`)")
+        return stacker_score(image_features(lesions), stacker)
+    if not lesions:
         return 0.0
-    if how == "max":
+    values = [float(l.malignancy) for l in lesions]
+    if how.endswith("_product"):
+        values = [float(l.detector_score) * v for l, v in zip(lesions, values)]
+    if how.startswith("max"):
         return max(values)
-    if how == "noisy_or":
-        prod = 1.0
-        for p in values:
-            prod *= 1.0 - p
-        return 1.0 - prod
-    raise ValueError(f"pipeline.aggregate must be one of {AGGREGATES}, got {how!r}")
+    prod = 1.0
+    for p in values:
+        prod *= 1.0 - p
+    return 1.0 - prod
 
 
 def decide(score: float, threshold: float) -> str:

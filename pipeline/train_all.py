@@ -39,12 +39,12 @@ def image_scores(models: PipelineModels, records, cfg: Config, progress: bool = 
     timer, scores = StepTimer(), []
     for rec in tqdm(records, desc="score images", unit="img", disable=not progress):
         lesions, _ = analyse_image(read_mammogram(rec.path), models, cfg, timer)
-        scores.append(aggregate_scores([l.malignancy for l in lesions], cfg.pipeline.aggregate))
+        scores.append(aggregate_scores(lesions, cfg.pipeline.aggregate, models.stacker))
     return np.asarray(scores, dtype=np.float64)
 
 
 def train_all(cfg: Config, out_dir, work_dir, *, description: str, progress: bool = True,
-              baseline: bool = True) -> dict:
+              baseline: bool = True, operating_point: dict | None = None) -> dict:
     from classifier.train import train as train_classifier
     from detector.dataset import export_from_config
     from detector.train import train as train_detector
@@ -71,19 +71,25 @@ def train_all(cfg: Config, out_dir, work_dir, *, description: str, progress: boo
     print(f"== {steps}/{steps} operating threshold on the validation images")
     summary = make_bundle(cfg_split, work_dir / "detector" / "weights" / "best.pt", work_dir / "classifier",
                           out_dir, description=description, progress=progress, extra=extra,
-                          baseline_dir=work_dir / "baseline" if baseline else None)
+                          baseline_dir=work_dir / "baseline" if baseline else None,
+                          operating_point=operating_point)
     summary["train_seconds"] = round(time.time() - started, 1)
     return summary
 
 
 def make_bundle(cfg: Config, detector_weights, classifier_dir, out_dir, *, description: str, progress: bool = True,
-                extra: dict | None = None, baseline_dir=None) -> dict:
+                extra: dict | None = None, baseline_dir=None, operating_point: dict | None = None) -> dict:
     """Package trained models: choose the image-level threshold on the validation split (max F-beta of the
     pipeline's own image scores among thresholds keeping validation specificity >= pipeline.min_specificity),
-    then write the bundle with its manifest."""
+    then write the bundle with its manifest. With `operating_point` (from `pipeline cross-validate`), conf,
+    boxes kept, image-score rule (and stacker) and threshold come from the k-fold OOF predictions instead, and
+    pipeline.json records so, with k and the OOF figures."""
     from classifier.inference import MalignancyClassifier
     from detector.model import LesionDetector
 
+    if operating_point is not None:
+        return _bundle_with_operating_point(cfg, detector_weights, classifier_dir, out_dir, description, extra,
+                                            baseline_dir, operating_point)
     _, splits = load_split_dataset(cfg.data)
     if "val" not in splits or not splits["val"]:
         raise MammoError("the config's dataset has no validation split to choose the operating threshold on")
@@ -102,6 +108,21 @@ def make_bundle(cfg: Config, detector_weights, classifier_dir, out_dir, *, descr
                  baseline_dir=baseline_dir, val_metrics=val_metrics, trained_on=cfg.data.format,
                  split={"fractions": dict(cfg.data.split_fractions), "seed": cfg.data.seed,
                         "min_specificity": cfg.pipeline.min_specificity})
+    return summary
+
+
+def _bundle_with_operating_point(cfg, detector_weights, classifier_dir, out_dir, description, extra, baseline_dir,
+                                 op: dict) -> dict:
+    from pipeline.operating_point import bundle_info, with_operating_point
+
+    cfg = with_operating_point(cfg, op)
+    info = bundle_info(op)
+    summary = {**(extra or {}), "threshold": info["threshold"], "operating_point": info["operating_point"],
+               "image_level_val": info["operating_point"]["figures"]["cross_fitted"]}
+    atomic_write_text(Path(out_dir) / "training_summary.json", json.dumps(summary, indent=2, default=float))
+    write_bundle(out_dir, detector_weights, classifier_dir, info["threshold"], bundled_overrides(cfg), description,
+                 baseline_dir=baseline_dir, trained_on=cfg.data.format, stacker=info["stacker"],
+                 operating_point=info["operating_point"])
     return summary
 
 

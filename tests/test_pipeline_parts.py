@@ -56,9 +56,10 @@ def test_image_ids_hide_identifiers_and_stay_unique(tmp_path):
 
 
 def test_aggregate_and_decision():
+    boxes = [LesionResult([0, 0, 1, 1], 1.0, 0.2), LesionResult([0, 0, 1, 1], 1.0, 0.5)]
     assert aggregate_scores([], "max") == 0.0
-    assert aggregate_scores([0.2, 0.5], "max") == 0.5
-    assert aggregate_scores([0.2, 0.5], "noisy_or") == pytest.approx(1 - 0.8 * 0.5)
+    assert aggregate_scores(boxes, "max") == 0.5
+    assert aggregate_scores(boxes, "noisy_or") == pytest.approx(1 - 0.8 * 0.5)
     assert decide(0.5, 0.5) == "malignant" and decide(0.49, 0.5) == "not malignant"
 
 
@@ -146,7 +147,7 @@ def _records_and_results(tmp_path, rng, n=30):
 def test_lesion_level_rows_hand_case(tmp_path):
     records, results = _records_and_results(tmp_path, np.random.default_rng(0), n=6)
     m = match(results, records)
-    y, p, groups = lesion_level(m, 0.1)
+    y, p, groups, _ = lesion_level(m, 0.1)
     # images 0, 2, 4 have a lesion; 2 is found (i % 4 != 0), 0 and 4 missed -> score 0;
     # images 0 and 5 have a false positive (i % 5 == 0); only image 0's lesion is malignant (i % 3 == 0).
     # rows: lesion of im000, FP of im000, lesion of im002, lesion of im004, FP of im005

@@ -1,0 +1,281 @@
+"""Operating settings chosen on out-of-fold (OOF) predictions: detector conf and boxes kept, the image-score rule
+(with the stacker's coefficients), and the threshold (max F-beta under a specificity floor).
+
+`choose_operating_point` does two things with the OOF predictions of a k-fold cross-validation:
+- it chooses the settings on ALL of them: these ship with models trained on all development images;
+- it measures what that choice is worth on new patients by cross-fitting: for each fold k, the same chooser sees
+  only the other folds, and its settings score fold k. Those pooled figures are the honest OOF figures; the
+  figures of the all-OOF choice on the same OOF are optimistic and labelled so.
+
+A setting chosen for fold k must never read fold k's labels. The chooser gets a subset without fold k, and
+labels are only handed out by `OofSet.labels()`, which refuses (LabelLeak) while that fold is sealed: a chooser
+that kept a reference to the full set is caught, not trusted.
+"""
+from __future__ import annotations
+
+import contextvars
+import itertools
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from mammo import metrics
+from mammo.errors import MammoError
+from mammo.config import AGGREGATES
+from pipeline.results import STACKER_FEATURES, aggregate_scores, image_features
+
+CONFS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5)  # candidate detector.conf (only those >= the predictions' own conf)
+MAX_DETS = (1, 2, 3, 5, 10, 20)  # candidate detector.max_det (only those <= the predictions' own max_det)
+
+_SEALED: contextvars.ContextVar[frozenset] = contextvars.ContextVar("sealed_folds", default=frozenset())
+
+
+class LabelLeak(MammoError):
+    """A setting being chosen for a fold read that fold's labels."""
+
+
+@contextmanager
+def sealed(*folds: int):
+    """While inside, labels of these folds cannot be read."""
+    token = _SEALED.set(_SEALED.get() | frozenset(folds))
+    try:
+        yield
+    finally:
+        _SEALED.reset(token)
+
+
+@dataclass(frozen=True)
+class OofImage:
+    image_id: str
+    patient_id: str  # for patient-level bootstrap only; never exported
+    fold: int
+    label: int
+    lesions: tuple  # LesionResult-like (detector_score, malignancy, box), as predicted (low conf, many boxes)
+
+
+@dataclass
+class OofSet:
+    """OOF predictions of one cross-validation; `conf` and `max_det` are what the fold predictions were made
+    with (boxes can be re-filtered to a higher conf and fewer boxes, never the other way)."""
+
+    images: list[OofImage]
+    k: int
+    conf: float
+    max_det: int
+
+    @property
+    def folds(self) -> list[int]:
+        return sorted({im.fold for im in self.images})
+
+    def subset(self, keep) -> "OofSet":
+        return OofSet([im for im in self.images if keep(im.fold)], self.k, self.conf, self.max_det)
+
+    def without(self, fold: int) -> "OofSet":
+        return self.subset(lambda f: f != fold)
+
+    def only(self, fold: int) -> "OofSet":
+        return self.subset(lambda f: f == fold)
+
+    def labels(self) -> np.ndarray:
+        leaked = _SEALED.get() & {im.fold for im in self.images}
+        if leaked:
+            raise LabelLeak(f"labels of fold(s) {sorted(leaked)} read while settings for them are being chosen: "
+                            f"a setting chosen for a fold must not see that fold's labels")
+        return np.array([im.label for im in self.images], dtype=int)
+
+    def kept(self, conf: float, max_det: int) -> list[list]:
+        """Each image's boxes re-filtered as the detector would keep them at (conf, max_det)."""
+        return [sorted((l for l in im.lesions if l.detector_score >= conf),
+                       key=lambda l: -l.detector_score)[:max_det] for im in self.images]
+
+
+# --- the stacker: a small logistic regression, plain numbers in and out -----------------------------------
+def fit_stacker(features, y, l2: float = 1.0, iterations: int = 50) -> dict:
+    """L2-penalised logistic regression by Newton steps on standardised features (intercept not penalised).
+    Returns the JSON-able coefficients `pipeline.results.stacker_score` reads."""
+    x = np.asarray(features, dtype=np.float64).reshape(-1, len(STACKER_FEATURES))
+    y = np.asarray(y, dtype=np.float64)
+    mean = x.mean(axis=0)
+    scale = x.std(axis=0)
+    scale[scale < 1e-9] = 1.0  # a constant feature: coefficient stays ~0 under the penalty
+    z = np.c_[np.ones(len(x)), (x - mean) / scale]
+    w = np.zeros(z.shape[1])
+    penalty = np.diag([0.0] + [l2] * (z.shape[1] - 1))
+    for _ in range(iterations):
+        p = 1.0 / (1.0 + np.exp(-np.clip(z @ w, -50, 50)))
+        grad = z.T @ (p - y) + penalty @ w
+        hess = z.T @ (z * (p * (1 - p))[:, None]) + penalty + 1e-9 * np.eye(len(w))
+        step = np.linalg.solve(hess, grad)
+        w -= step
+        if np.abs(step).max() < 1e-10:
+            break
+    return {"features": list(STACKER_FEATURES), "mean": mean.tolist(), "scale": scale.tolist(),
+            "coef": w[1:].tolist(), "intercept": float(w[0]), "l2": l2}
+
+
+def _scores(kept, rule: str, stacker: dict | None) -> np.ndarray:
+    return np.array([aggregate_scores(lesions, rule, stacker) for lesions in kept], dtype=np.float64)
+
+
+@dataclass
+class Settings:
+    conf: float
+    max_det: int
+    aggregate: str
+    threshold: float
+    stacker: dict | None = None
+    selection: dict = field(default_factory=dict)  # the chosen candidate's figures on the data it was chosen on
+
+    def scores(self, oof: OofSet) -> np.ndarray:
+        """Image scores of `oof` under these settings (reads no label)."""
+        return _scores(oof.kept(self.conf, self.max_det), self.aggregate, self.stacker)
+
+    def to_dict(self) -> dict:
+        return {"detector.conf": self.conf, "detector.max_det": self.max_det, "pipeline.aggregate": self.aggregate,
+                "threshold": self.threshold, "stacker": self.stacker, "selection": self.selection}
+
+
+def candidate_grid(oof: OofSet, confs=CONFS, max_dets=MAX_DETS, rules=AGGREGATES):
+    confs = sorted({c for c in confs if c >= oof.conf - 1e-12} | {oof.conf})
+    max_dets = sorted({m for m in max_dets if m <= oof.max_det} | {oof.max_det})
+    return list(itertools.product(confs, max_dets, rules))
+
+
+def _stacker_scores(train: OofSet, kept, y) -> tuple[np.ndarray, dict]:
+    """The stacker judged fairly beside the fixed rules: its scores on each fold come from a fit on the
+    other folds of `train` (inner cross-fitting); returns those scores and the fit on all of `train`."""
+    x = np.array([image_features(lesions) for lesions in kept])
+    folds = np.array([im.fold for im in train.images])
+    inner = np.full(len(y), np.nan)
+    for f in np.unique(folds):
+        rest = folds != f
+        if len(np.unique(y[rest])) < 2:
+            continue
+        inner[~rest] = _scores([kept[i] for i in np.flatnonzero(~rest)], "stacker", fit_stacker(x[rest], y[rest]))
+    if np.isnan(inner).any() or len(np.unique(y)) < 2:  # one fold only, or one class: no fair estimate
+        return np.full(len(y), np.nan), None
+    return inner, fit_stacker(x, y)
+
+
+def choose_settings(train: OofSet, *, beta: float = 2.0, min_specificity: float = 0.5, grid=None) -> Settings:
+    """The candidate (conf, max_det, rule) with the best image auPR on `train` (ties: auROC, then fewer boxes,
+    higher conf), and its threshold: max F-beta among those keeping specificity >= min_specificity."""
+    y = train.labels()
+    best, best_key = None, None
+    for conf, max_det, rule in grid or candidate_grid(train):
+        kept = train.kept(conf, max_det)
+        if rule == "stacker":
+            scores, stacker = _stacker_scores(train, kept, y)
+            if stacker is None:
+                continue
+        else:
+            scores, stacker = _scores(kept, rule, None), None
+        key = (np.nan_to_num(metrics.aupr(y, scores), nan=-1), np.nan_to_num(metrics.auroc(y, scores), nan=-1),
+               -max_det, conf)
+        if best_key is None or key > best_key:
+            best_key, best = key, (conf, max_det, rule, stacker, scores)
+    conf, max_det, rule, stacker, scores = best
+    threshold, _ = metrics.best_threshold(y, scores, beta, min_specificity)
+    return Settings(conf, max_det, rule, threshold, stacker, metrics.summary(y, scores, threshold, beta))
+
+
+def choose_operating_point(oof: OofSet, *, beta: float = 2.0, min_specificity: float = 0.5, n_boot: int = 1000,
+                           seed: int = 0, chooser=None) -> dict:
+    """Settings chosen on all OOF predictions, plus their honest (cross-fitted) OOF figures; see the module doc.
+    `chooser(train: OofSet) -> Settings` defaults to `choose_settings` with beta and min_specificity."""
+    chooser = chooser or (lambda train: choose_settings(train, beta=beta, min_specificity=min_specificity))
+    if len(oof.folds) < 2:
+        raise MammoError(f"choosing settings needs OOF predictions of at least 2 folds, got folds {oof.folds}")
+    final = chooser(oof)
+    scores = np.full(len(oof.images), np.nan)
+    calls = np.zeros(len(oof.images), dtype=bool)
+    per_fold = {}
+    index = {id(im): i for i, im in enumerate(oof.images)}
+    for k in oof.folds:
+        held = oof.only(k)
+        with sealed(k):
+            chosen = chooser(oof.without(k))
+            fold_scores = chosen.scores(held)
+        rows = [index[id(im)] for im in held.images]
+        scores[rows] = fold_scores
+        calls[rows] = fold_scores >= chosen.threshold
+        per_fold[str(k)] = chosen.to_dict()
+    y = oof.labels()
+    groups = np.array([im.patient_id for im in oof.images])
+    figures = {"cross_fitted": _figures(y, scores, calls, groups, beta, n_boot, seed),
+               "chosen_on_all_oof (optimistic)": final.selection}
+    return {"source": f"{oof.k}-fold patient-level cross-validation, out-of-fold predictions", "k": oof.k,
+            "n_images": len(oof.images), "n_positive": int(y.sum()), "beta": beta,
+            "min_specificity": min_specificity,
+            "predicted_with": {"detector.conf": oof.conf, "detector.max_det": oof.max_det},
+            "settings": final.to_dict(), "figures": figures, "per_fold_settings": per_fold}
+
+
+def _figures(y, scores, calls, groups, beta, n_boot, seed) -> dict:
+    """Pooled cross-fitted figures: ranking metrics on the pooled scores, threshold metrics on each fold's own
+    decisions (its threshold came from the other folds); 95 % CIs from patient bootstrap."""
+    out = {}
+    fns = {"auroc": metrics.auroc, "aupr": metrics.aupr,
+           f"f{beta:g}": lambda y_, c_: metrics.fbeta(y_, c_, 0.5, beta),
+           "sensitivity": lambda y_, c_: metrics.sensitivity_specificity(y_, c_, 0.5)[0],
+           "specificity": lambda y_, c_: metrics.sensitivity_specificity(y_, c_, 0.5)[1]}
+    for name, fn in fns.items():
+        values = scores if name in ("auroc", "aupr") else calls.astype(float)
+        value, low, high = metrics.bootstrap_ci(fn, y, values, groups, n=n_boot, seed=seed)
+        out[name] = {"value": value, "low": low, "high": high}
+    out["confusion"] = metrics.confusion(y, calls.astype(float), 0.5)
+    return out
+
+
+# --- shipping the choice ----------------------------------------------------------------------------------
+def read_operating_point(path) -> dict:
+    """operating_point.json of a `pipeline cross-validate` run, checked (a clear error naming the file)."""
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    try:
+        op = json.loads(path.read_text())
+        s = op["settings"]
+        conf, max_det, rule = float(s["detector.conf"]), int(s["detector.max_det"]), s["pipeline.aggregate"]
+        threshold, k = float(s["threshold"]), int(op["k"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise MammoError(f"{path}: not an operating point of `pipeline cross-validate` ({type(exc).__name__}: "
+                         f"{exc})") from None
+    problems = [msg for bad, msg in ((not 0 < conf < 1, f"detector.conf {conf}"),
+                                     (not 1 <= max_det <= 100, f"detector.max_det {max_det}"),
+                                     (rule not in AGGREGATES, f"pipeline.aggregate {rule!r}"),
+                                     (rule == "stacker" and not s.get("stacker"), "stacker without coefficients"),
+                                     (not np.isfinite(threshold), f"threshold {threshold}"), (k < 2, f"k {k}")) if bad]
+    if problems:
+        raise MammoError(f"{path}: out of range: {', '.join(problems)}")
+    if rule == "stacker":
+        try:
+            aggregate_scores([], "stacker", s["stacker"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise MammoError(f"{path}: malformed stacker ({type(exc).__name__}: {exc})") from None
+    return op
+
+
+def with_operating_point(cfg, op: dict):
+    """`cfg` with the chosen detector conf, boxes kept and image-score rule."""
+    import dataclasses
+
+    s = op["settings"]
+    return dataclasses.replace(
+        cfg, detector=dataclasses.replace(cfg.detector, conf=float(s["detector.conf"]),
+                                          max_det=int(s["detector.max_det"])),
+        pipeline=dataclasses.replace(cfg.pipeline, aggregate=s["pipeline.aggregate"]))
+
+
+def bundle_info(op: dict) -> dict:
+    """What pipeline.json records: the threshold, the stacker (when it is the rule), and where it all came from."""
+    s = op["settings"]
+    return {"threshold": float(s["threshold"]),
+            "stacker": s.get("stacker") if s["pipeline.aggregate"] == "stacker" else None,
+            "operating_point": {"source": op["source"], "k": op["k"], "n_images": op["n_images"],
+                                "n_positive": op["n_positive"], "beta": op["beta"],
+                                "min_specificity": op["min_specificity"],
+                                "settings": {key: v for key, v in s.items() if key not in ("stacker", "selection")},
+                                "figures": op["figures"]}}
