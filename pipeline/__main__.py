@@ -289,7 +289,12 @@ def cmd_cross_validate(args, overrides, inputs) -> int:
                              max_det=args.predict_max_det, baseline=args.baseline)
     if summary is None:
         return 0
+    from pipeline.evaluate import kind_table
+
     print((out / "evaluation" / "metrics.md").read_text())
+    froc = summary["detector_froc_all_oof_boxes"]
+    print(f"Every OOF box as predicted (conf >= {froc['predicted_with']['detector.conf']}, before the choice):")
+    print("\n".join(kind_table(froc["by_kind"])))
     print(json.dumps({"operating_point": {k: v for k, v in summary["operating_point"].items()
                                           if k not in ("stacker", "selection")},
                       "oof_cross_fitted": summary["oof_figures"]["cross_fitted"]}, indent=1, default=float))

@@ -24,9 +24,12 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
+
 from mammo.atomic import atomic_write_text
 from mammo.config import Config, replace
 from mammo.errors import MammoError
+from mammo.froc import froc_curve, sensitivity_by_kind
 from mammo.splits import split_by_patient, write_split_file
 from pipeline.evaluate import evaluate, match
 from pipeline.models import BUNDLE_FILE, PipelineModels, read_bundle
@@ -178,6 +181,20 @@ def write_oof(out, oof: OofSet, results: dict, op: dict) -> Path:
     return target
 
 
+def detector_froc(oof: OofSet, records, hit_iou: float) -> dict:
+    """FROC of every OOF box as predicted (before conf and boxes kept are chosen), overall and per lesion kind:
+    what the detectors find at all, which the kept settings then trade against false positives."""
+    by_id = {r.image_id: r for r in records}
+    truths = [np.array([l.box for l in by_id[im.image_id].boxed_lesions], float).reshape(-1, 4) for im in oof.images]
+    preds = [(np.array([l.box for l in im.lesions], float).reshape(-1, 4),
+              np.array([l.detector_score for l in im.lesions], float)) for im in oof.images]
+    kinds = [[l.kind for l in by_id[im.image_id].boxed_lesions] for im in oof.images]
+    curve = froc_curve(preds, truths, hit_iou)
+    return {"predicted_with": {"detector.conf": oof.conf, "detector.max_det": oof.max_det},
+            "sensitivity": {str(float(r)): v for r, v in curve.table().items()}, "n_lesions": curve.n_lesions,
+            "by_kind": sensitivity_by_kind(preds, truths, kinds, hit_iou)}
+
+
 def cross_validate(cfg: Config, records, out, *, k: int, only_fold: int | None = None, conf: float = 0.001,
                    max_det: int = 50, baseline: bool = False, progress: bool = True) -> dict | None:
     """Run (or resume) the folds; once all are finished, choose the operating point and evaluate.
@@ -217,6 +234,7 @@ def cross_validate(cfg: Config, records, out, *, k: int, only_fold: int | None =
                       threshold_source="each fold's own, chosen on the other folds' OOF predictions")
     summary = {"k": k, "folds": done, "fold_seconds_total": round(sum(d["seconds"] for d in done), 1),
                "operating_point": op["settings"], "oof_figures": op["figures"],
+               "detector_froc_all_oof_boxes": detector_froc(oof, records, cfg.detector.hit_iou),
                "evaluation": str(out / "evaluation" / "metrics.md")}
     atomic_write_text(out / "cv_summary.json", json.dumps(summary, indent=2, default=float))
     return summary
