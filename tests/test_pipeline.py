@@ -251,3 +251,4 @@ def test_bundle_with_a_baseline_and_the_benchmark_measures_both(tiny_bundle, tmp
     assert quality["image"]["two-stage"]["n"] == quality["image"]["single-stage baseline"]["n"] == 12
     assert report["folders"] == []  # --folder-sizes with no value: no folder runs
     assert "| image | single-stage baseline |" in (tmp_path / "bench" / "benchmark.md").read_text()
+    assert "by_kind" in quality["froc"] and "| kind | lesions |" in (tmp_path / "bench" / "benchmark.md").read_text()
