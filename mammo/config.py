@@ -148,7 +148,7 @@ class ClassifierConfig(_Checked):
 
 @dataclass(frozen=True)
 class PipelineConfig(_Checked):
-    aggregate: Literal[AGGREGATES] = "max"  # image score from lesion scores
+    aggregate: Literal[AGGREGATES] = "max"  # image score from its boxes (pipeline/results.py)
     threshold: float | None = bounded(None, 0.0, 1.0)  # operating point on the image score; None = the shipped one
     heatmap_downscale: int = bounded(4, 1, 64)  # heatmap PNG at 1/n of the original size (1: full, ~0.3 s more)
     image_id: Literal["auto", "name", "hash"] = "auto"  # auto: DICOMs and identifier-like names hashed

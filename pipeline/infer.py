@@ -27,8 +27,8 @@ from pipeline.heatmap import HeatmapCanvas
 from pipeline.ids import IdAllocator, resolve_salt, source_key, written_source
 from pipeline.inputs import discover
 from pipeline.render import three_panels
-from pipeline.results import (ImageResult, LesionResult, aggregate_scores, decide, read_results, write_predictions_csv,
-                              write_result)
+from pipeline.results import (ImageResult, LesionResult, aggregate_scores, check_aggregate, decide, read_results,
+                              write_predictions_csv, write_result)
 
 FAILURES_FILE = "failures.json"  # inputs that failed, retried on the next run
 FINGERPRINT_FILE = "fingerprint.json"  # the models and settings that shaped this folder's outputs
@@ -226,6 +226,7 @@ def run_inference(inputs, out_dir, models, cfg: Config, *, overwrite: bool = Fal
     for the run: a second run on it is refused (MammoError) instead of corrupting this one."""
     out_dir = Path(out_dir)
     timer = timer or StepTimer()
+    check_aggregate(cfg.pipeline.aggregate, models.stacker)
     with folder_lock(out_dir):
         plan = plan_run(inputs, out_dir, models, cfg, overwrite)
         started = time.perf_counter()

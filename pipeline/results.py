@@ -102,6 +102,17 @@ def aggregate_scores(lesions, how: str = "max", stacker: dict | None = None) -> 
     return 1.0 - prod
 
 
+def check_aggregate(how: str, stacker: dict | None) -> None:
+    """Before a batch: an unknown rule, or the stacker without coefficients, is one clear error, not a failure
+    on every image."""
+    from mammo.errors import ConfigError
+
+    try:
+        aggregate_scores([], how, stacker)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"pipeline.aggregate={how}: {exc}") from None
+
+
 def decide(score: float, threshold: float) -> str:
     return "malignant" if score >= threshold else "not malignant"
 

@@ -258,3 +258,16 @@ def test_bundle_records_settings_from_kfold_oof_and_infer_uses_the_stacker(tmp_p
     (tmp_path / "bad.json").write_text(json.dumps(bad, default=float))
     with pytest.raises(Exception, match="max_det"):
         read_operating_point(tmp_path / "bad.json")
+
+
+def test_infer_refuses_the_stacker_without_coefficients_before_any_image(tmp_path):
+    from mammo.config import load_config
+    from mammo.errors import ConfigError
+    from pipeline.infer import run_inference
+    from pipeline.models import PipelineModels
+
+    cfg = load_config(overrides=["pipeline.aggregate=stacker"])
+    with pytest.raises(ConfigError, match="coefficients"):
+        run_inference([str(tmp_path)], tmp_path / "out", PipelineModels(None, None, 0.5), cfg, progress=False)
+    with pytest.raises(ConfigError, match="aggregate"):  # an unknown rule: refused when the config is read
+        load_config(overrides=["pipeline.aggregate=mean"])
