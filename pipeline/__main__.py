@@ -375,12 +375,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="report folder (default: runs/pipeline/benchmark/<run.name>)")
     p = add("cross-validate", cmd_cross_validate, "patient-level k-fold cross-validation: out-of-fold predictions, "
             "operating settings chosen on them, their evaluation (resumable fold by fold)")
-    p.add_argument("--folds", type=int, default=5, help="k (default: %(default)s)")
-    p.add_argument("--fold", type=int, help="run only this fold (0 .. k-1); the evaluation follows once all are done")
+    p.add_argument("--folds", type=in_range(2, 20), default=5, help="k (default: %(default)s)")
+    p.add_argument("--fold", type=in_range(0, 19),
+                   help="run only this fold (0 .. k-1); the evaluation follows once all are done")
     p.add_argument("--out", help="run folder (default: runs/pipeline/cross-validate/<run.name>)")
-    p.add_argument("--predict-conf", type=float, default=0.001,
+    p.add_argument("--predict-conf", type=in_range(1e-6, 0.99, float), default=0.001,
                    help="detector conf of the fold predictions (low: conf is chosen afterwards; default %(default)s)")
-    p.add_argument("--predict-max-det", type=int, default=50,
+    p.add_argument("--predict-max-det", type=in_range(1, 100), default=50,
                    help="boxes per image in the fold predictions (default %(default)s, at most 100)")
     p.add_argument("--baseline", action="store_true", help="also train and score the single-stage baseline per fold")
     p = add("train-baseline", cmd_train_baseline, "train the single-stage baseline (one classifier on the whole "

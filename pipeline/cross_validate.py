@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mammo.atomic import atomic_write_text
+from mammo.atomic import atomic_write_text, folder_lock
 from mammo.config import Config, replace
 from mammo.errors import MammoError
 from mammo.froc import froc_curve, sensitivity_by_kind
@@ -91,15 +91,21 @@ def prediction_config(cfg: Config, conf: float, max_det: int) -> Config:
 def run_fold(cfg: Config, records, folds, k: int, out, *, conf: float, max_det: int, baseline: bool = False,
              progress: bool = True) -> dict:
     """Train on the other folds, predict fold k; returns the fold's DONE record (read back when finished)."""
-    from pipeline.train_all import train_all
-
     d = fold_dir(out, k)
     if (d / FOLD_DONE).is_file():
         print(f"fold {k}: finished earlier ({d / FOLD_DONE}), not redone")
         return json.loads((d / FOLD_DONE).read_text())
+    with folder_lock(d):  # `--fold N` runs may share `out`; two runs of the same fold may not
+        if (d / FOLD_DONE).is_file():  # finished by another run while this one waited
+            return json.loads((d / FOLD_DONE).read_text())
+        return _run_fold(cfg, records, folds, k, d, conf, max_det, baseline, progress)
+
+
+def _run_fold(cfg, records, folds, k, d, conf, max_det, baseline, progress) -> dict:
+    from pipeline.train_all import train_all
+
     started = time.time()
     splits = fold_splits(records, folds, k, cfg)
-    d.mkdir(parents=True, exist_ok=True)
     write_split_file(d / "split.csv", splits)
     cfg_fold = replace(cfg, data=dataclasses.replace(cfg.data, split_file=str(d / "split.csv")),
                        run=dataclasses.replace(cfg.run, name=f"{cfg.run.name}-fold{k}"),
@@ -109,6 +115,7 @@ def run_fold(cfg: Config, records, folds, k: int, out, *, conf: float, max_det: 
     bundle_dir = d / "train" / "bundle"
     if not (bundle_dir / BUNDLE_FILE).is_file():  # training is all-or-nothing: a killed training starts over
         shutil.rmtree(d / "train", ignore_errors=True)
+        shutil.rmtree(d / "predictions", ignore_errors=True)  # made by models that no longer exist
         print(f"== fold {k}: training on {len(splits['train'])} + {len(splits['val'])} images (train + val), "
               f"fold {k} ({len(splits['test'])} images) held out")
         train_all(cfg_fold, bundle_dir, d / "train", description=f"cross-validation fold {k}",

@@ -89,7 +89,7 @@ def test_default_yaml_and_dataclasses_are_equal_both_ways():
 
 # The cases and the size-like settings that could take the machine down (tile_size=0 grew to 24 GB).
 @pytest.mark.parametrize("override,needle", [
-    ("pipeline.aggregate=mean", "choose one of max, noisy_or"),
+    ("pipeline.aggregate=mean", "choose one of max, max_product, noisy_or, noisy_or_product, stacker"),
     ("pipeline.threshold=nan", "finite"),
     ("pipeline.threshold=.inf", "finite"),
     ("pipeline.threshold=1.5", "allowed 0.0 to 1.0"),
@@ -192,7 +192,7 @@ def test_good_values_at_the_bounds_load():
                                  "run.device=0,1", "pipeline.aggregate=noisy_or", "pipeline.threshold=0",
                                  "classifier.channels=3", "tuning.timeout=60"])
     assert (cfg.detector.tile_size, cfg.run.device, cfg.classifier.channels) == (32, "0,1", 3)
-    assert choices("pipeline.aggregate") == ("max", "noisy_or")
+    assert choices("pipeline.aggregate") == ("max", "max_product", "noisy_or", "noisy_or_product", "stacker")
 
 
 @pytest.mark.parametrize("module,argv", [
