@@ -34,7 +34,7 @@ from mammo.splits import split_by_patient, write_split_file
 from pipeline.evaluate import evaluate, match
 from pipeline.models import BUNDLE_FILE, PipelineModels, read_bundle
 from pipeline.operating_point import OofImage, OofSet, Settings, choose_operating_point
-from pipeline.results import ImageResult, decide, read_results, write_predictions_csv, write_result
+from pipeline.results import decide, read_results, write_predictions_csv, write_result
 
 FOLD_DONE = "DONE.json"
 MAX_FOLDS = 20
@@ -176,11 +176,12 @@ def write_oof(out, oof: OofSet, results: dict, op: dict) -> Path:
         one = OofSet([im], oof.k, oof.conf, oof.max_det)
         score = float(settings.scores(one)[0])
         pred_dir = Path("..") / "folds" / f"fold{fold}" / "predictions"
-        out_res = ImageResult(res.image_id, res.source, res.width, res.height, score, settings.threshold,
-                              decide(score, settings.threshold), list(one.kept(settings.conf, settings.max_det)[0]),
-                              str(pred_dir / res.heatmap) if res.heatmap else "",
-                              str(pred_dir / res.overlay) if res.overlay else "", settings.aggregate,
-                              res.calibrated, res.heatmap_downscale)
+        out_res = dataclasses.replace(res, score=score, threshold=settings.threshold,
+                                      decision=decide(score, settings.threshold),
+                                      lesions=list(one.kept(settings.conf, settings.max_det)[0]),
+                                      heatmap=str(pred_dir / res.heatmap) if res.heatmap else "",
+                                      overlay=str(pred_dir / res.overlay) if res.overlay else "",
+                                      aggregate=settings.aggregate)
         write_result(target, out_res)
         rows.append({"image_id": res.image_id, "source": res.source, "score": f"{score:.5f}",
                      "n_lesions": len(out_res.lesions), "status": "done", "error": ""})
