@@ -132,8 +132,12 @@ class Settings:
         return _scores(oof.kept(self.conf, self.max_det), self.aggregate, self.stacker)
 
     def to_dict(self) -> dict:
+        # the image score is a calibrated probability only under the stacker (a logistic model fitted on OOF
+        # labels); the fixed rules are rank scores whose threshold carries the calibration
+        calibration = "logistic on OOF predictions (stacker)" if self.aggregate == "stacker" else "none (rank score)"
         return {"detector.conf": self.conf, "detector.max_det": self.max_det, "pipeline.aggregate": self.aggregate,
-                "threshold": self.threshold, "stacker": self.stacker, "selection": self.selection}
+                "threshold": self.threshold, "calibration": calibration, "stacker": self.stacker,
+                "selection": self.selection}
 
 
 def candidate_grid(oof: OofSet, confs=CONFS, max_dets=MAX_DETS, rules=AGGREGATES):
