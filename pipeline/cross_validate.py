@@ -31,7 +31,7 @@ from mammo.config import Config, replace
 from mammo.errors import MammoError
 from mammo.froc import froc_curve, sensitivity_by_kind
 from mammo.splits import split_by_patient, write_split_file
-from pipeline.evaluate import evaluate, match
+from pipeline.evaluate import BASELINE_THRESHOLD, evaluate, match
 from pipeline.models import BUNDLE_FILE, PipelineModels, read_bundle
 from pipeline.operating_point import OofImage, OofSet, Settings, choose_operating_point
 from pipeline.results import decide, read_results, write_predictions_csv, write_result
@@ -233,10 +233,10 @@ def cross_validate(cfg: Config, records, out, *, k: int, only_fold: int | None =
         merged, thresholds = {}, []
         for f in range(k):
             scores = json.loads((fold_dir(out, f) / "baseline_scores.json").read_text())
-            thresholds.append(scores.pop("__threshold__"))
+            thresholds.append(scores.pop(BASELINE_THRESHOLD))
             merged.update(scores)
         # each fold's baseline threshold was chosen on its own inner validation images: their mean, no OOF label
-        baselines["single-stage baseline"] = {**merged, "__threshold__": sum(thresholds) / len(thresholds)}
+        baselines["single-stage baseline"] = {**merged, BASELINE_THRESHOLD: sum(thresholds) / len(thresholds)}
     report = evaluate(oof_dir, records, out / "evaluation", beta=cfg.pipeline.fbeta, hit_iou=cfg.detector.hit_iou,
                       n_boot=cfg.pipeline.bootstrap, seed=cfg.run.seed, baselines=baselines,
                       threshold_source="each fold's own, chosen on the other folds' OOF predictions")

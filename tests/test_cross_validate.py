@@ -187,7 +187,7 @@ def test_cross_validate_two_folds_resumes_after_a_kill_with_the_same_oof(tmp_pat
     csv_path = write_synthetic_dataset(tmp_path / "data", 40, seed=0, shape=(256, 192))
     out = tmp_path / "cv"
     cmd = [sys.executable, "-m", "pipeline", "cross-validate", "--folds", "2", "--out", str(out),
-           "--predict-max-det", "20", *demo_overrides(csv_path, "tiny"), "detector.epochs=1", "classifier.epochs=2",
+           "--predict-max-det", "20", "--baseline", *demo_overrides(csv_path, "tiny"), "detector.epochs=1", "classifier.epochs=2",
            "pipeline.bootstrap=20", "run.name=cv-test"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     # 1. killed between folds: fold 0 finished, fold 1 under way
@@ -222,6 +222,7 @@ def test_cross_validate_two_folds_resumes_after_a_kill_with_the_same_oof(tmp_pat
     assert op["k"] == 2 and op["n_images"] == 40
     metrics = json.loads((out / "evaluation" / "metrics.json").read_text())
     assert metrics["n_images"] == 40 and "by_kind" in metrics["froc"]
+    assert metrics["image"]["single-stage baseline"]["n"] == 40  # its OOF scores too, side by side
     assert (out / "config.yaml").is_file()
     # 3. once more: nothing retrained, the same OOF predictions
     again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
