@@ -32,6 +32,8 @@ DEFAULT_CONFIG = CONFIG_DIR / "default.yaml"
 # Choices shared with the code that implements them (one tuple each, so adding a value is one edit here plus
 # its implementation): pipeline/results.py aggregates, classifier/model.py registers backbones, ...
 AGGREGATES = ("max", "max_product", "noisy_or", "noisy_or_product", "stacker")  # stacker: fitted by cross-validate
+IMAGE_ID_MODES = ("auto", "name", "hash")  # pipeline/ids.py says what each means
+SOURCE_PATH_MODES = ("full", "hashed", "none")
 DATA_FORMATS = ("mias", "cbis-ddsm", "inbreast", "vindr", "csv")
 BACKBONES = ("small_cnn", "mobilenet_v2", "densenet121", "resnet50", "vgg16", "efficientnet_b0")
 CALIBRATIONS = ("temperature", "platt", "isotonic", "none")
@@ -151,10 +153,10 @@ class PipelineConfig(_Checked):
     aggregate: Literal[AGGREGATES] = "max"  # image score from its boxes (pipeline/results.py)
     threshold: float | None = bounded(None, 0.0, 1.0)  # operating point on the image score; None = the shipped one
     heatmap_downscale: int = bounded(4, 1, 64)  # heatmap PNG at 1/n of the original size (1: full, ~0.3 s more)
-    image_id: Literal["auto", "name", "hash"] = "auto"  # auto: DICOMs and identifier-like names hashed
+    image_id: Literal[IMAGE_ID_MODES] = "auto"  # auto: DICOMs and identifier-like names hashed
     id_salt: str = text()  # '' = this installation's secret salt (runs/.cache/id_salt) or $MAMMO_ID_SALT
     # `source` fields and run.json argv: full | hashed | none (outputs that leave the hospital)
-    source_paths: Literal["full", "hashed", "none"] = "full"
+    source_paths: Literal[SOURCE_PATH_MODES] = "full"
     fbeta: float = bounded(2.0, 0.01, 100.0)
     min_specificity: float = bounded(0.5, 0.0, 1.0)  # the shipped threshold maximizes F-beta among those keeping this
     bootstrap: int = bounded(1000, 1, 100000)

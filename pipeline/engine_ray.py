@@ -30,7 +30,7 @@ from mammo.atomic import folder_lock
 from mammo.errors import MammoError
 from mammo.imaging import DICOM_SUFFIXES
 from mammo.runs import peak_memory_mb
-from pipeline.ids import IdAllocator, image_id_for, written_source
+from pipeline.ids import IdAllocator, image_id_for, source_key, written_source
 from pipeline.infer import StepTimer, finish_run, plan_run, process_one
 from pipeline.models import bundle_fingerprint
 
@@ -96,7 +96,7 @@ class IdGroups:
             is_dicom = Path(p).suffix.lower() in DICOM_SUFFIXES or dicom.is_dicom(p)
             if image_id_for(p, mode, salt, (), is_dicom) == image_id_for(p, "name"):
                 self.name[i] = image_id_for(p, "name")
-        self.claimed = {}  # name -> resolved path of the image that holds it
+        self.claimed = {}  # name -> source_key of the image that holds it (IdAllocator.used's values)
         self.held = {}  # name -> the later images that want it, in input order
         self.ready = deque()
         for i in todo:
@@ -224,7 +224,7 @@ def run_pool(ray, actors, plan, todo: dict, timer: StepTimer, per_worker: dict, 
     def complete(i, row):
         nonlocal remaining
         plan.rows[i] = row
-        groups.finished(i, row, str(Path(todo[i]).resolve()))
+        groups.finished(i, row, source_key(todo[i], plan.allocate.salt))
         remaining -= 1
         bar.update(1)
         if row["status"] == "failed":

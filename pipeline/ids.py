@@ -12,14 +12,14 @@ leave it. Resuming keys on `source_key`, a salted hash written in every mode.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
 import secrets
 from pathlib import Path
 
-IMAGE_ID_MODES = ("auto", "name", "hash")
-SOURCE_PATH_MODES = ("full", "hashed", "none")
+from mammo.config import IMAGE_ID_MODES, SOURCE_PATH_MODES
 
 # Long digit runs (MRNs, accession numbers, dates), DICOM UIDs, and dataset patient tokens such as P_00820.
 _IDENTIFIER = re.compile(r"\d{5,}|\d+(\.\d+){3,}|(^|[^a-z])p_?\d{3,}|patient|anon", re.IGNORECASE)
@@ -37,7 +37,12 @@ def resolve_salt(salt: str) -> str:
         return salt
     from mammo import runtime
 
-    path = runtime.CACHE_DIR / "id_salt"
+    return _installation_salt(runtime.CACHE_DIR / "id_salt")
+
+
+@functools.lru_cache(maxsize=4)
+def _installation_salt(path: Path) -> str:
+    """Made once per installation, read once per process (infer asks for it on every image)."""
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".id_salt.{os.getpid()}")
@@ -125,24 +130,23 @@ def scrub_argv(argv, paths, mode: str, salt: str) -> list[str]:
     out = [Path(argv[0]).name] if argv else []
     for word in list(argv)[1:]:
         if word in sensitive:
-            if mode == "hashed":
-                out.append("src_" + source_key(word, salt))
-            continue
-        out.append(word)
+            word = written_source(word, mode, salt)  # '' in mode 'none': dropped
+        if word:
+            out.append(word)
     return out
 
 
 class IdAllocator:
     """Hands out unique ids in a run: a second file with the same stem gets a path-hash suffix, so reruns on the
-    same inputs (discovered in the same order) get the same ids."""
+    same inputs (discovered in the same order) get the same ids. `used` maps each id to its image's source_key."""
 
     def __init__(self, mode: str, salt: str):
         self.mode, self.salt, self.used = mode, resolve_salt(salt), {}
 
     def __call__(self, path, identifiers=(), is_dicom: bool = False) -> str:
         iid = image_id_for(path, self.mode, self.salt, identifiers, is_dicom)
-        key = str(Path(path).resolve())
+        key = source_key(path, self.salt)  # what `used` holds for results of earlier runs too
         if iid in self.used and self.used[iid] != key:
-            iid = f"{iid}_{salted_hash(key, self.salt, 6)}"
+            iid = f"{iid}_{salted_hash(str(Path(path).resolve()), self.salt, 6)}"
         self.used[iid] = key
         return iid

@@ -128,11 +128,11 @@ def output_fingerprint(models, cfg: Config, threshold: float) -> dict:
 def check_fingerprint(out_dir: Path, fingerprint: dict, has_results: bool) -> None:
     path = out_dir / FINGERPRINT_FILE
     if path.is_file():
-        before = json.loads(path.read_text())
-        if before == json.loads(json.dumps(fingerprint)):
+        before, now = json.loads(path.read_text()), json.loads(json.dumps(fingerprint))  # as written to the file
+        if before == now:
             return
-        changed = [k for k in ("models",) if before.get(k) != fingerprint.get(k)]
-        old, new = before.get("settings", {}), json.loads(json.dumps(fingerprint["settings"]))
+        changed = ["models"] if before.get("models") != now["models"] else []
+        old, new = before.get("settings", {}), now["settings"]
         changed += [f"{section}.{key}" for section in new for key in new[section]
                     if old.get(section, {}).get(key) != new[section][key]]
         raise MammoError(f"{out_dir}: its outputs were made with other {', '.join(changed) or 'settings'}; "
