@@ -143,6 +143,11 @@ class IdAllocator:
     def __init__(self, mode: str, salt: str):
         self.mode, self.salt, self.used = mode, resolve_salt(salt), {}
 
+    def reserve(self, results) -> None:
+        """The ids that results already written hold (a resumed folder, a served run)."""
+        for r in results:
+            self.used[r.image_id] = r.source_key
+
     def __call__(self, path, identifiers=(), is_dicom: bool = False) -> str:
         iid = image_id_for(path, self.mode, self.salt, identifiers, is_dicom)
         key = source_key(path, self.salt)  # what `used` holds for results of earlier runs too

@@ -23,8 +23,9 @@ from mammo.atomic import atomic_write_text, folder_lock
 from mammo.errors import ImageReadError, MammoError
 from mammo.imaging import IMAGE_SUFFIXES, read_mammogram
 from pipeline.ids import IdAllocator
-from pipeline.infer import FINGERPRINT_FILE, StepTimer, check_fingerprint, infer_image, output_fingerprint
-from pipeline.results import CSV_COLUMNS, write_predictions_csv
+from pipeline.infer import (FINGERPRINT_FILE, StepTimer, check_fingerprint, done_row, infer_image,
+                            output_fingerprint)
+from pipeline.results import write_predictions_csv
 
 MAX_UPLOAD_BYTES = 200 * 1024 * 1024  # a full-field DICOM is 20-60 MB uncompressed
 STEPS = ["read", "preprocess", "detect", "crop", "classify", "gradcam", "map_back", "write"]
@@ -115,13 +116,13 @@ class Uploads:
         try:
             # the folder's lock (an `infer` on it at the same time is refused, and refuses us) and its
             # fingerprint (an image analysed with other models or settings would mix two operating points)
-            with self._lock, folder_lock(run.root):
+            # (the single worker runs one job at a time: `_lock` guards only `jobs`, so uploads go on meanwhile)
+            with folder_lock(run.root):
                 fingerprint = output_fingerprint(self.models, self.cfg, self.threshold)
                 check_fingerprint(run.root, fingerprint, bool(run.results))
                 atomic_write_text(run.root / FINGERPRINT_FILE, json.dumps(fingerprint, indent=2))
                 allocate = IdAllocator(self.cfg.pipeline.image_id, self.cfg.pipeline.id_salt)
-                for r in run.results.values():
-                    allocate.used[r.image_id] = r.source_key
+                allocate.reserve(run.results.values())
                 meta = mammogram.meta
                 image_id = allocate(path, meta.identifiers, meta.is_dicom)
                 result = infer_image(mammogram, image_id, path, self.models, self.cfg, self.threshold, run.root,
@@ -144,8 +145,8 @@ class Uploads:
 def append_prediction_row(run_root: Path, result) -> None:
     """Add (or replace) the image's row in the run's predictions.csv, keeping every other row."""
     path = run_root / "predictions.csv"
-    rows = list(csv.DictReader(open(path, newline=""))) if path.is_file() else []
-    rows = [r for r in rows if r.get("image_id") != result.image_id]
-    rows.append({"image_id": result.image_id, "source": result.source, "score": f"{result.score:.5f}",
-                 "n_lesions": len(result.lesions), "status": "done", "error": ""})
-    write_predictions_csv(run_root, [{k: r.get(k, "") for k in CSV_COLUMNS} for r in rows])
+    rows = []
+    if path.is_file():
+        with path.open(newline="") as f:
+            rows = [r for r in csv.DictReader(f) if r.get("image_id") != result.image_id]
+    write_predictions_csv(run_root, rows + [done_row(result)])  # it keeps the contract's columns only
