@@ -196,6 +196,7 @@ def cmd_export_rois(args, overrides, inputs) -> int:
 
 def cmd_serve(args, overrides, inputs) -> int:
     from pipeline.ids import resolve_salt, scrub_argv
+    from pipeline.infer import operating_threshold
     from pipeline.models import PipelineModels
     from pipeline.serve import check_address, serve
 
@@ -206,9 +207,9 @@ def cmd_serve(args, overrides, inputs) -> int:
     argv = scrub_argv(words, [*run_dirs, args.models, args.config], cfg.pipeline.source_paths,
                       resolve_salt(cfg.pipeline.id_salt))
     print(f"models: {bundle.root} ({bundle.description or 'no description'})")
-    with PipelineModels.load(bundle, cfg) as models:
-        return serve(run_dirs, models, cfg, bundle.threshold, host=args.host, port=args.port, token=token,
-                     argv=argv)
+    with PipelineModels.load(bundle, cfg) as models:  # uploads use infer's operating point: one fingerprint
+        return serve(run_dirs, models, cfg, operating_threshold(cfg, models), host=args.host, port=args.port,
+                     token=token, argv=argv)
 
 
 def _operating_point(args):
@@ -290,13 +291,14 @@ def cmd_cross_validate(args, overrides, inputs) -> int:
     if summary is None:
         return 0
     from pipeline.evaluate import kind_table
+    from pipeline.operating_point import IN_SAMPLE
 
     print((out / "evaluation" / "metrics.md").read_text())
     froc = summary["detector_froc_all_oof_boxes"]
     print(f"Every OOF box as predicted (conf >= {froc['predicted_with']['detector.conf']}, before the choice):")
     print("\n".join(kind_table(froc["by_kind"])))
     print(json.dumps({"operating_point": {k: v for k, v in summary["operating_point"].items()
-                                          if k not in ("stacker", "selection")},
+                                          if k not in ("stacker", IN_SAMPLE)},
                       "oof_cross_fitted": summary["oof_figures"]["cross_fitted"]}, indent=1, default=float))
     print(f"written: {out}/oof, {out}/operating_point.json, {out}/evaluation")
     return 0

@@ -112,6 +112,12 @@ def infer_image(mammogram, image_id: str, source, models, cfg: Config, threshold
     return result
 
 
+def operating_threshold(cfg: Config, models) -> float:
+    """The image-level operating point in force: `pipeline.threshold` when set, else the one shipped with the
+    models. Every writer of a folder (infer, the Ray driver, serve's uploads) must use the same one."""
+    return cfg.pipeline.threshold if cfg.pipeline.threshold is not None else models.threshold
+
+
 def output_fingerprint(models, cfg: Config, threshold: float) -> dict:
     """What shapes every output file: the model files (by content) and the settings read at inference. A folder
     resumes only under the same fingerprint, so one folder never mixes two operating points."""
@@ -186,10 +192,12 @@ class RunPlan:
 
 
 def plan_run(inputs, out_dir: Path, models, cfg: Config, overwrite: bool = False) -> RunPlan:
-    """Call with the folder locked. `models` needs only `threshold` and `fingerprint` (the Ray driver loads none)."""
+    """Call with the folder locked. `models` needs only `threshold`, `fingerprint` and `stacker` (the Ray driver
+    loads none). An image-score rule that cannot work is one error here, before any image, for both engines."""
+    check_aggregate(cfg.pipeline.aggregate, models.stacker)
     remove_stale_partials(out_dir)  # left by a run that was killed mid-write: the lock says none is alive
     found = discover(inputs, exclude=[out_dir])  # --out inside an input folder: never read our own outputs
-    threshold = cfg.pipeline.threshold if cfg.pipeline.threshold is not None else models.threshold
+    threshold = operating_threshold(cfg, models)
     fingerprint = output_fingerprint(models, cfg, threshold)
     previous = [] if overwrite else read_results(out_dir)
     if not overwrite:
@@ -200,8 +208,7 @@ def plan_run(inputs, out_dir: Path, models, cfg: Config, overwrite: bool = False
     salt = resolve_salt(cfg.pipeline.id_salt)
     done = {r.source_key: r for r in previous if r.source_key}
     allocate = IdAllocator(cfg.pipeline.image_id, salt)
-    for r in done.values():
-        allocate.used[r.image_id] = r.source_key
+    allocate.reserve(done.values())
     rows = [done_row(done[key]) if (key := source_key(path, salt)) in done else None for path in found.images]
     missing = [{"image_id": "", "source": written_source(path, cfg.pipeline.source_paths, salt),
                 "status": "failed", "error": "input not found"} for path in found.missing]
@@ -226,7 +233,6 @@ def run_inference(inputs, out_dir, models, cfg: Config, *, overwrite: bool = Fal
     for the run: a second run on it is refused (MammoError) instead of corrupting this one."""
     out_dir = Path(out_dir)
     timer = timer or StepTimer()
-    check_aggregate(cfg.pipeline.aggregate, models.stacker)
     with folder_lock(out_dir):
         plan = plan_run(inputs, out_dir, models, cfg, overwrite)
         started = time.perf_counter()

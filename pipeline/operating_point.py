@@ -118,6 +118,11 @@ def _scores(kept, rule: str, stacker: dict | None) -> np.ndarray:
     return np.array([aggregate_scores(lesions, rule, stacker) for lesions in kept], dtype=np.float64)
 
 
+# Where settings are written, their figures on the very images they were chosen on carry this label: they are
+# optimistic, never a measure of how the settings do on new images (the cross-fitted figures are).
+IN_SAMPLE = "figures_where_chosen (in-sample, optimistic)"
+
+
 @dataclass
 class Settings:
     conf: float
@@ -137,7 +142,7 @@ class Settings:
         calibration = "logistic on OOF predictions (stacker)" if self.aggregate == "stacker" else "none (rank score)"
         return {"detector.conf": self.conf, "detector.max_det": self.max_det, "pipeline.aggregate": self.aggregate,
                 "threshold": self.threshold, "calibration": calibration, "stacker": self.stacker,
-                "selection": self.selection}
+                IN_SAMPLE: self.selection}
 
 
 def candidate_grid(oof: OofSet, confs=CONFS, max_dets=MAX_DETS, rules=AGGREGATES):
@@ -281,5 +286,5 @@ def bundle_info(op: dict) -> dict:
             "operating_point": {"source": op["source"], "k": op["k"], "n_images": op["n_images"],
                                 "n_positive": op["n_positive"], "beta": op["beta"],
                                 "min_specificity": op["min_specificity"],
-                                "settings": {key: v for key, v in s.items() if key not in ("stacker", "selection")},
+                                "settings": {key: v for key, v in s.items() if key not in ("stacker", IN_SAMPLE)},
                                 "figures": op["figures"]}}
