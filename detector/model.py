@@ -18,6 +18,7 @@ from __future__ import annotations
 import gc
 import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -34,6 +35,15 @@ from detector.merge import merge_boxes, suppress_nested
 MODES = ("letterbox", "tiled")
 CANDIDATES = 3  # boxes asked of the network per kept box: nested near-duplicates are merged before the cut
 MAX_BATCH = 8  # tiles per forward pass
+# The network is asked down to this score, so that an image with no box >= detector.conf still has its strongest
+# candidate (`Detections.below_conf`) to be scored by. Greedy NMS never lets a weaker box suppress a stronger
+# one, so the boxes kept at detector.conf are the same as if the network were asked at detector.conf itself.
+BELOW_CONF_FLOOR = 0.001
+
+
+class Detections(NamedTuple):
+    kept: list[Detection]  # score >= detector.conf, at most detector.max_det, highest score first
+    below_conf: Detection | None  # the strongest candidate under detector.conf, only when nothing was kept
 
 
 def use_ultralytics() -> None:
@@ -150,7 +160,7 @@ class LesionDetector:
         """One prediction on a blank square: ultralytics sets its predictor up on the first call (seconds), and
         resets torch to 1 CPU thread while doing so; after this, per-image timings are the real ones."""
         blank = Frame(np.zeros((self.cfg.imgsz, self.cfg.imgsz), np.uint8), Transform.identity((self.cfg.imgsz,) * 2))
-        self._infer([blank])
+        self._infer([blank], conf=min(self.cfg.conf, BELOW_CONF_FLOOR))  # as detect() asks
 
     # --- the interface the pipeline calls --------------------------------------------------------------------
     def predict(self, mammogram: Mammogram, preprocess_cfg: PreprocessConfig = PreprocessConfig(),
@@ -160,16 +170,28 @@ class LesionDetector:
 
     def predict_frame(self, frame: Frame, mode: str | None = None) -> list[Detection]:
         """Same, for an already preprocessed frame (its transform leads back to the original pixels)."""
+        return self.detect(frame, mode).kept
+
+    def detect(self, frame: Frame, mode: str | None = None) -> Detections:
+        """The kept boxes of `predict_frame`, and when there are none, the strongest candidate below conf."""
         inputs = self.model_inputs(frame, mode)
-        boxes, scores, labels, cut = self._infer(inputs, frame)
+        boxes, scores, labels, cut = self._infer(inputs, frame, conf=min(self.cfg.conf, BELOW_CONF_FLOOR))
+        strong = scores >= self.cfg.conf
+        kept = self._select(boxes[strong], scores[strong], labels[strong], cut[strong], frame, len(inputs))
+        weak = [] if kept else self._select(boxes[~strong], scores[~strong], labels[~strong], cut[~strong], frame,
+                                            len(inputs))
+        return Detections(kept[: self.cfg.max_det], weak[0] if weak else None)
+
+    def _select(self, boxes, scores, labels, cut, frame: Frame, n_inputs: int) -> list[Detection]:
+        """Raw boxes in original pixels to detections: tiles merged, clipped, nested near-duplicates suppressed."""
         original_shape = frame.transform.src_shape or frame.pixels.shape[:2]
-        if len(inputs) > 1:
+        if n_inputs > 1:
             boxes, scores, labels = merge_boxes(boxes, scores, labels, original_shape, self.cfg.merge, self.cfg.iou,
                                                 cut=cut)
         boxes = clip_to_shape(boxes, original_shape)
         valid = ((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])).nonzero()[0]
         # one box per finding before anything is classified: nested near-duplicates merged over the kept set
-        keep = valid[suppress_nested(boxes[valid], scores[valid])][: self.cfg.max_det]
+        keep = valid[suppress_nested(boxes[valid], scores[valid])]
         return [Detection(tuple(float(v) for v in boxes[i]), float(scores[i]), self.names[int(labels[i])])
                 for i in keep]
 
@@ -196,16 +218,18 @@ class LesionDetector:
             for start in range(0, len(x), MAX_BATCH):
                 network(x[start:start + MAX_BATCH] / 255.0)
 
-    def _infer(self, inputs: list[Frame], frame: Frame | None = None):
-        """Run the model on equally sized square uint8 inputs in one batch; boxes mapped to original pixels, and
-        whether each box is cut off by an edge of its input that lies inside `frame` (a tile border)."""
+    def _infer(self, inputs: list[Frame], frame: Frame | None = None, conf: float | None = None):
+        """Run the model on equally sized square uint8 inputs in one batch (boxes down to `conf`, default
+        detector.conf); boxes mapped to original pixels, highest score first, and whether each box is cut off by
+        an edge of its input that lies inside `frame` (a tile border)."""
         if self.yolo is None:
             raise RuntimeError("this LesionDetector was closed")
         size = inputs[0].pixels.shape[0]
         images = [f.pixels[..., None] for f in inputs]  # H x W x 1: ultralytics keeps it 1-channel
         results = []
         for start in range(0, len(images), MAX_BATCH):  # bounded memory for many tiles
-            results += self.yolo.predict(images[start:start + MAX_BATCH], imgsz=size, conf=self.cfg.conf,
+            results += self.yolo.predict(images[start:start + MAX_BATCH], imgsz=size,
+                                         conf=self.cfg.conf if conf is None else conf,
                                          iou=self.cfg.iou, max_det=CANDIDATES * self.cfg.max_det,
                                          device=self.device,
                                          verbose=False, save=False)

@@ -156,7 +156,8 @@ def load_oof(out, records, folds, k: int, conf: float, max_det: int) -> tuple[Oo
             if rec.image_id in results:
                 raise MammoError(f"image {rec.image_id}: predicted in two folds")
             results[rec.image_id] = (res, fold)
-            images.append(OofImage(rec.image_id, rec.patient_id, fold, rec.label, tuple(res.lesions)))
+            below = (res.below_conf,) if res.below_conf is not None else ()  # predicted above the floor
+            images.append(OofImage(rec.image_id, rec.patient_id, fold, rec.label, tuple(res.lesions) + below))
     missing = set(by_id) - set(results)
     if missing:
         raise MammoError(f"{len(missing)} development image(s) without an OOF prediction, e.g. {sorted(missing)[:3]}")
@@ -179,6 +180,7 @@ def write_oof(out, oof: OofSet, results: dict, op: dict) -> Path:
         out_res = dataclasses.replace(res, score=score, threshold=settings.threshold,
                                       decision=decide(score, settings.threshold),
                                       lesions=list(one.kept(settings.conf, settings.max_det)[0]),
+                                      below_conf=one.below(settings.conf)[0],
                                       heatmap=str(pred_dir / res.heatmap) if res.heatmap else "",
                                       overlay=str(pred_dir / res.overlay) if res.overlay else "",
                                       aggregate=settings.aggregate)

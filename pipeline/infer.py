@@ -27,7 +27,7 @@ from pipeline.heatmap import HeatmapCanvas
 from pipeline.ids import IdAllocator, resolve_salt, source_key, written_source
 from pipeline.inputs import discover
 from pipeline.render import three_panels
-from pipeline.results import (ImageResult, LesionResult, aggregate_scores, check_aggregate, decide, read_results,
+from pipeline.results import (NO_BOX_SCORE, ImageResult, LesionResult, aggregate_scores, check_aggregate, decide, read_results,
                               write_predictions_csv, write_result)
 
 FAILURES_FILE = "failures.json"  # inputs that failed, retried on the next run
@@ -58,28 +58,33 @@ class StepTimer:
 
 
 def analyse_image(mammogram, models, cfg: Config, timer: StepTimer):
-    """The two stages and Grad-CAM on one image; returns (lesions, heatmap canvas)."""
+    """The two stages and Grad-CAM on one image; returns (lesions, heatmap canvas, below_conf): the kept boxes
+    classified, and when none was kept, the strongest candidate under detector.conf classified (what scores the
+    image; not a finding, so no Grad-CAM) or None."""
     with timer.step("preprocess"):
         frame = preprocess(mammogram, cfg.preprocess)
     with timer.step("detect"):
-        detections = models.detector.predict_frame(frame)
+        detections, below = models.detector.detect(frame)
     canvas = HeatmapCanvas(mammogram.shape, cfg.pipeline.heatmap_downscale)
-    if not detections:
-        return [], canvas  # without touching the classifier: it may still be loading
+    if not detections and below is None:
+        return [], canvas, None  # without touching the classifier: it may still be loading
     with timer.step("wait_classifier"):  # still loading in the background (first image with boxes): counted
         clf = models.classifier
+    boxes = [d.box for d in detections] or [below.box]
     with timer.step("crop"):
-        batch, transforms = clf.crop_many(mammogram.pixels, [d.box for d in detections])
+        batch, transforms = clf.crop_many(mammogram.pixels, boxes)
     batch = batch.astype(np.float32, copy=False)
     with timer.step("classify"):
         probs = np.asarray(clf.predict(batch), dtype=np.float64).reshape(-1)
+    if not detections:
+        return [], canvas, LesionResult(list(map(float, below.box)), float(below.score), float(probs[0]))
     with timer.step("gradcam"):
         cams = clf.gradcam(batch)
     with timer.step("map_back"):
         for cam, to_crop in zip(cams, transforms):
             canvas.paste_max(cam, to_crop)
     lesions = [LesionResult(list(map(float, d.box)), float(d.score), float(p)) for d, p in zip(detections, probs)]
-    return lesions, canvas
+    return lesions, canvas, None
 
 
 def write_outputs(out_dir: Path, image_id: str, mammogram, lesions, canvas, result: ImageResult) -> None:
@@ -97,8 +102,8 @@ def write_outputs(out_dir: Path, image_id: str, mammogram, lesions, canvas, resu
 def infer_image(mammogram, image_id: str, source, models, cfg: Config, threshold: float, out_dir: Path,
                 timer: StepTimer) -> ImageResult:
     """One read image through both stages, its score and decision, and its files written."""
-    lesions, canvas = analyse_image(mammogram, models, cfg, timer)
-    score = aggregate_scores(lesions, cfg.pipeline.aggregate, models.stacker)
+    lesions, canvas, below_conf = analyse_image(mammogram, models, cfg, timer)
+    score = aggregate_scores(lesions, cfg.pipeline.aggregate, models.stacker, below_conf)
     h, w = mammogram.shape
     salt = resolve_salt(cfg.pipeline.id_salt)
     result = ImageResult(image_id=image_id, source=written_source(source, cfg.pipeline.source_paths, salt),
@@ -106,7 +111,7 @@ def infer_image(mammogram, image_id: str, source, models, cfg: Config, threshold
                          threshold=float(threshold), decision=decide(score, threshold), lesions=lesions,
                          heatmap=f"{image_id}_heatmap.png", overlay=f"{image_id}_overlay.png",
                          aggregate=cfg.pipeline.aggregate, calibrated=models.calibrated,
-                         heatmap_downscale=cfg.pipeline.heatmap_downscale)
+                         heatmap_downscale=cfg.pipeline.heatmap_downscale, below_conf=below_conf)
     with timer.step("write"):
         write_outputs(out_dir, image_id, mammogram, lesions, canvas, result)
     return result
@@ -127,7 +132,8 @@ def output_fingerprint(models, cfg: Config, threshold: float) -> dict:
                                                         "merge", "conf", "iou", "max_det")},
                 "pipeline": {"aggregate": pipe.aggregate, "threshold": float(threshold),
                              "heatmap_downscale": pipe.heatmap_downscale, "image_id": pipe.image_id,
-                             "source_paths": pipe.source_paths, "max_pixels": cfg.run.max_pixels}}
+                             "source_paths": pipe.source_paths, "max_pixels": cfg.run.max_pixels,
+                             "no_box_score": NO_BOX_SCORE}}
     return {"models": getattr(models, "fingerprint", ""), "settings": settings}
 
 

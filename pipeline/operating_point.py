@@ -89,6 +89,19 @@ class OofSet:
         return [sorted((l for l in im.lesions if l.detector_score >= conf),
                        key=lambda l: -l.detector_score)[:max_det] for im in self.images]
 
+    def below(self, conf: float) -> list:
+        """Each image's strongest box under `conf` when none reaches it (the detector's `below_conf`), else None."""
+        return [None if any(l.detector_score >= conf for l in im.lesions)
+                else max(im.lesions, key=lambda l: l.detector_score, default=None) for im in self.images]
+
+    def scores(self, conf: float, max_det: int, rule: str, stacker: dict | None = None) -> np.ndarray:
+        """Image scores under these settings, as `infer` computes them (reads no label)."""
+        return _scores(self.kept(conf, max_det), self.below(conf), rule, stacker)
+
+    def features(self, conf: float, max_det: int) -> np.ndarray:
+        return np.array([image_features(kept, below) for kept, below in zip(self.kept(conf, max_det),
+                                                                            self.below(conf))])
+
 
 # --- the stacker: a small logistic regression, plain numbers in and out -----------------------------------
 def fit_stacker(features, y, l2: float = 1.0, iterations: int = 50) -> dict:
@@ -114,8 +127,9 @@ def fit_stacker(features, y, l2: float = 1.0, iterations: int = 50) -> dict:
             "coef": w[1:].tolist(), "intercept": float(w[0]), "l2": l2}
 
 
-def _scores(kept, rule: str, stacker: dict | None) -> np.ndarray:
-    return np.array([aggregate_scores(lesions, rule, stacker) for lesions in kept], dtype=np.float64)
+def _scores(kept, below, rule: str, stacker: dict | None) -> np.ndarray:
+    return np.array([aggregate_scores(lesions, rule, stacker, b) for lesions, b in zip(kept, below)],
+                    dtype=np.float64)
 
 
 # Where settings are written, their figures on the very images they were chosen on carry this label: they are
@@ -134,7 +148,7 @@ class Settings:
 
     def scores(self, oof: OofSet) -> np.ndarray:
         """Image scores of `oof` under these settings (reads no label)."""
-        return _scores(oof.kept(self.conf, self.max_det), self.aggregate, self.stacker)
+        return oof.scores(self.conf, self.max_det, self.aggregate, self.stacker)
 
     def to_dict(self) -> dict:
         # the image score is a calibrated probability only under the stacker (a logistic model fitted on OOF
@@ -151,17 +165,17 @@ def candidate_grid(oof: OofSet, confs=CONFS, max_dets=MAX_DETS, rules=AGGREGATES
     return list(itertools.product(confs, max_dets, rules))
 
 
-def _stacker_scores(train: OofSet, kept, y) -> tuple[np.ndarray, dict]:
+def _stacker_scores(train: OofSet, conf: float, max_det: int, y) -> tuple[np.ndarray, dict]:
     """The stacker judged fairly beside the fixed rules: its scores on each fold come from a fit on the
     other folds of `train` (inner cross-fitting); returns those scores and the fit on all of `train`."""
-    x = np.array([image_features(lesions) for lesions in kept])
+    x = train.features(conf, max_det)
     folds = np.array([im.fold for im in train.images])
     inner = np.full(len(y), np.nan)
     for f in np.unique(folds):
         rest = folds != f
         if len(np.unique(y[rest])) < 2:
             continue
-        inner[~rest] = _scores([kept[i] for i in np.flatnonzero(~rest)], "stacker", fit_stacker(x[rest], y[rest]))
+        inner[~rest] = train.only(f).scores(conf, max_det, "stacker", fit_stacker(x[rest], y[rest]))
     if np.isnan(inner).any() or len(np.unique(y)) < 2:  # one fold only, or one class: no fair estimate
         return np.full(len(y), np.nan), None
     return inner, fit_stacker(x, y)
@@ -173,13 +187,12 @@ def choose_settings(train: OofSet, *, beta: float = 2.0, min_specificity: float 
     y = train.labels()
     best, best_key = None, None
     for conf, max_det, rule in grid or candidate_grid(train):
-        kept = train.kept(conf, max_det)
         if rule == "stacker":
-            scores, stacker = _stacker_scores(train, kept, y)
+            scores, stacker = _stacker_scores(train, conf, max_det, y)
             if stacker is None:
                 continue
         else:
-            scores, stacker = _scores(kept, rule, None), None
+            scores, stacker = train.scores(conf, max_det, rule), None
         key = (np.nan_to_num(metrics.aupr(y, scores), nan=-1), np.nan_to_num(metrics.auroc(y, scores), nan=-1),
                -max_det, conf)
         if best_key is None or key > best_key:

@@ -42,18 +42,28 @@ class ImageResult:
     calibrated: bool = False
     heatmap_downscale: int = 1
     source_key: str = ""  # salted hash of the resolved input path: how a rerun recognises a done image
+    # The strongest candidate the detector saw below detector.conf, classified, when NO box was kept: not a
+    # finding (not drawn, no heatmap), only what scores such an image (see aggregate_scores). None otherwise.
+    below_conf: LesionResult | None = None
 
 
 # The image-score rules `pipeline.aggregate` may name are mammo.config.AGGREGATES (the config's Literal reads
 # them there). d = a box's detector_score (P(lesion)), m = its malignancy (P(malignant | lesion)); the chain is
 # P(malignant lesion) = d * m.
+# How an image with no kept box is scored; in every output folder's fingerprint, so a folder scored the old way
+# (0 for every such image) is never resumed and mixed with this one.
+NO_BOX_SCORE = "strongest candidate below detector.conf, d * m"
 STACKER_FEATURES = ("top_detector", "top_malignancy", "top_product", "n_boxes")
 
 
-def image_features(lesions) -> list[float]:
-    """The stacker's inputs, in STACKER_FEATURES order. No box: all zero (the stacker then says its intercept)."""
+def image_features(lesions, below_conf=None) -> list[float]:
+    """The stacker's inputs, in STACKER_FEATURES order. No kept box: the below-conf candidate's d, m and d * m
+    with n_boxes 0 (all zero when the detector saw nothing at all)."""
     if not lesions:
-        return [0.0, 0.0, 0.0, 0.0]
+        if below_conf is None:
+            return [0.0, 0.0, 0.0, 0.0]
+        d, m = float(below_conf.detector_score), float(below_conf.malignancy)
+        return [d, m, d * m, 0.0]
     d = [float(l.detector_score) for l in lesions]
     m = [float(l.malignancy) for l in lesions]
     return [max(d), max(m), max(a * b for a, b in zip(d, m)), float(len(lesions))]
@@ -69,7 +79,7 @@ def stacker_score(features, stacker: dict) -> float:
     return 1.0 / (1.0 + math.exp(-max(min(z, 50.0), -50.0)))
 
 
-def aggregate_scores(lesions, how: str = "max", stacker: dict | None = None) -> float:
+def aggregate_scores(lesions, how: str = "max", stacker: dict | None = None, below_conf=None) -> float:
     """Image malignancy from its kept boxes (objects with `detector_score` and `malignancy`):
 
     - 'max': the most suspicious box's malignancy (ignores how sure the detector was);
@@ -79,18 +89,21 @@ def aggregate_scores(lesions, how: str = "max", stacker: dict | None = None) -> 
     - 'stacker': a logistic regression over `image_features`, fitted on out-of-fold predictions
       (pipeline.operating_point); its coefficients come with the models.
 
-    No kept box: 0 for the first four (nothing was found: the lowest score there is) and, for the stacker,
-    sigmoid(intercept - sum(coef * mean / scale)), the malignancy rate it learned for images without a box, so
-    those images sit at a calibrated low probability instead of a tie at 0."""
+    No kept box: the image is scored by `below_conf`, the strongest candidate the detector saw under
+    detector.conf (classified like a kept box): d * m, the chain's P(malignant lesion) of that candidate, for
+    the four fixed rules, and the stacker over its features (n_boxes 0). So images without a finding are ranked
+    by the detector's weaker evidence and its malignancy, a low score (d < conf) instead of a tie at 0. Only
+    when the detector saw nothing at all (no candidate down to its floor) is the score 0, or for the stacker
+    the malignancy rate it learned for such images."""
     if how not in AGGREGATES:
         raise ValueError(f"pipeline.aggregate must be one of {AGGREGATES}, got {how!r}")
     if how == "stacker":
         if not stacker:
             raise ValueError("pipeline.aggregate=stacker needs the stacker's coefficients (the bundle's "
                              "pipeline.json 'stacker', written by `pipeline bundle --operating-point`)")
-        return stacker_score(image_features(lesions), stacker)
+        return stacker_score(image_features(lesions, below_conf), stacker)
     if not lesions:
-        return 0.0
+        return 0.0 if below_conf is None else float(below_conf.detector_score) * float(below_conf.malignancy)
     values = [float(l.malignancy) for l in lesions]
     if how.endswith("_product"):
         values = [float(l.detector_score) * v for l, v in zip(lesions, values)]
@@ -124,7 +137,7 @@ def result_path(out_dir, image_id: str) -> Path:
 def write_result(out_dir, result: ImageResult) -> Path:
     result.lesions = sorted(result.lesions, key=lambda l: -l.malignancy)
     data = asdict(result)
-    for lesion in data["lesions"]:
+    for lesion in data["lesions"] + ([data["below_conf"]] if data["below_conf"] else []):
         lesion["box"] = [round(float(v), 2) for v in lesion["box"]]
         lesion["detector_score"] = round(float(lesion["detector_score"]), 5)
         lesion["malignancy"] = round(float(lesion["malignancy"]), 5)
@@ -136,6 +149,8 @@ def write_result(out_dir, result: ImageResult) -> Path:
 def read_result(path) -> ImageResult:
     data = json.loads(Path(path).read_text())
     data["lesions"] = [LesionResult(**l) for l in data.get("lesions", [])]
+    if data.get("below_conf") is not None:
+        data["below_conf"] = LesionResult(**data["below_conf"])
     known = ImageResult.__dataclass_fields__
     return ImageResult(**{k: v for k, v in data.items() if k in known})
 

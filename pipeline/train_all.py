@@ -38,8 +38,8 @@ def image_scores(models: PipelineModels, records, cfg: Config, progress: bool = 
     """The pipeline's image score for each record (the same code path as `infer`)."""
     timer, scores = StepTimer(), []
     for rec in tqdm(records, desc="score images", unit="img", disable=not progress):
-        lesions, _ = analyse_image(read_mammogram(rec.path), models, cfg, timer)
-        scores.append(aggregate_scores(lesions, cfg.pipeline.aggregate, models.stacker))
+        lesions, _, below_conf = analyse_image(read_mammogram(rec.path), models, cfg, timer)
+        scores.append(aggregate_scores(lesions, cfg.pipeline.aggregate, models.stacker, below_conf))
     return np.asarray(scores, dtype=np.float64)
 
 

@@ -41,7 +41,13 @@ BOXES = [L(0.9, 0.2), L(0.3, 0.8)]  # a sure box the classifier finds benign, a 
 ])
 def test_each_rule_against_a_hand_computed_case(rule, expected):
     assert aggregate_scores(BOXES, rule) == pytest.approx(expected)
-    assert aggregate_scores([], rule) == 0.0  # no box: the lowest score the rule has
+    # a candidate below conf only scores an image without a kept box
+    assert aggregate_scores(BOXES, rule, below_conf=L(0.04, 0.99)) == pytest.approx(expected)
+    # no kept box: the chain probability d * m of the strongest candidate below conf, so such images are ranked
+    # (a stronger or more suspicious candidate scores higher) instead of tied
+    assert aggregate_scores([], rule, below_conf=L(0.04, 0.5)) == pytest.approx(0.02)
+    assert aggregate_scores([], rule, below_conf=L(0.02, 0.5)) < aggregate_scores([], rule, below_conf=L(0.04, 0.5))
+    assert aggregate_scores([], rule) == 0.0  # the detector saw nothing at all: the lowest score there is
 
 
 def test_stacker_by_hand_and_no_box_images_get_its_learned_base_rate():
@@ -53,6 +59,9 @@ def test_stacker_by_hand_and_no_box_images_get_its_learned_base_rate():
     z0 = -1.0 + 1.0 * (-1) + 2.0 * (-1) + 0.0 - 0.5 * (-1)  # every feature 0
     assert aggregate_scores([], "stacker", stacker) == pytest.approx(1 / (1 + math.exp(-z0)))
     assert aggregate_scores([], "stacker", stacker) > 0.0
+    # no kept box but a candidate below conf: its d, m and d * m, with n_boxes 0
+    zb = -1.0 + 1.0 * (0.04 - 0.5) / 0.5 + 2.0 * (0.5 - 0.5) / 0.5 + 0.0 - 0.5 * (0 - 1) / 1
+    assert aggregate_scores([], "stacker", stacker, L(0.04, 0.5)) == pytest.approx(1 / (1 + math.exp(-zb)))
     with pytest.raises(ValueError, match="coefficients"):
         aggregate_scores(BOXES, "stacker", None)
     with pytest.raises(ValueError, match="features"):
@@ -155,6 +164,9 @@ def test_refiltering_keeps_the_strongest_boxes_like_the_detector():
     oof = OofSet([OofImage("a", "p", 0, 1, (L(0.05, 0.9), L(0.5, 0.1), L(0.2, 0.3)))], 2, 0.001, 20)
     assert [l.detector_score for l in oof.kept(0.1, 1)[0]] == [0.5]
     assert [l.detector_score for l in oof.kept(0.01, 2)[0]] == [0.5, 0.2]
+    # nothing kept at 0.6: the strongest box under it scores the image, as the detector's below_conf does
+    assert oof.below(0.6)[0].detector_score == 0.5 and oof.below(0.1) == [None]
+    assert oof.scores(0.6, 1, "max_product") == pytest.approx([0.5 * 0.1])
 
 
 # --- per lesion kind --------------------------------------------------------------------------------------

@@ -203,6 +203,30 @@ def test_boxes_land_on_lesions_after_crop_flip_resize(side, seed):
     assert boxes[:, 0].min() >= 0 and boxes[:, 2].max() <= mammogram.shape[1]
 
 
+@pytest.mark.parametrize("conf, n_kept", [(0.1, 3), (0.3, 2), (0.5, 1), (0.9, 0)])
+def test_boxes_kept_at_conf_are_unchanged_and_the_strongest_weaker_candidate_is_reported(conf, n_kept):
+    """The network is asked down to BELOW_CONF_FLOOR so an image with no box >= conf still has its strongest
+    candidate to be scored by; the kept boxes are exactly those >= conf, and the weaker one appears only when
+    nothing is kept. Stand-in scores are area / (area + 50): 12 x 12 -> 0.742, 6 x 6 -> 0.419, 4 x 4 -> 0.242."""
+    from detector.model import BELOW_CONF_FLOOR
+
+    pixels = np.zeros((256, 256), np.float32)
+    for x, y, side in ((40, 40, 12), (150, 150, 6), (200, 60, 4)):
+        pixels[y:y + side, x:x + side] = 1.0
+    frame = Frame(pixels, Transform.identity((256, 256)))
+    det = blob_detector(DetectorConfig(imgsz=256, conf=conf, max_det=10))
+    kept, below = det.detect(frame)
+    assert [round(d.score, 3) for d in kept] == [0.742, 0.419, 0.242][:n_kept]
+    assert [d.box for d in det.predict_frame(frame)] == [d.box for d in kept]
+    if n_kept:
+        assert below is None
+    else:
+        assert below.box == (40.0, 40.0, 52.0, 52.0) and round(below.score, 3) == 0.742
+    blank = Frame(np.zeros((256, 256), np.float32), Transform.identity((256, 256)))
+    assert det.detect(blank) == ([], None)  # nothing seen at all: nothing to report
+    assert 0 < BELOW_CONF_FLOOR <= 0.001
+
+
 def test_trained_detector_predicts_sane_boxes(trained, detector):
     """Training outcome is not asserted (it differs between machines): boxes are finite, inside the image,
     ordered by score, labelled with the trained class."""
@@ -449,7 +473,7 @@ def test_nested_near_duplicates_become_one_box_before_classification():
     assert suppress_nested(np.zeros((0, 4)), np.zeros(0)).tolist() == []
 
     class Stub(LesionDetector):  # the network's raw output, to check what predict_frame hands on
-        def _infer(self, inputs, frame=None):
+        def _infer(self, inputs, frame=None, conf=None):
             order = np.argsort(-scores)
             return boxes[order].astype(float), scores[order], np.array([0, 1, 0, 1])[order], np.zeros(4, bool)
 

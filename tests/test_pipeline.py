@@ -99,7 +99,7 @@ def test_heatmap_lands_on_the_lesion_after_crop_flip_resize(downscale):
     for seed in range(4):
         mammogram, lesions = synthetic_mammogram(1000 + seed, n_lesions=1, side="right", radius=(18, 22))
         lesion = lesions[0].box
-        results, canvas = analyse_image(mammogram, models, cfg, StepTimer())
+        results, canvas, _ = analyse_image(mammogram, models, cfg, StepTimer())
         cx, cy = (lesion[0] + lesion[2]) / 2, (lesion[1] + lesion[3]) / 2
         assert len(results) == 1 and results[0].box[0] <= cx <= results[0].box[2] \
             and results[0].box[1] <= cy <= results[0].box[3], (seed, results, lesion)
@@ -116,6 +116,32 @@ def test_heatmap_lands_on_the_lesion_after_crop_flip_resize(downscale):
         ys, xs = np.nonzero(heat > 0)  # and nothing painted away from it
         far = np.hypot((xs + 0.5) * downscale - cx, (ys + 0.5) * downscale - cy) > radius + 4 + 2 * downscale
         assert not far.any(), (seed, int(far.sum()))
+
+
+def test_an_image_without_a_kept_box_is_scored_by_its_strongest_candidate_below_conf(tmp_path):
+    """With conf above every candidate nothing is kept: the strongest candidate is still classified and scores
+    the image (d * m) instead of a tie at 0, is written as `below_conf` (not a lesion, no heatmap), and is the
+    very box that a low conf keeps."""
+    from mammo.config import DetectorConfig
+    from pipeline.infer import StepTimer, analyse_image, infer_image
+    from pipeline.results import read_result
+    from standins import blob_detector, bright_spot_classifier
+
+    cfg = load_config()
+    mammogram, _ = synthetic_mammogram(1001, n_lesions=1, side="right", radius=(18, 22))
+    classifier = bright_spot_classifier(64)
+    low = PipelineModels(blob_detector(DetectorConfig(imgsz=256, conf=0.01)), classifier, 0.5)
+    found, _, below = analyse_image(mammogram, low, cfg, StepTimer())
+    assert len(found) == 1 and below is None
+    high = PipelineModels(blob_detector(DetectorConfig(imgsz=256, conf=0.999)), classifier, 0.5)
+    none, canvas, below = analyse_image(mammogram, high, cfg, StepTimer())
+    assert none == [] and canvas.pixels.max() == 0
+    assert below.box == found[0].box and below.detector_score == found[0].detector_score
+    assert below.malignancy == pytest.approx(found[0].malignancy, abs=1e-6)
+    result = infer_image(mammogram, "img", tmp_path / "img.png", high, cfg, 0.5, tmp_path, StepTimer())
+    assert result.score == pytest.approx(below.detector_score * below.malignancy, abs=1e-6) and result.score > 0
+    back = read_result(tmp_path / "img.json")
+    assert back.lesions == [] and back.below_conf.box == [round(v, 2) for v in below.box]
 
 
 def test_killed_run_resumes_without_redoing_or_losing_images(tiny_bundle, tmp_path):
