@@ -226,7 +226,8 @@ def cmd_train_all(args, overrides, inputs) -> int:
     out = Path(args.out) if args.out else work / "bundle"
     summary = train_all(cfg, out, work, description=args.description or f"trained on {cfg.data.format}",
                         operating_point=_operating_point(args))
-    print(json.dumps(summary["image_level_val"], indent=1, default=float))
+    print(json.dumps(summary.get("image_level_val", summary.get("image_level_oof_cross_fitted")), indent=1,
+                     default=float))
     print(f"bundle: {out} (use it with --models {out})")
     return 0
 
@@ -240,7 +241,8 @@ def cmd_bundle(args, overrides, inputs) -> int:
     summary = make_bundle(cfg, args.detector, args.classifier, out, baseline_dir=args.baseline,
                           description=args.description or f"trained on {cfg.data.format}",
                           operating_point=_operating_point(args))
-    print(json.dumps(summary["image_level_val"], indent=1, default=float))
+    print(json.dumps(summary.get("image_level_val", summary.get("image_level_oof_cross_fitted")), indent=1,
+                     default=float))
     print(f"bundle: {out} (use it with --models {out})")
     return 0
 

@@ -142,9 +142,13 @@ def write_bundle(root, detector_weights, classifier_dir, threshold: float, confi
         for file in ("calibration.json", "config.yaml"):  # config.yaml: every setting of the run that trained it
             if (Path(source) / file).is_file():
                 _copy(Path(source) / file, root / name / file)
-    detector_run = Path(detector_weights).parent.parent  # runs/detector/train/<name>/weights/best.pt
-    if (detector_run / "config.yaml").is_file():
-        _copy(detector_run / "config.yaml", root / "detector_config.yaml")
+    # the detector run's resolved config: runs/detector/train/<name>/weights/best.pt, or beside the .pt when the
+    # models come from another bundle (re-packaged with a new operating point)
+    weights = Path(detector_weights)
+    for config in (weights.parent.parent / "config.yaml", weights.parent / "detector_config.yaml"):
+        if config.is_file() and config.resolve() != (root / "detector_config.yaml").resolve():
+            _copy(config, root / "detector_config.yaml")
+            break
     data = {"detector": "detector.pt", "classifier": "classifier", "threshold": float(threshold),
             "config_overrides": list(config_overrides), "description": description,
             **({"baseline": "baseline"} if baseline_dir is not None else {}), **info}

@@ -83,13 +83,35 @@ def make_bundle(cfg: Config, detector_weights, classifier_dir, out_dir, *, descr
     pipeline's own image scores among thresholds keeping validation specificity >= pipeline.min_specificity),
     then write the bundle with its manifest. With `operating_point` (from `pipeline cross-validate`), conf,
     boxes kept, image-score rule (and stacker) and threshold come from the k-fold OOF predictions instead, and
-    pipeline.json records so, with k and the OOF figures."""
+    pipeline.json records so, with k and the OOF figures. training_summary.json names the figures it holds:
+    `image_level_val` (the validation split) or `image_level_oof_cross_fitted`."""
+    if operating_point is None:
+        threshold, val_metrics, split_sizes = _threshold_on_validation(cfg, detector_weights, classifier_dir,
+                                                                       progress)
+        figures = {"image_level_val": val_metrics, "split_sizes": split_sizes}
+        info = {"val_metrics": val_metrics,
+                "split": {"fractions": dict(cfg.data.split_fractions), "seed": cfg.data.seed,
+                          "min_specificity": cfg.pipeline.min_specificity}}
+    else:
+        from pipeline.operating_point import bundle_info, with_operating_point
+
+        cfg = with_operating_point(cfg, operating_point)
+        chosen = bundle_info(operating_point)
+        threshold = chosen["threshold"]
+        figures = {"image_level_oof_cross_fitted": chosen["operating_point"]["figures"]["cross_fitted"],
+                   "operating_point": chosen["operating_point"]}
+        info = {"stacker": chosen["stacker"], "operating_point": chosen["operating_point"]}
+    summary = {**(extra or {}), "threshold": threshold, **figures}
+    atomic_write_text(Path(out_dir) / "training_summary.json", json.dumps(summary, indent=2, default=float))
+    write_bundle(out_dir, detector_weights, classifier_dir, threshold, bundled_overrides(cfg), description,
+                 baseline_dir=baseline_dir, trained_on=cfg.data.format, **info)
+    return summary
+
+
+def _threshold_on_validation(cfg: Config, detector_weights, classifier_dir, progress: bool):
     from classifier.inference import MalignancyClassifier
     from detector.model import LesionDetector
 
-    if operating_point is not None:
-        return _bundle_with_operating_point(cfg, detector_weights, classifier_dir, out_dir, description, extra,
-                                            baseline_dir, operating_point)
     _, splits = load_split_dataset(cfg.data)
     if "val" not in splits or not splits["val"]:
         raise MammoError("the config's dataset has no validation split to choose the operating threshold on")
@@ -100,30 +122,8 @@ def make_bundle(cfg: Config, detector_weights, classifier_dir, out_dir, *, descr
         scores = image_scores(models, val, cfg, progress)
     labels = np.array([r.label for r in val])
     threshold, _ = metrics.best_threshold(labels, scores, cfg.pipeline.fbeta, cfg.pipeline.min_specificity)
-    val_metrics = metrics.summary(labels, scores, threshold, cfg.pipeline.fbeta)
-    summary = {**(extra or {}), "image_level_val": val_metrics, "threshold": threshold,
-               "split_sizes": {k: len(v) for k, v in splits.items()}}
-    atomic_write_text(Path(out_dir) / "training_summary.json", json.dumps(summary, indent=2, default=float))
-    write_bundle(out_dir, detector_weights, classifier_dir, threshold, bundled_overrides(cfg), description,
-                 baseline_dir=baseline_dir, val_metrics=val_metrics, trained_on=cfg.data.format,
-                 split={"fractions": dict(cfg.data.split_fractions), "seed": cfg.data.seed,
-                        "min_specificity": cfg.pipeline.min_specificity})
-    return summary
-
-
-def _bundle_with_operating_point(cfg, detector_weights, classifier_dir, out_dir, description, extra, baseline_dir,
-                                 op: dict) -> dict:
-    from pipeline.operating_point import bundle_info, with_operating_point
-
-    cfg = with_operating_point(cfg, op)
-    info = bundle_info(op)
-    summary = {**(extra or {}), "threshold": info["threshold"], "operating_point": info["operating_point"],
-               "image_level_val": info["operating_point"]["figures"]["cross_fitted"]}
-    atomic_write_text(Path(out_dir) / "training_summary.json", json.dumps(summary, indent=2, default=float))
-    write_bundle(out_dir, detector_weights, classifier_dir, info["threshold"], bundled_overrides(cfg), description,
-                 baseline_dir=baseline_dir, trained_on=cfg.data.format, stacker=info["stacker"],
-                 operating_point=info["operating_point"])
-    return summary
+    return threshold, metrics.summary(labels, scores, threshold, cfg.pipeline.fbeta), \
+        {k: len(v) for k, v in splits.items()}
 
 
 def _with_split_file(cfg: Config, split_file: Path) -> Config:
