@@ -145,3 +145,26 @@ def bootstrap_ci(metric: Callable, y, p, groups, n: int = 1000, alpha: float = 0
         return point, float("nan"), float("nan")
     lo, hi = np.percentile(stats, [100 * alpha / 2, 100 * (1 - alpha / 2)])
     return point, float(lo), float(hi)
+
+
+def bootstrap_table(y, p, groups, threshold, beta: float = 2.0, n: int = 1000, seed: int = 0) -> dict:
+    """auroc, aupr, F-beta, sensitivity and specificity, each {value, low, high} with its patient-bootstrap 95 %
+    CI, and the confusion counts. `threshold` is one number, or one per row (cross-validation: each fold's own,
+    chosen on the other folds): then the calls p >= threshold are fixed first and the threshold metrics
+    resample those calls, while the ranking metrics use the pooled scores."""
+    p = np.asarray(p, dtype=np.float64)
+    per_row = np.ndim(threshold) > 0
+    calls, t = ((p >= np.asarray(threshold, float)).astype(float), 0.5) if per_row else (p, threshold)
+    fns = {
+        "auroc": (auroc, p),
+        "aupr": (aupr, p),
+        f"f{beta:g}": (lambda y_, p_: fbeta(y_, p_, t, beta), calls),
+        "sensitivity": (lambda y_, p_: sensitivity_specificity(y_, p_, t)[0], calls),
+        "specificity": (lambda y_, p_: sensitivity_specificity(y_, p_, t)[1], calls),
+    }
+    out = {}
+    for name, (fn, values) in fns.items():
+        value, low, high = bootstrap_ci(fn, y, values, groups, n=n, seed=seed)
+        out[name] = {"value": value, "low": low, "high": high}
+    out["confusion"] = confusion(y, calls, t) if len(p) else {}
+    return out

@@ -83,27 +83,10 @@ def lesion_level(m: Matched, hit_iou: float):
 
 
 def metric_table(y, p, groups, threshold, beta: float, n_boot: int, seed: int) -> dict:
-    """Each metric with its patient-bootstrap 95 % CI: {name: {value, low, high}}. `threshold` is one number,
-    or one per row (cross-validation: each fold's own), in which case the calls p >= threshold are fixed first
-    and the threshold metrics resample those calls."""
-    per_row = np.ndim(threshold) > 0
-    calls, t = ((p >= np.asarray(threshold, float)).astype(float), 0.5) if per_row else (p, threshold)
-    fns = {
-        "auroc": (metrics.auroc, p),
-        "aupr": (metrics.aupr, p),
-        f"f{beta:g}": (lambda y_, p_: metrics.fbeta(y_, p_, t, beta), calls),
-        "sensitivity": (lambda y_, p_: metrics.sensitivity_specificity(y_, p_, t)[0], calls),
-        "specificity": (lambda y_, p_: metrics.sensitivity_specificity(y_, p_, t)[1], calls),
-    }
-    out = {}
-    for name, (fn, values) in fns.items():
-        value, low, high = metrics.bootstrap_ci(fn, y, values, groups, n=n_boot, seed=seed)
-        out[name] = {"value": value, "low": low, "high": high}
-    out["n"] = int(len(y))
-    out["n_positive"] = int(np.sum(y))
-    out["threshold"] = "per image" if per_row else float(threshold)
-    out["confusion"] = metrics.confusion(y, calls, t) if len(y) else {}
-    return out
+    """Each metric with its patient-bootstrap 95 % CI (`mammo.metrics.bootstrap_table`: `threshold` one number,
+    or one per row), with the counts and the threshold."""
+    return {**metrics.bootstrap_table(y, p, groups, threshold, beta, n_boot, seed), "n": int(len(y)),
+            "n_positive": int(np.sum(y)), "threshold": "per image" if np.ndim(threshold) else float(threshold)}
 
 
 # --- curves with bootstrap bands ------------------------------------------------------------------------

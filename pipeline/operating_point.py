@@ -211,7 +211,7 @@ def choose_operating_point(oof: OofSet, *, beta: float = 2.0, min_specificity: f
         raise MammoError(f"choosing settings needs OOF predictions of at least 2 folds, got folds {oof.folds}")
     final = chooser(oof)
     scores = np.full(len(oof.images), np.nan)
-    calls = np.zeros(len(oof.images), dtype=bool)
+    thresholds = np.full(len(oof.images), np.nan)  # each image judged by its own fold's threshold
     per_fold = {}
     index = {id(im): i for i, im in enumerate(oof.images)}
     for k in oof.folds:
@@ -221,33 +221,19 @@ def choose_operating_point(oof: OofSet, *, beta: float = 2.0, min_specificity: f
             fold_scores = chosen.scores(held)
         rows = [index[id(im)] for im in held.images]
         scores[rows] = fold_scores
-        calls[rows] = fold_scores >= chosen.threshold
+        thresholds[rows] = chosen.threshold
         per_fold[str(k)] = chosen.to_dict()
     y = oof.labels()
     groups = np.array([im.patient_id for im in oof.images])
-    figures = {"cross_fitted": _figures(y, scores, calls, groups, beta, n_boot, seed),
+    # pooled cross-fitted figures: ranking metrics on the pooled scores, threshold metrics on each fold's own
+    # decisions (its threshold came from the other folds); 95 % CIs from patient bootstrap
+    figures = {"cross_fitted": metrics.bootstrap_table(y, scores, groups, thresholds, beta, n_boot, seed),
                "chosen_on_all_oof (optimistic)": final.selection}
     return {"source": f"{oof.k}-fold patient-level cross-validation, out-of-fold predictions", "k": oof.k,
             "n_images": len(oof.images), "n_positive": int(y.sum()), "beta": beta,
             "min_specificity": min_specificity,
             "predicted_with": {"detector.conf": oof.conf, "detector.max_det": oof.max_det},
             "settings": final.to_dict(), "figures": figures, "per_fold_settings": per_fold}
-
-
-def _figures(y, scores, calls, groups, beta, n_boot, seed) -> dict:
-    """Pooled cross-fitted figures: ranking metrics on the pooled scores, threshold metrics on each fold's own
-    decisions (its threshold came from the other folds); 95 % CIs from patient bootstrap."""
-    out = {}
-    fns = {"auroc": metrics.auroc, "aupr": metrics.aupr,
-           f"f{beta:g}": lambda y_, c_: metrics.fbeta(y_, c_, 0.5, beta),
-           "sensitivity": lambda y_, c_: metrics.sensitivity_specificity(y_, c_, 0.5)[0],
-           "specificity": lambda y_, c_: metrics.sensitivity_specificity(y_, c_, 0.5)[1]}
-    for name, fn in fns.items():
-        values = scores if name in ("auroc", "aupr") else calls.astype(float)
-        value, low, high = metrics.bootstrap_ci(fn, y, values, groups, n=n_boot, seed=seed)
-        out[name] = {"value": value, "low": low, "high": high}
-    out["confusion"] = metrics.confusion(y, calls.astype(float), 0.5)
-    return out
 
 
 # --- shipping the choice ----------------------------------------------------------------------------------

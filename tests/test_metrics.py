@@ -115,3 +115,17 @@ def test_curve_points_tie_to_one_step_and_agree_with_the_areas():
     assert np.trapezoid(tpr, fpr) == pytest.approx(skm.roc_auc_score(y, p))
     recall, precision = M.pr_points(y, p)
     assert np.sum(np.diff(recall) * precision[1:]) == pytest.approx(skm.average_precision_score(y, p))
+
+
+def test_bootstrap_table_judges_each_row_at_its_own_threshold():
+    """One threshold per row (each fold's own): the calls are p >= that row's threshold, the ranking metrics
+    use the scores themselves; one shared threshold gives the same table as the scalar."""
+    y = np.array([1, 1, 0, 0, 1, 0])
+    p = np.array([0.9, 0.4, 0.5, 0.1, 0.6, 0.3])
+    groups = np.array(["a", "a", "b", "c", "d", "e"])
+    own = np.array([0.5, 0.3, 0.6, 0.5, 0.7, 0.2])  # calls: 1, 1, 0, 0, 0, 1
+    t = M.bootstrap_table(y, p, groups, own, n=50)
+    assert t["confusion"] == {"tp": 2, "fp": 1, "tn": 2, "fn": 1}
+    assert t["sensitivity"]["value"] == pytest.approx(2 / 3) and t["specificity"]["value"] == pytest.approx(2 / 3)
+    assert t["auroc"]["value"] == pytest.approx(M.auroc(y, p))
+    assert M.bootstrap_table(y, p, groups, np.full(6, 0.45), n=50) == M.bootstrap_table(y, p, groups, 0.45, n=50)
