@@ -97,8 +97,11 @@ def froc_curve(predictions: Sequence[tuple], truths: Sequence, iou_threshold: fl
     predictions: one (boxes (N, 4), scores (N,)) per image; truths: one (M, 4) array of lesion boxes per image
     (empty for a normal image), same order and length. Boxes in any one pixel grid per image, [x1, y1, x2, y2].
     """
-    found, fp_scores, all_scores = _per_image(predictions, truths, iou_threshold, centre)
-    n_lesions, n_images = len(found), len(truths)
+    return _curve(*_per_image(predictions, truths, iou_threshold, centre), len(truths))
+
+
+def _curve(found, fp_scores, all_scores, n_images: int) -> FrocCurve:
+    n_lesions = len(found)
     thresholds = np.concatenate([[np.inf], np.unique(all_scores)[::-1]])
     fps = np.sort(np.asarray(fp_scores))
     # counts of scores >= t for every threshold at once
@@ -111,21 +114,25 @@ def froc_curve(predictions: Sequence[tuple], truths: Sequence, iou_threshold: fl
                      n_lesions, n_images)
 
 
-def sensitivity_by_kind(predictions: Sequence[tuple], truths: Sequence, kinds: Sequence[Sequence[str]],
-                        iou_threshold: float = 0.1, centre: bool = True, rates: Sequence[float] = FP_RATES) -> dict:
-    """Per lesion kind (`kinds`: one name per true box, same nesting as `truths`): how many lesions there are,
-    how many some kept prediction hits ('any box'), and the sensitivity at each overall operating point of the
-    FROC (the score threshold giving <= r false positives per image over ALL images and kinds: a kind is
-    judged at the operating point the whole system runs at, not at one tuned for it)."""
-    curve = froc_curve(predictions, truths, iou_threshold, centre)
-    found, _, _ = _per_image(predictions, truths, iou_threshold, centre)
+def froc_report(predictions: Sequence[tuple], truths: Sequence, kinds: Sequence[Sequence[str]],
+                iou_threshold: float = 0.1, centre: bool = True,
+                rates: Sequence[float] = FP_RATES) -> tuple[FrocCurve, dict]:
+    """The FROC (arguments as `froc_curve`) and its JSON summary: sensitivity at `rates`, the counts, and per
+    lesion kind (`kinds`: one name per true box, same nesting as `truths`) how many lesions there are, how many
+    some kept prediction hits ('any box'), and the sensitivity at each overall operating point of the FROC (the
+    score threshold giving <= r false positives per image over ALL images and kinds: a kind is judged at the
+    operating point the whole system runs at, not at one tuned for it). Hits are computed once for both."""
+    found, fp_scores, all_scores = _per_image(predictions, truths, iou_threshold, centre)
+    curve = _curve(found, fp_scores, all_scores, len(truths))
     flat = [k for ks in kinds for k in ks]
     if len(flat) != len(found):
         raise ValueError(f"{len(flat)} kind names for {len(found)} true boxes")
     flat = np.asarray(flat, dtype=object)
-    out = {}
+    by_kind = {}
     for kind in sorted(set(flat.tolist())):
         best = found[flat == kind]
-        out[kind] = {"n": int(len(best)), "hit_any_box": int(np.isfinite(best).sum()),
-                     "sensitivity": {str(float(r)): float(np.mean(best >= curve.threshold_at(r))) for r in rates}}
-    return out
+        by_kind[kind] = {"n": int(len(best)), "hit_any_box": int(np.isfinite(best).sum()),
+                         "sensitivity": {str(float(r)): float(np.mean(best >= curve.threshold_at(r)))
+                                         for r in rates}}
+    return curve, {"sensitivity": {str(float(r)): v for r, v in curve.table(rates).items()},
+                   "n_lesions": curve.n_lesions, "n_images": curve.n_images, "by_kind": by_kind}

@@ -24,14 +24,11 @@ import shutil
 import time
 from pathlib import Path
 
-import numpy as np
-
 from mammo.atomic import atomic_write_text, folder_lock
 from mammo.config import Config, replace
 from mammo.errors import MammoError
-from mammo.froc import froc_curve, sensitivity_by_kind
 from mammo.splits import split_by_patient, write_split_file
-from pipeline.evaluate import BASELINE_THRESHOLD, evaluate, match
+from pipeline.evaluate import BASELINE_THRESHOLD, evaluate, froc_of, match
 from pipeline.models import BUNDLE_FILE, PipelineModels, read_bundle
 from pipeline.operating_point import OofImage, OofSet, Settings, choose_operating_point
 from pipeline.results import decide, read_results, write_predictions_csv, write_result
@@ -195,14 +192,8 @@ def detector_froc(oof: OofSet, records, hit_iou: float) -> dict:
     """FROC of every OOF box as predicted (before conf and boxes kept are chosen), overall and per lesion kind:
     what the detectors find at all, which the kept settings then trade against false positives."""
     by_id = {r.image_id: r for r in records}
-    truths = [np.array([l.box for l in by_id[im.image_id].boxed_lesions], float).reshape(-1, 4) for im in oof.images]
-    preds = [(np.array([l.box for l in im.lesions], float).reshape(-1, 4),
-              np.array([l.detector_score for l in im.lesions], float)) for im in oof.images]
-    kinds = [[l.kind for l in by_id[im.image_id].boxed_lesions] for im in oof.images]
-    curve = froc_curve(preds, truths, hit_iou)
-    return {"predicted_with": {"detector.conf": oof.conf, "detector.max_det": oof.max_det},
-            "sensitivity": {str(float(r)): v for r, v in curve.table().items()}, "n_lesions": curve.n_lesions,
-            "by_kind": sensitivity_by_kind(preds, truths, kinds, hit_iou)}
+    _, froc = froc_of([by_id[im.image_id] for im in oof.images], [im.lesions for im in oof.images], hit_iou)
+    return {"predicted_with": {"detector.conf": oof.conf, "detector.max_det": oof.max_det}, **froc}
 
 
 def cross_validate(cfg: Config, records, out, *, k: int, only_fold: int | None = None, conf: float = 0.001,

@@ -20,7 +20,7 @@ import numpy as np  # noqa: E402
 from mammo import metrics  # noqa: E402
 from mammo.atomic import atomic_path, atomic_write_text  # noqa: E402
 from mammo.errors import MammoError  # noqa: E402
-from mammo.froc import FP_RATES, froc_curve, hit_matrix, sensitivity_by_kind  # noqa: E402
+from mammo.froc import FP_RATES, FrocCurve, froc_report, hit_matrix  # noqa: E402
 from pipeline.render import overlay_panel  # noqa: E402
 from pipeline.results import ImageResult, read_results  # noqa: E402
 
@@ -248,6 +248,15 @@ def markdown_report(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def froc_of(records, predicted, hit_iou: float) -> tuple[FrocCurve, dict]:
+    """FROC of predicted boxes (one list of lesions per record: `box`, `detector_score`) against each record's
+    boxed lesions, with its summary and sensitivity per lesion kind (`mammo.froc.froc_report`)."""
+    truths = [np.array([l.box for l in r.boxed_lesions], float).reshape(-1, 4) for r in records]
+    preds = [(np.array([l.box for l in lesions], float).reshape(-1, 4),
+              np.array([l.detector_score for l in lesions], float)) for lesions in predicted]
+    return froc_report(preds, truths, [[l.kind for l in r.boxed_lesions] for r in records], hit_iou)
+
+
 def evaluate(predictions_dir, records, out_dir, *, threshold: float | None = None, beta: float = 2.0,
              hit_iou: float = 0.1, n_boot: int = 1000, seed: int = 0, baselines: dict | None = None,
              threshold_source: str | None = None) -> dict:
@@ -294,14 +303,7 @@ def evaluate(predictions_dir, records, out_dir, *, threshold: float | None = Non
         report["image"][name] = metric_table(y_img[keep], b[keep], g_img[keep], b_threshold, beta, n_boot, seed)
         curve_sets[f"{name} (image)"] = (y_img[keep], b[keep], g_img[keep])
 
-    truths = [np.array([l.box for l in r.boxed_lesions], float).reshape(-1, 4) for r in m.records]
-    preds = [(np.array([l.box for l in r.lesions], float).reshape(-1, 4),
-              np.array([l.detector_score for l in r.lesions], float)) for r in m.results]
-    curve = froc_curve(preds, truths, hit_iou)
-    report["froc"] = {"sensitivity": {str(float(k)): v for k, v in curve.table().items()},
-                      "n_lesions": curve.n_lesions, "n_images": curve.n_images,
-                      "by_kind": sensitivity_by_kind(preds, truths, [[l.kind for l in r.boxed_lesions]
-                                                                     for r in m.records], hit_iou)}
+    curve, report["froc"] = froc_of(m.records, [r.lesions for r in m.results], hit_iou)
     figures = plot_curves(curve_sets, out_dir, n_boot, seed)
     figures += plot_confusion_and_distribution(y_img, p_img, threshold, out_dir, "image level")
     figures.append(_plot_froc(curve, out_dir))

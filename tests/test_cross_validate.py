@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mammo.froc import sensitivity_by_kind
+from mammo.froc import froc_report
 from mammo.records import ImageRecord, Lesion
 from pipeline.operating_point import (LabelLeak, OofImage, OofSet, choose_operating_point, choose_settings,
                                       fit_stacker)
@@ -176,7 +176,10 @@ def test_sensitivity_by_kind_at_the_overall_operating_point():
     preds = [(np.array([[1, 1, 9, 9]]), np.array([0.9])),            # finds image 0's CALC
              (np.array([[2, 2, 8, 8]]), np.array([0.3])),            # finds image 1's CALC, weakly
              (np.array([[100, 100, 110, 110]]), np.array([0.5]))]    # a false positive
-    out = sensitivity_by_kind(preds, truths, kinds, rates=(0.0, 0.25, 0.5))
+    curve, report = froc_report(preds, truths, kinds, rates=(0.0, 0.25, 0.5))
+    out = report["by_kind"]
+    assert report["sensitivity"] == {str(r): curve.sensitivity_at(r) for r in (0.0, 0.25, 0.5)}
+    assert report["n_lesions"] == 3 and report["n_images"] == 3
     assert out["CALC"]["n"] == 2 and out["CALC"]["hit_any_box"] == 2 and out["SPIC"]["hit_any_box"] == 0
     assert out["CALC"]["sensitivity"]["0.0"] == 0.5  # only the 0.9 box is kept without a false positive
     assert out["CALC"]["sensitivity"]["0.25"] == 0.5  # the 0.5 FP would make 1/3 FP per image
