@@ -30,12 +30,11 @@ from mammo.errors import MammoError
 from mammo.splits import split_by_patient, write_split_file
 from pipeline.evaluate import BASELINE_THRESHOLD, evaluate, froc_of, match
 from pipeline.models import BUNDLE_FILE, PipelineModels, read_bundle
-from pipeline.operating_point import OofImage, OofSet, Settings, choose_operating_point
+from pipeline.operating_point import MAX_PREDICT_BOXES, OofImage, OofSet, Settings, choose_operating_point
 from pipeline.results import decide, read_results, write_predictions_csv, write_result
 
 FOLD_DONE = "DONE.json"
 MAX_FOLDS = 20
-MAX_PREDICT_BOXES = 100  # boxes per image kept in the fold predictions (the re-filtering grid goes up to 20)
 
 
 def assign_folds(records, k: int, seed: int) -> dict[str, int]:

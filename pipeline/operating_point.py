@@ -21,12 +21,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mammo import metrics
-from mammo.errors import MammoError
+from mammo.errors import ConfigError, MammoError
 from mammo.config import AGGREGATES
-from pipeline.results import STACKER_FEATURES, aggregate_scores, image_features
+from pipeline.results import STACKER_FEATURES, aggregate_scores, check_aggregate, image_features
 
 CONFS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5)  # candidate detector.conf (only those >= the predictions' own conf)
 MAX_DETS = (1, 2, 3, 5, 10, 20)  # candidate detector.max_det (only those <= the predictions' own max_det)
+MAX_PREDICT_BOXES = 100  # boxes per image kept in the fold predictions, so the most a chosen max_det can be
 
 _SEALED: contextvars.ContextVar[frozenset] = contextvars.ContextVar("sealed_folds", default=frozenset())
 
@@ -252,17 +253,14 @@ def read_operating_point(path) -> dict:
         raise MammoError(f"{path}: not an operating point of `pipeline cross-validate` ({type(exc).__name__}: "
                          f"{exc})") from None
     problems = [msg for bad, msg in ((not 0 < conf < 1, f"detector.conf {conf}"),
-                                     (not 1 <= max_det <= 100, f"detector.max_det {max_det}"),
-                                     (rule not in AGGREGATES, f"pipeline.aggregate {rule!r}"),
-                                     (rule == "stacker" and not s.get("stacker"), "stacker without coefficients"),
+                                     (not 1 <= max_det <= MAX_PREDICT_BOXES, f"detector.max_det {max_det}"),
                                      (not np.isfinite(threshold), f"threshold {threshold}"), (k < 2, f"k {k}")) if bad]
     if problems:
         raise MammoError(f"{path}: out of range: {', '.join(problems)}")
-    if rule == "stacker":
-        try:
-            aggregate_scores([], "stacker", s["stacker"])
-        except (ValueError, KeyError, TypeError) as exc:
-            raise MammoError(f"{path}: malformed stacker ({type(exc).__name__}: {exc})") from None
+    try:  # the rule and its stacker, checked as infer checks them before a batch
+        check_aggregate(rule, s.get("stacker"))
+    except ConfigError as exc:
+        raise MammoError(f"{path}: {exc}") from None
     return op
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mammo.errors import MammoError
 from mammo.froc import froc_report
 from mammo.records import ImageRecord, Lesion
 from pipeline.operating_point import (LabelLeak, OofImage, OofSet, choose_operating_point, choose_settings,
@@ -274,6 +275,26 @@ def test_bundle_records_settings_from_kfold_oof_and_infer_uses_the_stacker(tmp_p
     (tmp_path / "bad.json").write_text(json.dumps(bad, default=float))
     with pytest.raises(Exception, match="max_det"):
         read_operating_point(tmp_path / "bad.json")
+
+
+@pytest.mark.parametrize("change, problem", [
+    ({"detector.max_det": 101}, "detector.max_det 101"),  # more boxes than the fold predictions keep
+    ({"pipeline.aggregate": "mean"}, "must be one of"),
+    ({"pipeline.aggregate": "stacker", "stacker": None}, "coefficients"),
+    ({"pipeline.aggregate": "stacker", "stacker": {"features": ["other"]}}, "features"),
+])
+def test_read_operating_point_refuses_what_infer_would_refuse(tmp_path, change, problem):
+    from pipeline.operating_point import MAX_PREDICT_BOXES, read_operating_point
+
+    op = choose_operating_point(_oof(), n_boot=5)
+    path = tmp_path / "op.json"
+    path.write_text(json.dumps({**op, "settings": {**op["settings"], "detector.max_det": MAX_PREDICT_BOXES}},
+                               default=float))
+    assert read_operating_point(path)["settings"]["detector.max_det"] == MAX_PREDICT_BOXES
+    path.write_text(json.dumps({**op, "settings": {**op["settings"], **change}}, default=float))
+    with pytest.raises(MammoError, match=problem) as refused:
+        read_operating_point(path)
+    assert str(path) in str(refused.value)
 
 
 def test_infer_refuses_the_stacker_without_coefficients_before_any_image(tmp_path):
