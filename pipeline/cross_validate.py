@@ -164,19 +164,21 @@ def write_oof(out, oof: OofSet, results: dict, op: dict) -> Path:
     """Each image in the infer contract, as its own fold's cross-fitted settings see it."""
     target = Path(out) / "oof"
     target.mkdir(parents=True, exist_ok=True)
+    chosen = {}  # image_id -> (its fold's settings, score, boxes kept, below_conf): each fold scored at once
+    for fold in oof.folds:
+        settings = Settings.from_dict(op["per_fold_settings"][str(fold)])
+        held = oof.only(fold)
+        for im, score, kept, below in zip(held.images, settings.scores(held),
+                                          held.kept(settings.conf, settings.max_det), held.below(settings.conf)):
+            chosen[im.image_id] = settings, float(score), kept, below
     rows = []
     for im in oof.images:
         res, fold = results[im.image_id]
-        s = op["per_fold_settings"][str(fold)]
-        settings = Settings(s["detector.conf"], s["detector.max_det"], s["pipeline.aggregate"], s["threshold"],
-                            s.get("stacker"))
-        one = OofSet([im], oof.k, oof.conf, oof.max_det)
-        score = float(settings.scores(one)[0])
+        settings, score, kept, below = chosen[im.image_id]
         pred_dir = Path("..") / "folds" / f"fold{fold}" / "predictions"
         out_res = dataclasses.replace(res, score=score, threshold=settings.threshold,
                                       decision=decide(score, settings.threshold),
-                                      lesions=list(one.kept(settings.conf, settings.max_det)[0]),
-                                      below_conf=one.below(settings.conf)[0],
+                                      lesions=list(kept), below_conf=below,
                                       heatmap=str(pred_dir / res.heatmap) if res.heatmap else "",
                                       overlay=str(pred_dir / res.overlay) if res.overlay else "",
                                       aggregate=settings.aggregate)

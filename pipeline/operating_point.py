@@ -159,6 +159,12 @@ class Settings:
                 "threshold": self.threshold, "calibration": calibration, "stacker": self.stacker,
                 IN_SAMPLE: self.selection}
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "Settings":
+        """The settings `to_dict` wrote (its calibration note is derived, not read)."""
+        return cls(d["detector.conf"], d["detector.max_det"], d["pipeline.aggregate"], d["threshold"],
+                   d.get("stacker"), d.get(IN_SAMPLE, {}))
+
 
 def candidate_grid(oof: OofSet, confs=CONFS, max_dets=MAX_DETS, rules=AGGREGATES):
     confs = sorted({c for c in confs if c >= oof.conf - 1e-12} | {oof.conf})

@@ -18,8 +18,8 @@ import pytest
 from mammo.errors import MammoError
 from mammo.froc import froc_report
 from mammo.records import ImageRecord, Lesion
-from pipeline.operating_point import (LabelLeak, OofImage, OofSet, choose_operating_point, choose_settings,
-                                      fit_stacker)
+from pipeline.operating_point import (LabelLeak, OofImage, OofSet, Settings, choose_operating_point,
+                                      choose_settings, fit_stacker)
 from mammo.config import AGGREGATES
 from pipeline.results import LesionResult, aggregate_scores, stacker_score
 
@@ -146,6 +146,8 @@ def test_operating_point_is_chosen_on_oof_and_records_where_it_came_from():
     assert op["k"] == 4 and "out-of-fold" in op["source"] and set(op["per_fold_settings"]) == {"0", "1", "2", "3"}
     assert 0 <= op["figures"]["cross_fitted"]["auroc"]["value"] <= 1
     json.dumps(op, default=float)
+    for written in (op["settings"], *op["per_fold_settings"].values()):  # read back as written
+        assert Settings.from_dict(written).to_dict() == written
 
 
 def test_a_setting_chosen_for_a_fold_never_reads_that_folds_labels():
