@@ -22,6 +22,7 @@ from mammo.froc import hit_matrix
 from mammo.imaging import read_mammogram
 from pipeline.heatmap import HeatmapCanvas
 from pipeline.ids import IdAllocator
+from pipeline.infer import operating_threshold
 from pipeline.inputs import discover
 from pipeline.render import colorize, three_panels
 
@@ -120,7 +121,7 @@ def _export_locked(inputs, out_dir: Path, models, cfg: Config, annotations, over
     writer.writeheader()
     writer.writerows(all_rows)
     atomic_write_text(out_dir / "rois.csv", buf.getvalue())
-    atomic_write_text(out_dir / "index.html", contact_sheet(all_rows, models.threshold))
+    atomic_write_text(out_dir / "index.html", contact_sheet(all_rows, operating_threshold(cfg, models)))
     return {"images": len(paths), "rois": len(all_rows), "failed": len(failures), "failures": failures}
 
 

@@ -232,6 +232,25 @@ def test_export_rois_contact_sheet_opens_in_a_browser(tiny_bundle, tmp_path):
     assert f"{len(rows)} shown" in dom
 
 
+def test_export_rois_decides_at_the_operating_threshold_in_force(tmp_path):
+    """`pipeline.threshold=...` overrides the models' threshold in export-rois' sheet as it does in infer
+    (stand-in models: every crop's malignancy is at least sigmoid(-1) = 0.27, below the shipped 0.99)."""
+    from mammo.annotations import read_annotations
+    from mammo.config import DetectorConfig
+    from pipeline.export import export_rois
+    from standins import blob_detector, bright_spot_classifier
+
+    annotations = read_annotations("csv", write_synthetic_dataset(tmp_path / "data", 2, seed=5, n_lesions=1))
+    models = PipelineModels(blob_detector(DetectorConfig(imgsz=256, conf=0.01)), bright_spot_classifier(64), 0.99)
+    export_rois([], tmp_path / "review", models, load_config(overrides=["pipeline.threshold=0.2"]), annotations,
+                progress=False)
+    rows = list(csv.DictReader(open(tmp_path / "review" / "rois.csv")))
+    page = (tmp_path / "review" / "index.html").read_text()
+    assert rows and all(float(r["malignancy"]) >= 0.2 for r in rows)
+    assert "operating threshold 0.20" in page
+    assert page.count('data-pred="malignant"') == len(rows) and 'data-pred="not-malignant"' not in page
+
+
 def test_evaluate_with_a_trained_single_stage_baseline_side_by_side(tiny_bundle, tmp_path):
     """`evaluate --train-baseline`: infer on the validation split, train the whole-breast baseline on the same
     split, and report both (image level) from one command."""
