@@ -320,6 +320,7 @@ def wait_job(client, job_id: str, timeout: float = 120) -> dict:
 def test_upload_runs_the_pipeline_and_keeps_the_run(served, tmp_path):
     client, run, *_ = served
     before = list(csv.DictReader(open(run / "predictions.csv")))
+    listed = dict(client.app.state.runs.runs[0].results)
     png = write_png(tmp_path / "Mass-Test_P_00820_LEFT_CC.png", 77, 1)  # a name with a patient id in it
     r = upload(client, png.name, png.read_bytes())
     assert r.status_code == 200, r.text
@@ -328,6 +329,8 @@ def test_upload_runs_the_pipeline_and_keeps_the_run(served, tmp_path):
     new_id = job["image_id"]
     assert "00820" not in new_id and new_id in ids(client)
     assert client.get(f"/view/0/{new_id}").status_code == 200
+    now = client.app.state.runs.runs[0].results  # the new result read, the others not read again
+    assert set(now) == set(listed) | {new_id} and all(now[k] is v for k, v in listed.items())
     after = list(csv.DictReader(open(run / "predictions.csv")))
     assert [r["image_id"] for r in after] == [r["image_id"] for r in before] + [new_id]
     assert not [p for p in run.rglob("*") if "00820" in p.name]

@@ -13,7 +13,7 @@ from pathlib import Path, PurePosixPath
 
 from mammo.errors import ImageReadError
 from pipeline.ids import source_key
-from pipeline.results import ImageResult, read_results
+from pipeline.results import ImageResult, read_result, read_results, result_path
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 SERVED_SUFFIXES = {".png", ".jpg", ".jpeg"}  # pictures only: the JSONs hold source paths, the database verdicts
@@ -57,7 +57,7 @@ class Run:
 
 
 class RunSet:
-    """The run folders and their image results; `refresh` re-reads a folder after an upload added an image.
+    """The run folders and their image results, read once; `add` reads the one result an upload wrote.
     `salt`: the id salt of the server's config, to find uploads by source key when results hold no paths."""
 
     def __init__(self, roots, salt: str | None = None):
@@ -67,14 +67,14 @@ class RunSet:
         for i, root in enumerate(roots):
             root = Path(root).resolve()
             root.mkdir(parents=True, exist_ok=True)
-            self.runs.append(Run(i, root, {}))
-            self.refresh(i)
+            self.runs.append(Run(i, root, {r.image_id: r for r in read_results(root) if ID_PATTERN.match(r.image_id)}))
 
-    def refresh(self, index: int) -> None:
+    def add(self, index: int, image_id: str) -> None:
+        """Read the result `image_id` just written to run `index` (nothing else in the folder changed)."""
         run = self.runs[index]
-        results = {r.image_id: r for r in read_results(run.root) if ID_PATTERN.match(r.image_id)}
-        with self._lock:
-            run.results = results
+        result = read_result(result_path(run.root, image_id))
+        with self._lock:  # a new dict: a page listing the old one meanwhile is not disturbed
+            run.results = {**run.results, image_id: result}
 
     def run(self, index: int) -> Run:
         if not 0 <= index < len(self.runs):

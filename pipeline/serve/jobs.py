@@ -128,7 +128,7 @@ class Uploads:
                 result = infer_image(mammogram, image_id, path, self.models, self.cfg, self.threshold, run.root,
                                      ProgressTimer(job))
                 append_prediction_row(run.root, result)
-            self.runs.refresh(job.run)
+            self.runs.add(job.run, image_id)
             job.image_id, job.progress, job.status = image_id, 1.0, "done"
         except Exception as exc:  # reported to the page; the server goes on
             message = str(exc) if isinstance(exc, MammoError) else f"{type(exc).__name__}: {exc}"
