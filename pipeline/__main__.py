@@ -200,7 +200,7 @@ def cmd_serve(args, overrides, inputs) -> int:
     from pipeline.models import PipelineModels
     from pipeline.serve import check_address, serve
 
-    token = check_address(args.host, args.port, args.token)  # before the models load: a refusal is immediate
+    address = check_address(args.host, args.port, args.token)  # before the models load: a refusal is immediate
     cfg, bundle = resolve_config(args, overrides)
     run_dirs = inputs or [str(make_run_dir("pipeline", "infer", cfg.run.name))]
     words = [w for w in sys.argv if not (args.token and args.token in w)]  # the token is never written
@@ -208,8 +208,7 @@ def cmd_serve(args, overrides, inputs) -> int:
                       resolve_salt(cfg.pipeline.id_salt))
     print(f"models: {bundle.root} ({bundle.description or 'no description'})")
     with PipelineModels.load(bundle, cfg) as models:  # uploads use infer's operating point: one fingerprint
-        return serve(run_dirs, models, cfg, operating_threshold(cfg, models), host=args.host, port=args.port,
-                     token=token, argv=argv)
+        return serve(run_dirs, models, cfg, operating_threshold(cfg, models), address, argv=argv)
 
 
 def _operating_point(args):

@@ -406,6 +406,14 @@ def test_token_is_required_beyond_localhost(standin):
     with pytest.raises(ValueError, match="at least"):
         resolve_token("0.0.0.0", "short")
     assert resolve_token("127.0.0.1", None) is None and resolve_token("::1", None) is None
+    from mammo.errors import MammoError
+    from pipeline.serve import Address, check_address
+
+    assert check_address("127.0.0.1", 8000, None) == Address("127.0.0.1", 8000, None)
+    with pytest.raises(MammoError, match="give a token"):
+        check_address("0.0.0.0", 8000, None)
+    with pytest.raises(MammoError, match="port"):
+        check_address("127.0.0.1", 0, None)
     token = "s3cret-token-0123456789"
     client = TestClient(create_app([run], token=token), base_url="http://10.1.2.3:8000")
     for url in ["/", f"/api/images/0/{KNOWN}", "/runs/0/verdicts.csv", "/static/style.css",

@@ -1,23 +1,34 @@
 """`python -m pipeline serve`: the review workstation (see app.py). `serve` runs it with uvicorn."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from mammo.errors import MammoError
 
 
-def check_address(host: str, port: int, token: str | None) -> str | None:
-    """The token the server will require; MammoError for a bad port or a non-loopback host without a token."""
+@dataclass(frozen=True)
+class Address:
+    """Where the server listens and the token it requires, as `check_address` accepted them."""
+
+    host: str
+    port: int
+    token: str | None
+
+
+def check_address(host: str, port: int, token: str | None) -> Address:
+    """The checked address, with the token the server will require; MammoError for a bad port or a
+    non-loopback host without a token. `serve` takes only this: the check runs once, before the models load."""
     from pipeline.serve.security import resolve_token
 
     if not 0 < port < 65536:
         raise MammoError(f"--port {port}: expected 1-65535")
     try:
-        return resolve_token(host, token)
+        return Address(host, port, resolve_token(host, token))
     except ValueError as exc:
         raise MammoError(str(exc)) from None
 
 
-def serve(run_dirs, models, cfg, threshold: float, host: str = "127.0.0.1", port: int = 8000,
-          token: str | None = None, argv=None) -> int:
+def serve(run_dirs, models, cfg, threshold: float, address: Address, argv=None) -> int:
     import logging
 
     import uvicorn
@@ -27,7 +38,7 @@ def serve(run_dirs, models, cfg, threshold: float, host: str = "127.0.0.1", port
     from pipeline.serve.files import STATE_DIR
     from pipeline.serve.security import RedactToken
 
-    token = check_address(host, port, token)
+    host, port, token = address.host, address.port, address.token
     app = create_app(run_dirs, models, cfg, threshold, token=token)
     start_run(cfg, app.state.runs.runs[0].root / STATE_DIR, argv)  # the server's resolved config, beside its state
     n = sum(len(r.results) for r in app.state.runs.runs)
