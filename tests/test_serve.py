@@ -33,6 +33,7 @@ from pipeline.serve.security import resolve_token  # noqa: E402
 
 KNOWN = "syn007_0000"  # the stand-in result's image id: the one infer and export-rois give its file
 SCAN = "scan1"  # a stand-in result (no boxes) over a real full-size DICOM
+LOCAL = "http://localhost"  # what a browser on this machine sends; the server answers no other name without token
 
 
 def write_png(path: Path, seed: int, n_lesions: int, shape=(512, 384)) -> Path:
@@ -77,7 +78,7 @@ def standin(tmp_path_factory):
     dicom = sample_dicom_paths()[0]
     h, w = read_mammogram(dicom).shape
     write_result(run, ImageResult(SCAN, str(dicom), w, h, 0.1, 0.5, "not malignant"))
-    with TestClient(create_app([run])) as client:
+    with TestClient(create_app([run]), base_url=LOCAL) as client:
         yield client, run
 
 
@@ -96,7 +97,7 @@ def served(tiny_bundle, tmp_path_factory):
     assert summary["failed"] == 0, summary["failures"]
     data = write_known(root, run, models.threshold)
     app = create_app([run], models, cfg, models.threshold)
-    with TestClient(app) as client:
+    with TestClient(app, base_url=LOCAL) as client:
         yield client, run, models, cfg, data
     models.close()
 
@@ -180,7 +181,7 @@ def test_an_original_that_moved_is_a_clear_404_without_its_path(tmp_path):
     gone = tmp_path / "gone"
     gone.mkdir()
     write_result(gone, ImageResult("moved", "/nowhere/Mass_P_01234_LEFT.dcm", 300, 200, 0.1, 0.5, "not malignant"))
-    client = TestClient(create_app([gone]))
+    client = TestClient(create_app([gone]), base_url=LOCAL)
     assert client.get("/").status_code == 200 and client.get("/view/0/moved").status_code == 200
     for url in ("/api/tiles/0/moved/0/0_0.jpg", "/api/thumb/0/moved.jpg", "/api/heatmap/0/moved.png"):
         r = client.get(url)
@@ -389,7 +390,7 @@ def test_uploads_are_viewable_when_results_hold_no_paths(served, tmp_path):
     from mammo.config import replace
 
     hashed = replace(cfg, pipeline=dataclasses.replace(cfg.pipeline, source_paths="hashed"))
-    client = TestClient(create_app([tmp_path / "run"], models, hashed, models.threshold))
+    client = TestClient(create_app([tmp_path / "run"], models, hashed, models.threshold), base_url=LOCAL)
     png = write_png(tmp_path / "scan.png", 5, 1)
     job = wait_job(client, upload(client, "scan.png", png.read_bytes()).json()["id"])
     assert job["status"] == "done", job
@@ -444,7 +445,9 @@ def test_access_log_never_shows_the_token():
 def test_loopback_server_refuses_other_host_names_and_cross_site_posts(standin):
     client = standin[0]
     assert client.get("/", headers={"host": "evil.example"}).status_code == 403  # DNS rebinding
-    assert client.get("/", headers={"host": "127.0.0.1:8000"}).status_code == 200
+    for host in ("127.0.0.1:8000", "localhost:8000", "[::1]:8000"):
+        assert client.get("/", headers={"host": host}).status_code == 200, host
+    assert client.get("/", headers={"host": "testserver"}).status_code == 403  # the test client's own name
     r = client.post(f"/api/verdicts/0/{KNOWN}", json={"reader": "x", "image": {"agreement": "agree"}},
                     headers={"origin": "http://evil.example"})
     assert r.status_code == 403

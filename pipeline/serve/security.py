@@ -22,13 +22,14 @@ from starlette.responses import PlainTextResponse, RedirectResponse
 
 TOKEN_ENV = "MAMMO_SERVE_TOKEN"
 COOKIE = "mammo_serve_token"
-LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1", "testserver"}  # testserver: the framework's test client
 MIN_TOKEN_LENGTH = 16
 _TOKEN_IN_URL = re.compile(r"([?&]token=)[^&\s]*")
 
 
 def is_loopback(host: str) -> bool:
-    if host in ("localhost",):
+    """'localhost' or a loopback IP address: for the address the server binds and for the Host header of a
+    request to a server without token."""
+    if host == "localhost":
         return True
     try:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
@@ -68,7 +69,7 @@ class AccessMiddleware(BaseHTTPMiddleware):
 
     async def dispatch(self, request, call_next):
         host = request.headers.get("host", "")
-        if self.token is None and _hostname(host) not in LOOPBACK_NAMES:
+        if self.token is None and not is_loopback(_hostname(host)):
             return PlainTextResponse("this server answers only on localhost", status_code=403)
         origin = request.headers.get("origin")
         if request.method not in ("GET", "HEAD") and origin and urlsplit(origin).netloc != host:
