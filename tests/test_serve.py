@@ -189,6 +189,20 @@ def test_an_original_that_moved_is_a_clear_404_without_its_path(tmp_path):
     assert "file not found" in client.get("/api/tiles/0/moved/0/0_0.jpg").json()["detail"]
 
 
+def test_results_with_ids_unfit_for_urls_and_file_names_are_not_listed(tmp_path):
+    """A run folder may hold JSON files infer did not write: an id with a path in it, a hidden name or spaces
+    is not listed (ids end up in URLs and in thumbnail file names), and so cannot be asked for."""
+    run = tmp_path / "run"
+    write_result(run, ImageResult("fine_1", "/nowhere/a.png", 30, 20, 0.1, 0.5, "not malignant"))
+    for bad in ("../../escape", ".hidden", "two words"):
+        data = json.loads((run / "fine_1.json").read_text())
+        (run / f"placed{len(bad)}.json").write_text(json.dumps({**data, "image_id": bad}))
+    client = TestClient(create_app([run]), base_url=LOCAL)
+    assert ids(client) == ["fine_1"]
+    assert client.get("/api/images/0/two%20words").status_code == 404
+    assert client.get("/api/images/0/.hidden").status_code == 404
+
+
 def test_heatmap_is_coloured_with_alpha_where_the_map_is_zero(standin):
     client, *_ = standin
     png = client.get(f"/api/heatmap/0/{KNOWN}.png")

@@ -15,6 +15,9 @@ from mammo.errors import ImageReadError
 from pipeline.ids import source_key
 from pipeline.results import ImageResult, read_result, read_results, result_path
 
+# Results listed by the server: a run folder is any folder the user points at, and may hold JSON files that
+# `infer` did not write (copied, edited by hand, another tool's) whose image_id would end up in URLs and in file
+# names under .serve/ (thumbnails). Only ids of this form are listed; every later lookup is by a listed id.
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 SERVED_SUFFIXES = {".png", ".jpg", ".jpeg"}  # pictures only: the JSONs hold source paths, the database verdicts
 STATE_DIR = ".serve"  # per run: verdicts.sqlite, thumbnail cache, uploaded images
@@ -83,7 +86,7 @@ class RunSet:
 
     def result(self, index: int, image_id: str) -> tuple[Run, ImageResult]:
         run = self.run(index)
-        if not ID_PATTERN.match(image_id) or image_id not in run.results:
+        if image_id not in run.results:  # listed ids only (ID_PATTERN), so a client's id needs no other check
             raise NotFound(image_id)
         return run, run.results[image_id]
 
