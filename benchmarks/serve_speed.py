@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 import mammo.runtime  # noqa: E402  (the first import of anything that may load a framework)
 
 import argparse  # noqa: E402
-import json  # noqa: E402
+import dataclasses  # noqa: E402
 import os  # noqa: E402
 import shutil  # noqa: E402
 import socket  # noqa: E402
@@ -28,6 +28,7 @@ import httpx  # noqa: E402
 
 from mammo.runtime import CACHE_DIR, PROJECT_ROOT  # noqa: E402
 from pipeline.demo import sample_inputs  # noqa: E402
+from pipeline.results import read_results, write_result  # noqa: E402
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
@@ -46,17 +47,14 @@ def big_run(sample: Path, n: int, out: Path) -> Path:
     hard-linked)."""
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    results = [r for r in map(lambda p: json.loads(p.read_text()), sorted(sample.glob("*.json")))
-               if isinstance(r, dict) and "lesions" in r]
+    results = read_results(sample)
     shutil.copyfile(sample / "fingerprint.json", out / "fingerprint.json")  # uploads analyse under the same models
     for i in range(n):
-        r = dict(results[i % len(results)])
-        heat = sample / r["heatmap"]
-        if i >= len(results):
-            r["image_id"], r["overlay"] = f"bench{i:04d}", ""
-        r["heatmap"] = f"{r['image_id']}_heatmap.png"
-        os.link(heat, out / r["heatmap"])
-        (out / f"{r['image_id']}.json").write_text(json.dumps(r))
+        r = results[i % len(results)]
+        image_id, overlay = (r.image_id, r.overlay) if i < len(results) else (f"bench{i:04d}", "")
+        copy = dataclasses.replace(r, image_id=image_id, overlay=overlay, heatmap=f"{image_id}_heatmap.png")
+        os.link(sample / r.heatmap, out / copy.heatmap)
+        write_result(out, copy)
     return out
 
 
@@ -157,9 +155,9 @@ def browser_figures(base: str, run: Path, screenshot: str | None = None) -> dict
             page.wait_for_function(THUMBS_IN_VIEW_LOADED, timeout=300_000)
             figures[f"worklist page load in the browser, thumbnails in view drawn, {label} (ms)"] = (
                 time.perf_counter() - t0) * 1000
-        own = sample_ids(run)
-        most_boxes = max(own, key=lambda i: len(json.loads((run / f"{i}.json").read_text())["lesions"]))
-        other = next(i for i in own if i != most_boxes)
+        own = sample_results(run)
+        most_boxes = max(own, key=lambda r: len(r.lesions)).image_id
+        other = next(r.image_id for r in own if r.image_id != most_boxes)
         for label, image in (("cold: DICOM read", most_boxes), ("warm: pyramid cached", most_boxes),
                              ("another full-size DICOM, cold", other)):
             t0 = time.perf_counter()
@@ -168,25 +166,23 @@ def browser_figures(base: str, run: Path, screenshot: str | None = None) -> dict
             figures[f"open a full-size DICOM in the viewer, all visible tiles drawn, {label} (ms)"] = (
                 time.perf_counter() - t0) * 1000
         if screenshot:
-            save_screenshot(page, base, run, Path(screenshot))
+            save_screenshot(page, base, most_boxes, Path(screenshot))
         browser.close()
     return figures
 
 
-def sample_ids(run: Path) -> list[str]:
-    """The ids of the sample's own results in the big run (not the copies, not the run's other JSON files)."""
-    return sorted(p.stem for p in run.glob("*.json") if not p.stem.startswith("bench")
-                  and "lesions" in json.loads(p.read_text()))
+def sample_results(run: Path) -> list:
+    """The results of the sample's own images in the big run (not the copies), by id."""
+    return sorted((r for r in read_results(run) if not r.image_id.startswith("bench")), key=lambda r: r.image_id)
 
 
-def save_screenshot(page, base: str, run: Path, path: Path) -> None:
+def save_screenshot(page, base: str, image_id: str, path: Path) -> None:
     import io
 
     from PIL import Image
 
-    best = max(sample_ids(run), key=lambda i: len(json.loads((run / f"{i}.json").read_text())["lesions"]))
     page.set_viewport_size({"width": 1200, "height": 700})
-    page.goto(f"{base}/view/0/{best}")
+    page.goto(f"{base}/view/0/{image_id}")
     page.wait_for_selector("body[data-heatmap='1']", state="attached", timeout=120_000)
     page.wait_for_selector("body[data-tiles-loaded='1']", state="attached", timeout=120_000)
     page.eval_on_selector("#reader", "r => { r.value = 'Reader 1'; }")
