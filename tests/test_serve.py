@@ -191,14 +191,20 @@ def test_an_original_that_moved_is_a_clear_404_without_its_path(tmp_path):
 
 def test_results_with_ids_unfit_for_urls_and_file_names_are_not_listed(tmp_path):
     """A run folder may hold JSON files infer did not write: an id with a path in it, a hidden name or spaces
-    is not listed (ids end up in URLs and in thumbnail file names), and so cannot be asked for."""
+    is not listed (ids end up in URLs and in thumbnail file names), and so cannot be asked for; every id infer
+    gives (pipeline.ids) is."""
     run = tmp_path / "run"
     write_result(run, ImageResult("fine_1", "/nowhere/a.png", 30, 20, 0.1, 0.5, "not malignant"))
     for bad in ("../../escape", ".hidden", "two words"):
         data = json.loads((run / "fine_1.json").read_text())
         (run / f"placed{len(bad)}.json").write_text(json.dumps({**data, "image_id": bad}))
+    from pipeline.ids import image_id_for
+
+    written = [image_id_for(f"/x/{name}.png") for name in ("-scan", "left_cc_" + "x" * 140)]  # as infer names them
+    for image_id in written:
+        write_result(run, ImageResult(image_id, "/nowhere/b.png", 30, 20, 0.1, 0.5, "not malignant"))
     client = TestClient(create_app([run]), base_url=LOCAL)
-    assert ids(client) == ["fine_1"]
+    assert sorted(ids(client)) == sorted(["fine_1", *written])  # every result infer writes is listed
     assert client.get("/api/images/0/two%20words").status_code == 404
     assert client.get("/api/images/0/.hidden").status_code == 404
 

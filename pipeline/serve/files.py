@@ -17,8 +17,10 @@ from pipeline.results import ImageResult, read_result, read_results, result_path
 
 # Results listed by the server: a run folder is any folder the user points at, and may hold JSON files that
 # `infer` did not write (copied, edited by hand, another tool's) whose image_id would end up in URLs and in file
-# names under .serve/ (thumbnails). Only ids of this form are listed; every later lookup is by a listed id.
-ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+# names under .serve/ (thumbnails). Only ids of this form are listed; every later lookup is by a listed id. It
+# admits every id pipeline.ids gives (characters [A-Za-z0-9._-], no leading dot or underscore, as long as a file
+# name `{id}.json` can be): a result infer wrote is never hidden.
+ID_PATTERN = re.compile(r"^[A-Za-z0-9-][A-Za-z0-9._-]{0,249}$")
 SERVED_SUFFIXES = {".png", ".jpg", ".jpeg"}  # pictures only: the JSONs hold source paths, the database verdicts
 STATE_DIR = ".serve"  # per run: verdicts.sqlite, thumbnail cache, uploaded images
 
