@@ -9,7 +9,7 @@ from pathlib import Path
 
 from mammo.atomic import atomic_write_text
 from mammo.cli import ListOption, add_command, command_parser, in_range, run_command
-from mammo.config import choices, load_config
+from mammo.config import MAX_PREDICT_BOXES, choices, load_config
 from mammo.errors import MammoError
 from mammo.runs import make_run_dir, peak_memory_mb, start_run
 
@@ -384,8 +384,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run folder (default: runs/pipeline/cross-validate/<run.name>)")
     p.add_argument("--predict-conf", type=in_range(1e-6, 0.99, float), default=0.001,
                    help="detector conf of the fold predictions (low: conf is chosen afterwards; default %(default)s)")
-    p.add_argument("--predict-max-det", type=in_range(1, 100), default=50,
-                   help="boxes per image in the fold predictions (default %(default)s, at most 100)")
+    p.add_argument("--predict-max-det", type=in_range(1, MAX_PREDICT_BOXES), default=50,
+                   help=f"boxes per image in the fold predictions (default %(default)s, at most {MAX_PREDICT_BOXES})")
     p.add_argument("--baseline", action="store_true", help="also train and score the single-stage baseline per fold")
     p = add("train-baseline", cmd_train_baseline, "train the single-stage baseline (one classifier on the whole "
             "breast) on the config's train/val split")

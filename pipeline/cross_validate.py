@@ -25,12 +25,12 @@ import time
 from pathlib import Path
 
 from mammo.atomic import atomic_write_text, folder_lock
-from mammo.config import Config, replace
+from mammo.config import MAX_PREDICT_BOXES, Config, replace
 from mammo.errors import MammoError
 from mammo.splits import split_by_patient, write_split_file
 from pipeline.evaluate import BASELINE_THRESHOLD, evaluate, froc_of, match
 from pipeline.models import BUNDLE_FILE, PipelineModels, read_bundle
-from pipeline.operating_point import MAX_PREDICT_BOXES, OofImage, OofSet, Settings, choose_operating_point
+from pipeline.operating_point import OofImage, OofSet, Settings, choose_operating_point
 from pipeline.results import decide, read_results, write_predictions_csv, write_result
 
 FOLD_DONE = "DONE.json"

@@ -22,12 +22,11 @@ import numpy as np
 
 from mammo import metrics
 from mammo.errors import ConfigError, MammoError
-from mammo.config import AGGREGATES
+from mammo.config import AGGREGATES, MAX_PREDICT_BOXES
 from pipeline.results import STACKER_FEATURES, aggregate_scores, check_aggregate, image_features
 
 CONFS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5)  # candidate detector.conf (only those >= the predictions' own conf)
 MAX_DETS = (1, 2, 3, 5, 10, 20)  # candidate detector.max_det (only those <= the predictions' own max_det)
-MAX_PREDICT_BOXES = 100  # boxes per image kept in the fold predictions, so the most a chosen max_det can be
 
 _SEALED: contextvars.ContextVar[frozenset] = contextvars.ContextVar("sealed_folds", default=frozenset())
 

@@ -286,7 +286,8 @@ def test_bundle_records_settings_from_kfold_oof_and_infer_uses_the_stacker(tmp_p
     ({"pipeline.aggregate": "stacker", "stacker": {"features": ["other"]}}, "features"),
 ])
 def test_read_operating_point_refuses_what_infer_would_refuse(tmp_path, change, problem):
-    from pipeline.operating_point import MAX_PREDICT_BOXES, read_operating_point
+    from mammo.config import MAX_PREDICT_BOXES
+    from pipeline.operating_point import read_operating_point
 
     op = choose_operating_point(_oof(), n_boot=5)
     path = tmp_path / "op.json"
