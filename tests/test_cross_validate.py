@@ -289,12 +289,12 @@ def test_read_operating_point_refuses_what_infer_would_refuse(tmp_path, change, 
     from mammo.config import MAX_PREDICT_BOXES
     from pipeline.operating_point import read_operating_point
 
-    op = choose_operating_point(_oof(), n_boot=5)
+    op = {"k": 4, "settings": {"detector.conf": 0.05, "detector.max_det": MAX_PREDICT_BOXES,
+                               "pipeline.aggregate": "max", "threshold": 0.4}}
     path = tmp_path / "op.json"
-    path.write_text(json.dumps({**op, "settings": {**op["settings"], "detector.max_det": MAX_PREDICT_BOXES}},
-                               default=float))
-    assert read_operating_point(path)["settings"]["detector.max_det"] == MAX_PREDICT_BOXES
-    path.write_text(json.dumps({**op, "settings": {**op["settings"], **change}}, default=float))
+    path.write_text(json.dumps(op))
+    assert read_operating_point(path) == op
+    path.write_text(json.dumps({**op, "settings": {**op["settings"], **change}}))
     with pytest.raises(MammoError, match=problem) as refused:
         read_operating_point(path)
     assert str(path) in str(refused.value)
