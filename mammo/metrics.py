@@ -130,6 +130,8 @@ def bootstrap_ci(metric: Callable, y, p, groups, n: int = 1000, alpha: float = 0
     groups = np.asarray(groups).ravel()
     if groups.shape != y.shape:
         raise ValueError("groups must have one entry per row")
+    if len(y) == 0:  # nothing to judge (say, lesion level with no true box and no prediction): undefined
+        return float("nan"), float("nan"), float("nan")
     ids, inverse = np.unique(groups, return_inverse=True)
     rows_of = [np.flatnonzero(inverse == k) for k in range(len(ids))]
     rng = np.random.default_rng(seed)

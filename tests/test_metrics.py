@@ -90,6 +90,9 @@ def test_bootstrap_resamples_patients():
     assert all((k - 9) % 3 == 0 for k in seen) and len(set(seen)) > 1
     with pytest.raises(ValueError, match="one entry per row"):
         M.bootstrap_ci(M.auroc, y, p, groups[:-1])
+    # nothing to judge (no true box and no prediction at lesion level): undefined, not a crash
+    assert all(np.isnan(M.bootstrap_ci(M.auroc, [], [], [])))
+    assert all(np.isnan(v["value"]) for k, v in M.bootstrap_table([], [], [], 0.5).items() if k != "confusion")
 
 
 def test_summary_has_the_usual_set():
