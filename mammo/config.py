@@ -34,6 +34,7 @@ DEFAULT_CONFIG = CONFIG_DIR / "default.yaml"
 AGGREGATES = ("max", "max_product", "noisy_or", "noisy_or_product", "stacker")  # stacker: fitted by cross-validate
 IMAGE_ID_MODES = ("auto", "name", "hash")  # pipeline/ids.py says what each means
 SOURCE_PATH_MODES = ("full", "hashed", "none")
+MAX_FOLDS = 20  # k of a cross-validation: each fold trains both stages, so more is days of CPU
 MAX_PREDICT_BOXES = 100  # boxes per image in cross-validation's fold predictions: the most a chosen max_det can be
 DATA_FORMATS = ("mias", "cbis-ddsm", "inbreast", "vindr", "csv")
 BACKBONES = ("small_cnn", "mobilenet_v2", "densenet121", "resnet50", "vgg16", "efficientnet_b0")

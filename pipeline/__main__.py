@@ -9,7 +9,7 @@ from pathlib import Path
 
 from mammo.atomic import atomic_write_text
 from mammo.cli import ListOption, add_command, command_parser, in_range, run_command
-from mammo.config import MAX_PREDICT_BOXES, choices, load_config
+from mammo.config import MAX_FOLDS, MAX_PREDICT_BOXES, choices, load_config
 from mammo.errors import MammoError
 from mammo.runs import make_run_dir, peak_memory_mb, start_run
 
@@ -378,8 +378,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="report folder (default: runs/pipeline/benchmark/<run.name>)")
     p = add("cross-validate", cmd_cross_validate, "patient-level k-fold cross-validation: out-of-fold predictions, "
             "operating settings chosen on them, their evaluation (resumable fold by fold)")
-    p.add_argument("--folds", type=in_range(2, 20), default=5, help="k (default: %(default)s)")
-    p.add_argument("--fold", type=in_range(0, 19),
+    p.add_argument("--folds", type=in_range(2, MAX_FOLDS), default=5, help="k (default: %(default)s)")
+    p.add_argument("--fold", type=in_range(0, MAX_FOLDS - 1),
                    help="run only this fold (0 .. k-1); the evaluation follows once all are done")
     p.add_argument("--out", help="run folder (default: runs/pipeline/cross-validate/<run.name>)")
     p.add_argument("--predict-conf", type=in_range(1e-6, 0.99, float), default=0.001,

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from mammo.atomic import atomic_write_text, folder_lock
-from mammo.config import MAX_PREDICT_BOXES, Config, replace
+from mammo.config import MAX_FOLDS, MAX_PREDICT_BOXES, Config, replace
 from mammo.errors import MammoError
 from mammo.splits import split_by_patient, write_split_file
 from pipeline.evaluate import BASELINE_THRESHOLD, evaluate, froc_of, match
@@ -34,7 +34,6 @@ from pipeline.operating_point import OofImage, OofSet, Settings, choose_operatin
 from pipeline.results import decide, read_results, write_predictions_csv, write_result
 
 FOLD_DONE = "DONE.json"
-MAX_FOLDS = 20
 
 
 def assign_folds(records, k: int, seed: int) -> dict[str, int]:
