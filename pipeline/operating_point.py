@@ -189,7 +189,11 @@ def _stacker_scores(train: OofSet, conf: float, max_det: int, y) -> tuple[np.nda
 
 def choose_settings(train: OofSet, *, beta: float = 2.0, min_specificity: float = 0.5, grid=None) -> Settings:
     """The candidate (conf, max_det, rule) with the best image auPR on `train` (ties: auROC, then fewer boxes,
-    higher conf), and its threshold: max F-beta among those keeping specificity >= min_specificity."""
+    then LOWER conf), and its threshold: max F-beta among those keeping specificity >= min_specificity.
+
+    Why lower conf on a tie: an image without a kept box is scored by its strongest candidate below conf, so a
+    conf above every box a set of images has gives the same scores as keeping those boxes. Of such equals, the
+    one that shows the box scoring the image as a finding is the one a reader can check."""
     y = train.labels()
     best, best_key = None, None
     for conf, max_det, rule in grid or candidate_grid(train):
@@ -200,7 +204,7 @@ def choose_settings(train: OofSet, *, beta: float = 2.0, min_specificity: float 
         else:
             scores, stacker = train.scores(conf, max_det, rule), None
         key = (np.nan_to_num(metrics.aupr(y, scores), nan=-1), np.nan_to_num(metrics.auroc(y, scores), nan=-1),
-               -max_det, conf)
+               -max_det, -conf)
         if best_key is None or key > best_key:
             best_key, best = key, (conf, max_det, rule, stacker, scores)
     conf, max_det, rule, stacker, scores = best

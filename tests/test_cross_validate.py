@@ -150,6 +150,19 @@ def test_operating_point_is_chosen_on_oof_and_records_where_it_came_from():
         assert Settings.from_dict(written).to_dict() == written
 
 
+def test_among_equal_scores_the_setting_that_shows_the_scoring_box_wins():
+    """No box reaches conf 0.5 here, so conf 0.5 (every image scored by its candidate below conf) and conf 0.01
+    (the same candidate kept) give identical image scores: the lower conf wins, so the box is shown."""
+    images = [OofImage(f"i{n}", f"p{n}", n % 2, n % 2, (L(0.2 + 0.01 * n, 0.1 + 0.8 * (n % 2) + 0.005 * n),))
+              for n in range(12)]
+    oof = OofSet(images, 2, 0.01, 5)
+    assert list(oof.scores(0.5, 1, "max_product")) == list(oof.scores(0.01, 1, "max_product"))
+    chosen = choose_settings(oof, grid=[(0.5, 1, "max_product"), (0.01, 1, "max_product")])
+    assert chosen.conf == 0.01
+    chosen = choose_settings(oof, grid=[(0.01, 1, "max_product"), (0.5, 1, "max_product")])  # order-free
+    assert chosen.conf == 0.01
+
+
 def test_a_setting_chosen_for_a_fold_never_reads_that_folds_labels():
     oof = _oof()
     # a planted leak: a chooser that ignores the folds it was given and looks at every label
