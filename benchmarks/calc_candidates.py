@@ -180,10 +180,11 @@ def main(argv=None) -> int:
     parser.add_argument("--cv", required=True, help="a `pipeline cross-validate` run folder")
     parser.add_argument("--config", help="config (default: the run's own config.yaml)")
     parser.add_argument("--out", default="runs/benchmarks/calc_candidates", help="output folder")
-    args, rest = parser.parse_known_args(argv)
-    overrides, unknown = split_args(rest)
-    if unknown:
-        parser.error(f"unrecognised arguments: {unknown}")
+    parser.add_argument("overrides", nargs="*", help="key=value config overrides (e.g. detector.calc_spot_k=6)")
+    args = parser.parse_args(argv)
+    overrides, stray = split_args(args.overrides)
+    if stray:
+        parser.error(f"expected key=value overrides, got {stray}")
     cv, out = Path(args.cv), Path(args.out)
     cfg = load_config(args.config or cv / "config.yaml", overrides)
     out.mkdir(parents=True, exist_ok=True)

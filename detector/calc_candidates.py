@@ -4,8 +4,9 @@ Calcifications are 0.1-1 mm bright specks; at 200 micron (mini-MIAS) that is 1-5
 letterbox shrinks them further, so the network rarely sees them. This finds them at the frame's own resolution:
 
 1. bright spots: white top-hat (image minus its opening by a disc wider than the largest calcification) of the
-   lightly smoothed frame; a spot is a connected region whose response stands `spot_k` robust standard deviations
-   (1.4826 x MAD of the response inside the breast) above the breast's median response;
+   lightly smoothed frame; a spot is a connected region whose response stands `calc_spot_k` robust standard
+   deviations above the breast's median response, the SD measured around it (`local_noise`: textured film and
+   dense tissue differ several-fold);
 2. spots larger than a calcification (masses, vessels, ducts: any side > 1.5 x `calc_max_spot_mm`) are dropped;
 3. spots are linked when their centres are at most `calc_cluster_mm` / 2 apart (single linkage), and a group
    of >= `calc_min_spots` is a cluster (clinically: >= 3-5 calcifications within 1 cm^2);

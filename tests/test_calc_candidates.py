@@ -122,3 +122,33 @@ def test_calc_settings_are_bounded(key, value):
     with pytest.raises(ConfigError, match=f"detector.{key}"):
         load_config(overrides=[f"detector.{key}={value}"])
     assert dataclasses.replace(DetectorConfig(), calc_candidates=True).calc_candidates is True
+
+
+def _benchmark():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "calc_candidates.py"
+    spec = importlib.util.spec_from_file_location("calc_candidates_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("planted_fold", [0, 2])
+def test_the_benchmarks_score_alignment_never_reads_the_scored_folds_hits(planted_fold):
+    """Each fold's scores are mapped by a fit on the other folds only: flipping that fold's hits changes nothing
+    for it, and the map keeps the source's own ranking."""
+    platt = _benchmark().platt_cross_fit
+    rng = np.random.default_rng(0)
+    folds = np.repeat([0, 1, 2], 10)
+    scores = [rng.uniform(0, 1, 4) for _ in folds]
+    hits = [rng.uniform(0, 1, 4) < s for s in scores]  # a higher score hits more often
+    flipped = [~h if f == planted_fold else h for h, f in zip(hits, folds)]
+    a = platt({"gen": scores}, {"gen": hits}, folds)["gen"]
+    b = platt({"gen": scores}, {"gen": flipped}, folds)["gen"]
+    for i in np.flatnonzero(folds == planted_fold):
+        assert np.allclose(a[i], b[i])
+        order = np.argsort(scores[i])
+        assert (np.diff(a[i][order]) > 0).all(), "strictly increasing in the source's own score"
+    assert not all(np.allclose(x, y) for x, y in zip(a, b)), "the other folds' maps did change"
