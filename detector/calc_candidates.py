@@ -3,7 +3,7 @@
 Calcifications are 0.1-1 mm bright specks; at 200 micron (mini-MIAS) that is 1-5 pixels, and the detector's
 letterbox shrinks them further, so the network rarely sees them. This finds them at the frame's own resolution:
 
-1. bright spots: white top-hat (image minus its opening by a disc wider than the largest calcification) of the
+1. bright spots: white top-hat (image minus its opening by a square wider than the largest calcification) of the
    lightly smoothed frame; a spot is a connected region whose response stands `calc_spot_k` robust standard
    deviations above the breast's median response, the SD measured around it (`local_noise`: textured film and
    dense tissue differ several-fold);
@@ -25,13 +25,14 @@ import cv2
 import numpy as np
 
 from mammo.config import DetectorConfig
-from mammo.preprocess import Frame, breast_mask
+from mammo.preprocess import Frame, breast_mask, resize
 from mammo.records import Detection
 
 from detector.frames import clip_to_shape
 
 LABEL = "calcification"
 MIN_SPOT_MM = 0.1  # smallest calcification: the smoothing scale (never below half a pixel)
+WORK_MM = 0.1  # finer frames are resampled to this spacing: a 0.1 mm speck still covers a pixel
 PAD_MM = 1.0  # margin around a cluster's spots, so that its box holds them and a little context
 MAX_SPOTS = 4000  # strongest spots kept per image: bounds the clustering on noisy images
 NOISE_WINDOW_MM = 5.0  # the local background a speck is compared with (half a cluster's extent)
@@ -63,9 +64,9 @@ def local_noise(response: np.ndarray, mask: np.ndarray, mm: float) -> tuple[floa
     median = float(np.median(inside))
     glob = max(1.4826 * float(np.median(np.abs(inside - median))), MIN_NOISE)
     dev = np.minimum(np.abs(response - median), 3 * glob) * mask
-    sigma = NOISE_WINDOW_MM / mm
-    weight = cv2.GaussianBlur(mask.astype(np.float32), (0, 0), sigma)
-    local = np.sqrt(np.pi / 2) * cv2.GaussianBlur(dev.astype(np.float32), (0, 0), sigma) / np.maximum(weight, 1e-3)
+    window = (2 * int(round(NOISE_WINDOW_MM / mm)) + 1,) * 2  # a box filter: its cost does not grow with the window
+    weight = cv2.boxFilter(mask.astype(np.float32), -1, window)
+    local = np.sqrt(np.pi / 2) * cv2.boxFilter(dev.astype(np.float32), -1, window) / np.maximum(weight, 1e-3)
     return median, np.maximum(local, 0.5 * glob)
 
 
@@ -73,9 +74,9 @@ def find_spots(pixels: np.ndarray, mask: np.ndarray, mm: float, cfg: DetectorCon
     """Bright specks of calcification size inside `mask`, strongest first (at most MAX_SPOTS)."""
     sigma = max(0.5, MIN_SPOT_MM / mm)
     smooth = cv2.GaussianBlur(pixels.astype(np.float32, copy=False), (0, 0), sigma)
-    radius = max(1, int(np.ceil(cfg.calc_max_spot_mm / mm)))  # disc wider than the largest calcification
-    disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
-    response = cv2.morphologyEx(smooth, cv2.MORPH_TOPHAT, disc)
+    # a square wider than the largest calcification (a rectangle is separable: 10x faster than a disc)
+    side = 2 * max(1, int(np.ceil(cfg.calc_max_spot_mm / mm))) + 1
+    response = cv2.morphologyEx(smooth, cv2.MORPH_TOPHAT, np.ones((side, side), np.uint8))
     if not mask.any():
         return []
     median, noise = local_noise(response, mask, mm)
@@ -129,8 +130,14 @@ def calc_candidates(frame: Frame, spacing_mm: float, cfg: DetectorConfig = Detec
     pixels = frame.pixels
     if pixels.ndim != 2 or min(pixels.shape) < 8:
         return []
-    mm = spacing_in_frame(frame, spacing_mm)
     mask = breast_mask(pixels) if mask is None else mask.astype(bool)
+    mm = spacing_in_frame(frame, spacing_mm)
+    if mm < WORK_MM:  # finer than needed (full-field scans): work at WORK_MM, 4-16x fewer pixels
+        shape = (max(8, round(pixels.shape[0] * mm / WORK_MM)), max(8, round(pixels.shape[1] * mm / WORK_MM)))
+        pixels, step = resize(pixels, shape)
+        frame = frame.then(pixels, step)  # boxes still map back to original pixels through the frame
+        mask = cv2.resize(mask.astype(np.uint8), shape[::-1], interpolation=cv2.INTER_NEAREST).astype(bool)
+        mm = spacing_in_frame(frame, spacing_mm)
     # the skin line and the crop border are bright edges to a top-hat: stay a spot's width inside the breast
     erode = max(1, int(np.ceil(2 * cfg.calc_max_spot_mm / mm)))
     mask = cv2.erode(mask.astype(np.uint8), np.ones((2 * erode + 1,) * 2, np.uint8), borderValue=0).astype(bool)

@@ -38,7 +38,7 @@ def detect(m, spacing_mm=0.2, cfg=DetectorConfig()):
 
 
 @pytest.mark.parametrize("side", ["left", "right"])  # right: the frame is cropped AND flipped
-@pytest.mark.parametrize("spacing_mm", [0.2, 0.1])
+@pytest.mark.parametrize("spacing_mm", [0.2, 0.1, 0.05])  # 0.05: resampled to WORK_MM first
 @pytest.mark.parametrize("n_specks", [4, 9])
 def test_a_drawn_cluster_is_boxed_in_original_pixels(side, spacing_mm, n_specks):
     m = breast(side, seed=3)
