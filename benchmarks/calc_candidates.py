@@ -14,7 +14,8 @@ classifies the detector's. Nothing here is trained or chosen on fold k's labels.
   (b) the generator's boxes alone,
   (c) both merged with their own scores (what `detector.calc_candidates` would do inside the detector), and
   (d) both merged after mapping each source's score to P(box hits a lesion) by a logistic fit on the OTHER folds'
-      boxes of that source (cross-fitted; needs >= 2 finished folds): a fair common scale;
+      boxes of that source (cross-fitted; needs >= 2 finished folds): a fair common scale, beside (a') the
+      detector's boxes alone under the same maps;
 - image level: the cross-fitted OOF auROC / auPR of `choose_operating_point` (conf, boxes kept, image-score rule
   and threshold chosen without the scored fold) with and without the classified generator boxes among each
   image's OOF lesions (needs >= 2 finished folds).
@@ -230,6 +231,9 @@ def main(argv=None) -> int:
         hits = {name: [hit_matrix(b, t, cfg.detector.hit_iou, cfg.detector.hit_centre).any(axis=1)
                        for (b, _), t in zip(src, truths)] for name, src in (("det", det), ("gen", gen))}
         mapped = platt_cross_fit({"det": [s for _, s in det], "gen": [s for _, s in gen]}, hits, fold_of)
+        # the fair reference for (d): the detector's boxes under the same per-fold maps (their pooled ranking
+        # changes when each fold's scores are mapped by another fit)
+        variants["(a') detector, cross-fitted P(hit)"] = [(db, md) for (db, _), md in zip(det, mapped["det"])]
         variants["(d) merged, cross-fitted P(hit)"] = [
             (np.r_[db, gb], np.r_[md, mg]) for (db, _), (gb, _), md, mg in zip(det, gen, mapped["det"], mapped["gen"])]
 
