@@ -54,12 +54,12 @@ def spacing_in_frame(frame: Frame, spacing_mm: float) -> float:
 
 
 def local_noise(response: np.ndarray, mask: np.ndarray, mm: float) -> tuple[float, np.ndarray]:
-    """The breast's median response, and the robust noise level of the top-hat response around each pixel (within about NOISE_WINDOW_MM): textured
-    film, the skin line and dense tissue differ several-fold, and a speck must stand out from its own
-    surroundings. Mean absolute deviation x sqrt(pi / 2) (= the SD for Gaussian noise) of the response clipped at
-    3 global robust SDs (so calcifications do not raise their own noise), averaged inside the breast only;
-    never below half the breast's global level (quantised smooth film would otherwise make 1-grey-level bumps
-    significant)."""
+    """The breast's median top-hat response, and the robust noise level of the response around each pixel (a
+    window of +-NOISE_WINDOW_MM): textured film, the skin line and dense tissue differ several-fold, and a speck
+    must stand out from its own surroundings. Mean absolute deviation x sqrt(pi / 2) (= the SD for Gaussian
+    noise) of the response clipped at 3 global robust SDs (so calcifications do not raise their own noise),
+    averaged inside the breast only; never below half the breast's global level (quantised smooth film would
+    otherwise make 1-grey-level bumps significant)."""
     inside = response[mask]
     median = float(np.median(inside))
     glob = max(1.4826 * float(np.median(np.abs(inside - median))), MIN_NOISE)
