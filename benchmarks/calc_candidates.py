@@ -141,9 +141,11 @@ def kind_curve(preds, truths, kinds, cfg, curve, kind: str):
 
 def plot(path: Path, curves: dict, calc: dict) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for name, curve in curves.items():
-        axes[0].step(curve.fp_per_image, curve.sensitivity, where="post", label=name)
-        axes[1].step(*calc[name], where="post", label=name)
+    styles = ("-", "--", ":", "-.", (0, (6, 2)))  # variants can coincide: every line stays visible
+    for i, (name, curve) in enumerate(curves.items()):
+        style = dict(where="post", label=name, linestyle=styles[i % len(styles)], linewidth=2.2 - 0.3 * i)
+        axes[0].step(curve.fp_per_image, curve.sensitivity, **style)
+        axes[1].step(*calc[name], **style)
     for ax, title in zip(axes, ("all lesions", f"{FOCUS} (at the overall operating points)")):
         ax.set_xlim(0, 4)
         ax.set_ylim(0, 1.02)
