@@ -9,7 +9,7 @@ held-out images, and fold k's own classifier (folds/fold<k>/train/bundle) classi
 classifies the detector's. Nothing here is trained or chosen on fold k's labels. Reported:
 
 - lesion level, overall and per lesion kind (CALC above all), sensitivity at 0.5 / 1 / 2 false positives per
-  image (mammo.froc, the hit rule of `evaluate`: centre inside or IoU >= detector.hit_iou) of
+  image (mammo.froc.froc_report, the hit rule of `evaluate`: centre inside or IoU >= detector.hit_iou) of
   (a) the OOF detector boxes alone (every box the fold predicted, down to its low predict conf),
   (b) the generator's boxes alone,
   (c) both merged with their own scores (what `detector.calc_candidates` would do inside the detector), and
@@ -48,7 +48,7 @@ from mammo.cli import split_args  # noqa: E402
 from mammo.config import load_config, save_config, to_dict  # noqa: E402
 from mammo.datasets import load_split_dataset  # noqa: E402
 from mammo.errors import MammoError  # noqa: E402
-from mammo.froc import froc_curve, hit_matrix, sensitivity_by_kind  # noqa: E402
+from mammo.froc import froc_report, hit_matrix  # noqa: E402
 from mammo.imaging import read_mammogram  # noqa: E402
 from mammo.preprocess import preprocess  # noqa: E402
 from pipeline.cross_validate import FOLD_DONE, fold_dir, load_oof  # noqa: E402
@@ -123,17 +123,16 @@ def platt_cross_fit(sources: dict, hits: dict, folds: np.ndarray) -> dict:
     return out
 
 
-def froc_report(preds, truths, kinds, cfg) -> tuple[dict, object]:
-    curve = froc_curve(preds, truths, cfg.detector.hit_iou, cfg.detector.hit_centre)
-    by_kind = sensitivity_by_kind(preds, truths, kinds, cfg.detector.hit_iou, cfg.detector.hit_centre, RATES)
-    return {"overall": {str(r): curve.sensitivity_at(r) for r in RATES}, "n_lesions": curve.n_lesions,
-            "by_kind": by_kind}, curve
+def lesion_report(preds, truths, kinds, cfg, rates=RATES) -> tuple[dict, object]:
+    """FROC summary (overall and per kind at `rates`) and the curve, with the hit rule of `evaluate`."""
+    curve, summary = froc_report(preds, truths, kinds, cfg.detector.hit_iou, cfg.detector.hit_centre, rates)
+    return {"overall": summary["sensitivity"], "n_lesions": summary["n_lesions"], "by_kind": summary["by_kind"]}, curve
 
 
 def kind_curve(preds, truths, kinds, cfg, curve, kind: str):
     """Sensitivity for one kind at every overall operating point (the x axis stays the overall FP/image)."""
     rates = np.unique(curve.fp_per_image[curve.fp_per_image <= 4.0])
-    table = sensitivity_by_kind(preds, truths, kinds, cfg.detector.hit_iou, cfg.detector.hit_centre, rates)
+    table = lesion_report(preds, truths, kinds, cfg, rates)[0]["by_kind"]
     if kind not in table:
         return rates, np.full(len(rates), np.nan)
     return rates, np.array([table[kind]["sensitivity"][str(float(r))] for r in rates])
@@ -241,7 +240,7 @@ def main(argv=None) -> int:
 
     report, curves, calc = {}, {}, {}
     for name, preds in variants.items():
-        report[name], curves[name] = froc_report(preds, truths, kinds, cfg)
+        report[name], curves[name] = lesion_report(preds, truths, kinds, cfg)
         calc[name] = kind_curve(preds, truths, kinds, cfg, curves[name], FOCUS)
     plot(out / "froc.png", curves, calc)
 
