@@ -119,6 +119,14 @@ class DetectorConfig(_Checked):
     hit_centre: bool = True  # FROC: false = only IoU >= hit_iou counts as a hit
     train_negatives: float = bounded(1.0, 0.0, 1.0)  # fraction of lesion-free training images exported
     train_args: dict[str, object] = field(default_factory=dict)  # extra ultralytics train arguments (lr0, ...)
+    # Calcification-cluster candidates (detector/calc_candidates.py): classical boxes beside the network's, off
+    # unless cross-validation shows they pay. Physical sizes and the clinical cluster definition, not fitted.
+    calc_candidates: bool = False
+    calc_max_spot_mm: float = bounded(1.0, 0.1, 5.0)  # largest calcification; bigger bright spots are not one
+    calc_spot_k: float = bounded(6.0, 1.0, 100.0)  # a spot: top-hat response >= k robust SDs above the breast's
+    calc_cluster_mm: float = bounded(10.0, 1.0, 50.0)  # spots within half of this are linked into one cluster
+    calc_min_spots: int = bounded(3, 2, 100)  # spots that make a cluster (clinically >= 3-5 within 1 cm^2)
+    calc_max_boxes: int = bounded(5, 1, 100)  # cluster boxes kept per image, strongest first
 
 
 @dataclass(frozen=True)
