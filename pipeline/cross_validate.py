@@ -167,8 +167,8 @@ def write_oof(out, oof: OofSet, results: dict, op: dict) -> Path:
     for fold in oof.folds:
         settings = Settings.from_dict(op["per_fold_settings"][str(fold)])
         held = oof.only(fold)
-        for im, score, kept, below in zip(held.images, settings.scores(held),
-                                          held.kept(settings.conf, settings.max_det), held.below(settings.conf)):
+        for im, score, (kept, below) in zip(held.images, settings.scores(held),
+                                            held.refiltered(settings.conf, settings.max_det)):
             chosen[im.image_id] = settings, float(score), kept, below
     rows = []
     for im in oof.images:

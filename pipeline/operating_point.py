@@ -84,23 +84,25 @@ class OofSet:
                             f"a setting chosen for a fold must not see that fold's labels")
         return np.array([im.label for im in self.images], dtype=int)
 
+    def refiltered(self, conf: float, max_det: int) -> list[tuple[list, object]]:
+        """Each image's boxes as the detector hands them on at (conf, max_det): (kept, below_conf), the kept boxes
+        highest score first and, when none reaches conf, the strongest box under it (else None)."""
+        out = []
+        for im in self.images:
+            ranked = sorted(im.lesions, key=lambda l: -l.detector_score)
+            kept = [l for l in ranked if l.detector_score >= conf][:max_det]
+            out.append((kept, None if kept or not ranked else ranked[0]))
+        return out
+
     def kept(self, conf: float, max_det: int) -> list[list]:
-        """Each image's boxes re-filtered as the detector would keep them at (conf, max_det)."""
-        return [sorted((l for l in im.lesions if l.detector_score >= conf),
-                       key=lambda l: -l.detector_score)[:max_det] for im in self.images]
+        return [kept for kept, _ in self.refiltered(conf, max_det)]
 
     def below(self, conf: float) -> list:
-        """Each image's strongest box under `conf` when none reaches it (the detector's `below_conf`), else None."""
-        return [None if any(l.detector_score >= conf for l in im.lesions)
-                else max(im.lesions, key=lambda l: l.detector_score, default=None) for im in self.images]
+        return [below for _, below in self.refiltered(conf, 1)]
 
     def scores(self, conf: float, max_det: int, rule: str, stacker: dict | None = None) -> np.ndarray:
         """Image scores under these settings, as `infer` computes them (reads no label)."""
-        return _scores(self.kept(conf, max_det), self.below(conf), rule, stacker)
-
-    def features(self, conf: float, max_det: int) -> np.ndarray:
-        return np.array([image_features(kept, below) for kept, below in zip(self.kept(conf, max_det),
-                                                                            self.below(conf))])
+        return _scores(self.refiltered(conf, max_det), rule, stacker)
 
 
 # --- the stacker: a small logistic regression, plain numbers in and out -----------------------------------
@@ -127,9 +129,8 @@ def fit_stacker(features, y, l2: float = 1.0, iterations: int = 50) -> dict:
             "coef": w[1:].tolist(), "intercept": float(w[0]), "l2": l2}
 
 
-def _scores(kept, below, rule: str, stacker: dict | None) -> np.ndarray:
-    return np.array([aggregate_scores(lesions, rule, stacker, b) for lesions, b in zip(kept, below)],
-                    dtype=np.float64)
+def _scores(refiltered, rule: str, stacker: dict | None) -> np.ndarray:
+    return np.array([aggregate_scores(kept, rule, stacker, below) for kept, below in refiltered], dtype=np.float64)
 
 
 # Where settings are written, their figures on the very images they were chosen on carry this label: they are
@@ -171,17 +172,19 @@ def candidate_grid(oof: OofSet, confs=CONFS, max_dets=MAX_DETS, rules=AGGREGATES
     return list(itertools.product(confs, max_dets, rules))
 
 
-def _stacker_scores(train: OofSet, conf: float, max_det: int, y) -> tuple[np.ndarray, dict]:
+def _stacker_scores(train: OofSet, refiltered, y) -> tuple[np.ndarray, dict]:
     """The stacker judged fairly beside the fixed rules: its scores on each fold come from a fit on the
-    other folds of `train` (inner cross-fitting); returns those scores and the fit on all of `train`."""
-    x = train.features(conf, max_det)
+    other folds of `train` (inner cross-fitting); returns those scores and the fit on all of `train`.
+    `refiltered` is `train.refiltered(conf, max_det)` of the candidate."""
+    x = np.array([image_features(kept, below) for kept, below in refiltered])
     folds = np.array([im.fold for im in train.images])
     inner = np.full(len(y), np.nan)
     for f in np.unique(folds):
         rest = folds != f
         if len(np.unique(y[rest])) < 2:
             continue
-        inner[~rest] = train.only(f).scores(conf, max_det, "stacker", fit_stacker(x[rest], y[rest]))
+        inner[~rest] = _scores([refiltered[i] for i in np.flatnonzero(~rest)], "stacker",
+                               fit_stacker(x[rest], y[rest]))
     if np.isnan(inner).any() or len(np.unique(y)) < 2:  # one fold only, or one class: no fair estimate
         return np.full(len(y), np.nan), None
     return inner, fit_stacker(x, y)
@@ -196,13 +199,17 @@ def choose_settings(train: OofSet, *, beta: float = 2.0, min_specificity: float 
     one that shows the box scoring the image as a finding is the one a reader can check."""
     y = train.labels()
     best, best_key = None, None
+    refiltered = {}  # (conf, max_det) -> boxes as handed on: re-filtered once, shared by the rules
     for conf, max_det, rule in grid or candidate_grid(train):
+        if (conf, max_det) not in refiltered:
+            refiltered[conf, max_det] = train.refiltered(conf, max_det)
+        boxes = refiltered[conf, max_det]
         if rule == "stacker":
-            scores, stacker = _stacker_scores(train, conf, max_det, y)
+            scores, stacker = _stacker_scores(train, boxes, y)
             if stacker is None:
                 continue
         else:
-            scores, stacker = train.scores(conf, max_det, rule), None
+            scores, stacker = _scores(boxes, rule, None), None
         key = (np.nan_to_num(metrics.aupr(y, scores), nan=-1), np.nan_to_num(metrics.auroc(y, scores), nan=-1),
                -max_det, -conf)
         if best_key is None or key > best_key:
