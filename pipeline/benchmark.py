@@ -238,8 +238,8 @@ def _ms(seconds: float) -> str:
 def markdown(report: dict) -> str:
     mach, speed = report["machine"], report["speed"]
     med = speed["median_seconds"]
-    loaded = report.get("speed_loaded", speed)["median_seconds"]
-    n_loaded = report.get("speed_loaded", speed)["median_lesions"]
+    speed_loaded = report.get("speed_loaded", speed)
+    loaded = speed_loaded["median_seconds"]
     lines = ["# Pipeline benchmark", "",
              f"Machine: {mach['cpu']}, {mach['cores_available']} cores available; threads: torch "
              f"{mach['torch_threads']}, TensorFlow {mach['tensorflow_threads'] or 'default'}; Python {mach['python']}, "
@@ -248,8 +248,8 @@ def markdown(report: dict) -> str:
              f"## Speed: {speed['images']} full-size DICOMs x {speed['repeats']} repeats after "
              f"{speed['warmup']} warm-up pass (median per image, {speed['median_megapixels']:.1f} Mpixel). "
              f"Shipped settings kept a median of {speed['median_lesions']:g} boxes per image; the loaded column "
-             f"forces {n_loaded:g} (detector.conf={LOADED_CONF}, detector.max_det="
-             f"{report.get('speed_loaded', {}).get('max_det', '')}) through crop, classify and Grad-CAM.", "",
+             f"forces {speed_loaded['median_lesions']:g} (detector.conf={speed_loaded['conf']:g}, detector.max_det="
+             f"{speed_loaded['max_det']}) through crop, classify and Grad-CAM.", "",
              "| step | shipped settings | loaded |", "| --- | --- | --- |"]
 
     def row(name, key, fmt=_ms):
