@@ -160,7 +160,7 @@ class LesionDetector:
         """One prediction on a blank square: ultralytics sets its predictor up on the first call (seconds), and
         resets torch to 1 CPU thread while doing so; after this, per-image timings are the real ones."""
         blank = Frame(np.zeros((self.cfg.imgsz, self.cfg.imgsz), np.uint8), Transform.identity((self.cfg.imgsz,) * 2))
-        self._infer([blank], conf=min(self.cfg.conf, BELOW_CONF_FLOOR))  # as detect() asks
+        self._infer([blank])
 
     # --- the interface the pipeline calls --------------------------------------------------------------------
     def predict(self, mammogram: Mammogram, preprocess_cfg: PreprocessConfig = PreprocessConfig(),
@@ -175,7 +175,7 @@ class LesionDetector:
     def detect(self, frame: Frame, mode: str | None = None) -> Detections:
         """The kept boxes of `predict_frame`, and when there are none, the strongest candidate below conf."""
         inputs = self.model_inputs(frame, mode)
-        boxes, scores, labels, cut = self._infer(inputs, frame, conf=min(self.cfg.conf, BELOW_CONF_FLOOR))
+        boxes, scores, labels, cut = self._infer(inputs, frame)
         strong = scores >= self.cfg.conf
         kept = self._select(boxes[strong], scores[strong], labels[strong], cut[strong], frame, len(inputs))
         weak = [] if kept else self._select(boxes[~strong], scores[~strong], labels[~strong], cut[~strong], frame,
@@ -218,10 +218,10 @@ class LesionDetector:
             for start in range(0, len(x), MAX_BATCH):
                 network(x[start:start + MAX_BATCH] / 255.0)
 
-    def _infer(self, inputs: list[Frame], frame: Frame | None = None, conf: float | None = None):
-        """Run the model on equally sized square uint8 inputs in one batch (boxes down to `conf`, default
-        detector.conf); boxes mapped to original pixels, highest score first, and whether each box is cut off by
-        an edge of its input that lies inside `frame` (a tile border)."""
+    def _infer(self, inputs: list[Frame], frame: Frame | None = None):
+        """Run the model on equally sized square uint8 inputs in one batch (boxes down to BELOW_CONF_FLOOR, or
+        detector.conf when lower); boxes mapped to original pixels, highest score first, and whether each box is
+        cut off by an edge of its input that lies inside `frame` (a tile border)."""
         if self.yolo is None:
             raise RuntimeError("this LesionDetector was closed")
         size = inputs[0].pixels.shape[0]
@@ -229,7 +229,7 @@ class LesionDetector:
         results = []
         for start in range(0, len(images), MAX_BATCH):  # bounded memory for many tiles
             results += self.yolo.predict(images[start:start + MAX_BATCH], imgsz=size,
-                                         conf=self.cfg.conf if conf is None else conf,
+                                         conf=min(self.cfg.conf, BELOW_CONF_FLOOR),
                                          iou=self.cfg.iou, max_det=CANDIDATES * self.cfg.max_det,
                                          device=self.device,
                                          verbose=False, save=False)

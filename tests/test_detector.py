@@ -473,7 +473,7 @@ def test_nested_near_duplicates_become_one_box_before_classification():
     assert suppress_nested(np.zeros((0, 4)), np.zeros(0)).tolist() == []
 
     class Stub(LesionDetector):  # the network's raw output, to check what predict_frame hands on
-        def _infer(self, inputs, frame=None, conf=None):
+        def _infer(self, inputs, frame=None):
             order = np.argsort(-scores)
             return boxes[order].astype(float), scores[order], np.array([0, 1, 0, 1])[order], np.zeros(4, bool)
 
