@@ -52,6 +52,7 @@ from mammo.froc import froc_report, hit_matrix  # noqa: E402
 from mammo.imaging import read_mammogram  # noqa: E402
 from mammo.preprocess import preprocess  # noqa: E402
 from pipeline.cross_validate import FOLD_DONE, fold_dir, load_oof  # noqa: E402
+from pipeline.evaluate import predicted_boxes, truth_boxes  # noqa: E402
 from pipeline.operating_point import OofSet, choose_operating_point  # noqa: E402
 from pipeline.results import LesionResult  # noqa: E402
 
@@ -216,16 +217,10 @@ def main(argv=None) -> int:
 
     by_id = {r.image_id: r for r in records}
     images = oof.images
-    truths = [np.array([l.box for l in by_id[im.image_id].boxed_lesions], float).reshape(-1, 4) for im in images]
-    kinds = [[l.kind for l in by_id[im.image_id].boxed_lesions] for im in images]
+    truths, kinds = truth_boxes([by_id[im.image_id] for im in images])
     fold_of = np.array([im.fold for im in images])
-
-    def boxes_scores(lesions):
-        return (np.array([l.box for l in lesions], float).reshape(-1, 4),
-                np.array([l.detector_score for l in lesions], float))
-
-    det = [boxes_scores(im.lesions) for im in images]
-    gen = [boxes_scores(generated[im.image_id]) for im in images]
+    det = [predicted_boxes(im.lesions) for im in images]
+    gen = [predicted_boxes(generated[im.image_id]) for im in images]
     variants = {"(a) detector": det, "(b) calcification clusters": gen,
                 "(c) merged, own scores": [(np.r_[db, gb], np.r_[ds, gs]) for (db, ds), (gb, gs) in zip(det, gen)]}
     if len(done) >= 2:

@@ -248,13 +248,23 @@ def markdown_report(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def truth_boxes(records) -> tuple[list[np.ndarray], list[list[str]]]:
+    """Each record's boxed lesions as an (n, 4) array, and their kinds: the truths and kinds of mammo.froc."""
+    return ([np.array([l.box for l in r.boxed_lesions], float).reshape(-1, 4) for r in records],
+            [[l.kind for l in r.boxed_lesions] for r in records])
+
+
+def predicted_boxes(lesions) -> tuple[np.ndarray, np.ndarray]:
+    """One image's predicted lesions (`box`, `detector_score`) as mammo.froc's (boxes, scores)."""
+    return (np.array([l.box for l in lesions], float).reshape(-1, 4),
+            np.array([l.detector_score for l in lesions], float))
+
+
 def froc_of(records, predicted, hit_iou: float) -> tuple[FrocCurve, dict]:
     """FROC of predicted boxes (one list of lesions per record: `box`, `detector_score`) against each record's
     boxed lesions, with its summary and sensitivity per lesion kind (`mammo.froc.froc_report`)."""
-    truths = [np.array([l.box for l in r.boxed_lesions], float).reshape(-1, 4) for r in records]
-    preds = [(np.array([l.box for l in lesions], float).reshape(-1, 4),
-              np.array([l.detector_score for l in lesions], float)) for lesions in predicted]
-    return froc_report(preds, truths, [[l.kind for l in r.boxed_lesions] for r in records], hit_iou)
+    truths, kinds = truth_boxes(records)
+    return froc_report([predicted_boxes(lesions) for lesions in predicted], truths, kinds, hit_iou)
 
 
 def evaluate(predictions_dir, records, out_dir, *, threshold: float | None = None, beta: float = 2.0,
