@@ -188,6 +188,19 @@ def write_oof(out, oof: OofSet, results: dict, op: dict) -> Path:
     return target
 
 
+def baseline_oof(out, k: int) -> dict:
+    """The baseline's OOF scores with each image's own fold's threshold ({image_id: threshold} under
+    BASELINE_THRESHOLD). A fold's threshold was chosen on its inner validation images, drawn from the OTHER
+    folds: one threshold shared by all folds (their mean, as before) would judge fold k with labels of fold k."""
+    merged, thresholds = {}, {}
+    for f in range(k):
+        scores = json.loads((fold_dir(out, f) / "baseline_scores.json").read_text())
+        threshold = float(scores.pop(BASELINE_THRESHOLD))
+        merged.update(scores)
+        thresholds.update({image_id: threshold for image_id in scores})
+    return {**merged, BASELINE_THRESHOLD: thresholds}
+
+
 def detector_froc(oof: OofSet, records, hit_iou: float) -> dict:
     """FROC of every OOF box as predicted (before conf and boxes kept are chosen), overall and per lesion kind:
     what the detectors find at all, which the kept settings then trade against false positives."""
@@ -223,13 +236,7 @@ def cross_validate(cfg: Config, records, out, *, k: int, only_fold: int | None =
     oof_dir = write_oof(out, oof, results, op)
     baselines = {}
     if all((fold_dir(out, f) / "baseline_scores.json").is_file() for f in range(k)):
-        merged, thresholds = {}, []
-        for f in range(k):
-            scores = json.loads((fold_dir(out, f) / "baseline_scores.json").read_text())
-            thresholds.append(scores.pop(BASELINE_THRESHOLD))
-            merged.update(scores)
-        # each fold's baseline threshold was chosen on its own inner validation images: their mean, no OOF label
-        baselines["single-stage baseline"] = {**merged, BASELINE_THRESHOLD: sum(thresholds) / len(thresholds)}
+        baselines["single-stage baseline"] = baseline_oof(out, k)
     report = evaluate(oof_dir, records, out / "evaluation", beta=cfg.pipeline.fbeta, hit_iou=cfg.detector.hit_iou,
                       n_boot=cfg.pipeline.bootstrap, seed=cfg.run.seed, baselines=baselines,
                       threshold_source="each fold's own, chosen on the other folds' OOF predictions")

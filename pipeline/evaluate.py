@@ -271,7 +271,7 @@ def evaluate(predictions_dir, records, out_dir, *, threshold: float | None = Non
              hit_iou: float = 0.1, n_boot: int = 1000, seed: int = 0, baselines: dict | None = None,
              threshold_source: str | None = None) -> dict:
     """`records`: the annotated images to evaluate on (e.g. the validation split). `baselines`: optional
-    {name: {record image_id: score, BASELINE_THRESHOLD: its threshold}} of other systems scored on the same
+    {name: {record image_id: score, BASELINE_THRESHOLD: its threshold, or {image_id: threshold}}} of other systems scored on the same
     images (image level only).
     Without `threshold`, each image is judged at its own JSON's threshold (one shipped threshold for `infer`
     outputs; each fold's own for cross-validation's OOF predictions)."""
@@ -309,6 +309,8 @@ def evaluate(predictions_dir, records, out_dir, *, threshold: float | None = Non
         b = np.array([scores.get(r.image_id, np.nan) for r in m.records], float)
         keep = np.isfinite(b)
         b_threshold = scores.get(BASELINE_THRESHOLD, threshold)
+        if isinstance(b_threshold, dict):  # each image its own (cross-validation: its fold's threshold)
+            b_threshold = np.array([b_threshold.get(r.image_id, np.nan) for r in m.records], float)
         b_threshold = b_threshold[keep] if np.ndim(b_threshold) else b_threshold
         report["image"][name] = metric_table(y_img[keep], b[keep], g_img[keep], b_threshold, beta, n_boot, seed)
         curve_sets[f"{name} (image)"] = (y_img[keep], b[keep], g_img[keep])

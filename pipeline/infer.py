@@ -92,11 +92,19 @@ def write_outputs(out_dir: Path, image_id: str, mammogram, lesions, canvas, resu
         cv2.imwrite(str(tmp), canvas.as_uint16())
     ordered = sorted(lesions, key=lambda l: -l.malignancy)
     figure = three_panels(mammogram.pixels, canvas.pixels, [l.box for l in ordered],
-                          [f"{l.malignancy:.2f}" for l in ordered],
-                          f"(score {result.score:.2f}, threshold {result.threshold:.2f})")
+                          [f"{l.malignancy:.2f}" for l in ordered], title_numbers(result))
     with atomic_path(out_dir / result.overlay) as tmp:
         cv2.imwrite(str(tmp), figure)
     write_result(out_dir, result)  # last: its presence marks the image as done
+
+
+def title_numbers(result: ImageResult) -> str:
+    """The overlay's title: the calibrated probability against its threshold when the models have a map
+    (the rank score beside it), else the score against the threshold."""
+    if result.probability is None:
+        return f"(score {result.score:.2f}, threshold {result.threshold:.2f})"
+    return (f"(P(malignant) {result.probability:.2f}, threshold {result.probability_threshold:.2f}; "
+            f"score {result.score:.3f})")
 
 
 def infer_image(mammogram, image_id: str, source, models, cfg: Config, threshold: float, out_dir: Path,
@@ -111,7 +119,9 @@ def infer_image(mammogram, image_id: str, source, models, cfg: Config, threshold
                          threshold=float(threshold), decision=decide(score, threshold), lesions=lesions,
                          heatmap=f"{image_id}_heatmap.png", overlay=f"{image_id}_overlay.png",
                          aggregate=cfg.pipeline.aggregate, calibrated=models.calibrated,
-                         heatmap_downscale=cfg.pipeline.heatmap_downscale, below_conf=below_conf)
+                         heatmap_downscale=cfg.pipeline.heatmap_downscale, below_conf=below_conf,
+                         probability=models.probability(score), probability_threshold=models.probability(threshold),
+                         threshold_source=threshold_source(cfg, models))
     with timer.step("write"):
         write_outputs(out_dir, image_id, mammogram, lesions, canvas, result)
     return result
@@ -121,6 +131,12 @@ def operating_threshold(cfg: Config, models) -> float:
     """The image-level operating point in force: `pipeline.threshold` when set, else the one shipped with the
     models. Every writer of a folder (infer, the Ray driver, serve's uploads) must use the same one."""
     return cfg.pipeline.threshold if cfg.pipeline.threshold is not None else models.threshold
+
+
+def threshold_source(cfg: Config, models) -> str:
+    if cfg.pipeline.threshold is not None:
+        return "given (pipeline.threshold)"
+    return getattr(models, "threshold_source", "") or "shipped with the models"
 
 
 def output_fingerprint(models, cfg: Config, threshold: float) -> dict:
@@ -133,7 +149,8 @@ def output_fingerprint(models, cfg: Config, threshold: float) -> dict:
                 "pipeline": {"aggregate": pipe.aggregate, "threshold": float(threshold),
                              "heatmap_downscale": pipe.heatmap_downscale, "image_id": pipe.image_id,
                              "source_paths": pipe.source_paths, "max_pixels": cfg.run.max_pixels,
-                             "no_box_score": NO_BOX_SCORE}}
+                             "no_box_score": NO_BOX_SCORE,
+                             "calibration": getattr(models, "calibration", None)}}
     return {"models": getattr(models, "fingerprint", ""), "settings": settings}
 
 
@@ -156,7 +173,9 @@ def check_fingerprint(out_dir: Path, fingerprint: dict, has_results: bool) -> No
 
 
 def done_row(result: ImageResult) -> dict:
+    probability = "" if result.probability is None else f"{result.probability:.5f}"
     return {"image_id": result.image_id, "source": result.source, "score": f"{result.score:.5f}",
+            "probability": probability,
             "n_lesions": len(result.lesions), "status": "done", "error": ""}
 
 

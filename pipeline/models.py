@@ -9,7 +9,10 @@
                          so anyone can measure the two-stage design against it (`pipeline benchmark --data`)
 
 `config_overrides` are the settings the models were trained with (input size, preprocessing); they sit under
-the user's own command-line overrides. `threshold` is the image-level operating point chosen on validation.
+the user's own command-line overrides. `threshold` is the image-level operating point on the image score:
+chosen on out-of-fold predictions when pipeline.json has `operating_point` (its `source` says how), else on the
+validation split. `calibration` (optional, plain numbers, mammo.calibration) maps the image score to
+P(malignant); `operating_curve` is its out-of-fold sensitivity and specificity per probability threshold.
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ from pathlib import Path
 import yaml
 
 from mammo.atomic import atomic_path, atomic_write_text
+from mammo.calibration import apply_calibration, check_calibration
 from mammo.config import ClassifierConfig, Config, check_setting
 from mammo.errors import ConfigError, WeightsError
 from mammo.weights_store import sha256_of as sha256
@@ -83,6 +87,15 @@ class Bundle:
     info: dict = field(default_factory=dict)
     baseline: Path | None = None
 
+    @property
+    def calibration(self) -> dict | None:
+        return self.info.get("calibration") or None
+
+    @property
+    def threshold_source(self) -> str:
+        op = self.info.get("operating_point") or {}
+        return f"chosen on {op['source']}" if op.get("source") else "chosen on the validation split"
+
     def settings(self) -> list[str]:
         """Config overrides that say what these models run with: the training settings of `config_overrides`,
         the classifier section of the classifier's own training run (its backbone, input size, margin ...) and
@@ -109,6 +122,8 @@ def read_bundle(root, require_manifest: bool = False) -> Bundle:
                         list(data.get("config_overrides", [])), data.get("description", ""), data,
                         root / data["baseline"] if data.get("baseline") else None)
         check_setting("pipeline.threshold", bundle.threshold)  # finite, in [0, 1]: it is written into every JSON
+        if bundle.calibration is not None:
+            check_calibration(bundle.calibration)
     except (KeyError, ValueError, TypeError, ConfigError) as exc:
         raise WeightsError(path, f"malformed bundle file ({type(exc).__name__}: {exc})") from None
     for part in filter(None, (bundle.detector, bundle.classifier, bundle.baseline)):
@@ -192,12 +207,19 @@ class PipelineModels:
     """
 
     def __init__(self, detector, classifier, threshold: float, description: str = "", fingerprint: str = "",
-                 calibrated: bool | None = None, stacker: dict | None = None):
+                 calibrated: bool | None = None, stacker: dict | None = None, calibration: dict | None = None,
+                 threshold_source: str = ""):
         self.detector, self._classifier = detector, classifier
         self.threshold, self.description = float(threshold), description
         self.fingerprint = fingerprint
         self._calibrated = calibrated
         self.stacker = stacker  # coefficients of pipeline.aggregate=stacker (plain JSON numbers), if shipped
+        self.calibration = calibration  # image score -> P(malignant) (plain JSON numbers), if shipped
+        self.threshold_source = threshold_source
+
+    def probability(self, score: float) -> float | None:
+        """The calibrated P(malignant) of an image score; None when the models ship no calibration map."""
+        return None if self.calibration is None else float(apply_calibration(self.calibration, [score])[0])
 
     @property
     def classifier(self):
@@ -224,7 +246,7 @@ class PipelineModels:
         info = bundle.classifier / "calibration.json"
         calibrated = bool(json.loads(info.read_text()).get("calibrated")) if info.is_file() else None
         return cls(detector, classifier, bundle.threshold, bundle.description, bundle_fingerprint(bundle), calibrated,
-                   bundle.info.get("stacker"))
+                   bundle.info.get("stacker"), bundle.calibration, bundle.threshold_source)
 
     def close(self) -> None:
         if isinstance(self._classifier, Background):

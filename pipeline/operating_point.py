@@ -21,12 +21,15 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mammo import metrics
+from mammo.calibration import apply_calibration, brier, check_calibration, choose_calibration, ece, reliability
 from mammo.errors import ConfigError, MammoError
 from mammo.config import AGGREGATES, MAX_PREDICT_BOXES
 from pipeline.results import STACKER_FEATURES, aggregate_scores, check_aggregate, image_features
 
 CONFS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5)  # candidate detector.conf (only those >= the predictions' own conf)
 MAX_DETS = (1, 2, 3, 5, 10, 20)  # candidate detector.max_det (only those <= the predictions' own max_det)
+CALIBRATION_GROUPS = 5  # inner patient groups on which the calibration method is chosen out of fold
+CURVE_STEPS = 100  # the operating curve shipped for the review app's slider: probability thresholds 0, 0.01 .. 1
 
 _SEALED: contextvars.ContextVar[frozenset] = contextvars.ContextVar("sealed_folds", default=frozenset())
 
@@ -146,24 +149,46 @@ class Settings:
     threshold: float
     stacker: dict | None = None
     selection: dict = field(default_factory=dict)  # the chosen candidate's figures on the data it was chosen on
+    # image score -> P(malignant) (mammo.calibration), fitted on the same labels the settings were chosen on;
+    # None when it could not be fitted (one class only)
+    calibration: dict | None = None
+    rules_considered: tuple = AGGREGATES  # the stacker drops out where it cannot be judged fairly
 
     def scores(self, oof: OofSet) -> np.ndarray:
         """Image scores of `oof` under these settings (reads no label)."""
         return oof.scores(self.conf, self.max_det, self.aggregate, self.stacker)
 
+    def probabilities(self, oof: OofSet) -> np.ndarray:
+        """The calibrated P(malignant) of each image of `oof` (NaN without a calibration; reads no label)."""
+        scores = self.scores(oof)
+        return apply_calibration(self.calibration, scores) if self.calibration else np.full(len(scores), np.nan)
+
+    @property
+    def probability_threshold(self) -> float | None:
+        """The threshold stated on the probability. The call itself stays `score >= threshold`: under a
+        strictly increasing map (Platt) it is the same call as probability >= this."""
+        return float(apply_calibration(self.calibration, [self.threshold])[0]) if self.calibration else None
+
     def to_dict(self) -> dict:
-        # the image score is a calibrated probability only under the stacker (a logistic model fitted on OOF
-        # labels); the fixed rules are rank scores whose threshold carries the calibration
-        calibration = "logistic on OOF predictions (stacker)" if self.aggregate == "stacker" else "none (rank score)"
         return {"detector.conf": self.conf, "detector.max_det": self.max_det, "pipeline.aggregate": self.aggregate,
-                "threshold": self.threshold, "calibration": calibration, "stacker": self.stacker,
+                "threshold": self.threshold, "calibration": self.calibration,
+                "probability_threshold": self.probability_threshold, "stacker": self.stacker,
                 IN_SAMPLE: self.selection}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Settings":
-        """The settings `to_dict` wrote (its calibration note is derived, not read)."""
+        """The settings `to_dict` wrote (the probability threshold is derived, not read)."""
+        calibration = d.get("calibration") if isinstance(d.get("calibration"), dict) else None
         return cls(d["detector.conf"], d["detector.max_det"], d["pipeline.aggregate"], d["threshold"],
-                   d.get("stacker"), d.get(IN_SAMPLE, {}))
+                   d.get("stacker"), d.get(IN_SAMPLE, {}), calibration)
+
+
+def patient_groups(oof: OofSet, n: int = CALIBRATION_GROUPS) -> np.ndarray:
+    """Each image's inner group for choosing the calibration method: patients dealt round-robin in sorted
+    order, so a woman's images stay together (patients, not folds: a 2-fold run's training set is one fold)."""
+    patients = sorted({im.patient_id for im in oof.images})
+    group = {p: i % n for i, p in enumerate(patients)}
+    return np.array([group[im.patient_id] for im in oof.images], dtype=int)
 
 
 def candidate_grid(oof: OofSet, confs=CONFS, max_dets=MAX_DETS, rules=AGGREGATES):
@@ -190,23 +215,29 @@ def _stacker_scores(train: OofSet, refiltered, y) -> tuple[np.ndarray, dict]:
     return inner, fit_stacker(x, y)
 
 
-def choose_settings(train: OofSet, *, beta: float = 2.0, min_specificity: float = 0.5, grid=None) -> Settings:
+def choose_settings(train: OofSet, *, beta: float = 2.0, min_specificity: float = 0.5, grid=None,
+                    rules=AGGREGATES) -> Settings:
     """The candidate (conf, max_det, rule) with the best image auPR on `train` (ties: auROC, then fewer boxes,
-    then LOWER conf), and its threshold: max F-beta among those keeping specificity >= min_specificity.
+    then LOWER conf), and its threshold: max F-beta among those keeping specificity >= min_specificity; then the
+    calibration of its scores to P(malignant), its method chosen on inner patient groups (mammo.calibration).
+    `rules` limits the image-score rules; the settings record which rules could be judged (`rules_considered`).
 
     Why lower conf on a tie: an image without a kept box is scored by its strongest candidate below conf, so a
     conf above every box a set of images has gives the same scores as keeping those boxes. Of such equals, the
     one that shows the box scoring the image as a finding is the one a reader can check."""
     y = train.labels()
-    best, best_key = None, None
+    best, best_key, unjudged = None, None, set()
     refiltered = {}  # (conf, max_det) -> boxes as handed on: re-filtered once, shared by the rules
-    for conf, max_det, rule in grid or candidate_grid(train):
+    for conf, max_det, rule in grid or candidate_grid(train, rules=rules):
+        if rule not in rules:
+            continue
         if (conf, max_det) not in refiltered:
             refiltered[conf, max_det] = train.refiltered(conf, max_det)
         boxes = refiltered[conf, max_det]
         if rule == "stacker":
             scores, stacker = _stacker_scores(train, boxes, y)
             if stacker is None:
+                unjudged.add(rule)
                 continue
         else:
             scores, stacker = _scores(boxes, rule, None), None
@@ -214,43 +245,93 @@ def choose_settings(train: OofSet, *, beta: float = 2.0, min_specificity: float 
                -max_det, -conf)
         if best_key is None or key > best_key:
             best_key, best = key, (conf, max_det, rule, stacker, scores)
+    if best is None:
+        raise MammoError(f"no image-score rule of {sorted(rules)} could be judged on these OOF predictions")
     conf, max_det, rule, stacker, scores = best
     threshold, _ = metrics.best_threshold(y, scores, beta, min_specificity)
-    return Settings(conf, max_det, rule, threshold, stacker, metrics.summary(y, scores, threshold, beta))
+    try:  # the stacker's scores here are its inner cross-fitted ones: as it will score new images
+        calibration = choose_calibration(scores, y, patient_groups(train))
+    except ValueError:  # one class only: nothing to calibrate against
+        calibration = None
+    return Settings(conf, max_det, rule, threshold, stacker, metrics.summary(y, scores, threshold, beta),
+                    calibration, tuple(r for r in rules if r not in unjudged))
 
 
 def choose_operating_point(oof: OofSet, *, beta: float = 2.0, min_specificity: float = 0.5, n_boot: int = 1000,
                            seed: int = 0, chooser=None) -> dict:
     """Settings chosen on all OOF predictions, plus their honest (cross-fitted) OOF figures; see the module doc.
     `chooser(train: OofSet) -> Settings` defaults to `choose_settings` with beta and min_specificity."""
-    chooser = chooser or (lambda train: choose_settings(train, beta=beta, min_specificity=min_specificity))
+    chooser = chooser or (lambda train, rules=AGGREGATES: choose_settings(train, beta=beta,
+                                                                           min_specificity=min_specificity,
+                                                                           rules=rules))
     if len(oof.folds) < 2:
         raise MammoError(f"choosing settings needs OOF predictions of at least 2 folds, got folds {oof.folds}")
-    final = chooser(oof)
-    scores = np.full(len(oof.images), np.nan)
-    thresholds = np.full(len(oof.images), np.nan)  # each image judged by its own fold's threshold
-    per_fold = {}
+    n = len(oof.images)
+    scores, probabilities, base_rate = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
+    thresholds = np.full(n, np.nan)  # each image judged by its own fold's threshold
+    per_fold, judged = {}, set(AGGREGATES)
     index = {id(im): i for i, im in enumerate(oof.images)}
     for k in oof.folds:
-        held = oof.only(k)
+        held, train = oof.only(k), oof.without(k)
         with sealed(k):
-            chosen = chooser(oof.without(k))
-            fold_scores = chosen.scores(held)
-        rows = [index[id(im)] for im in held.images]
-        scores[rows] = fold_scores
+            chosen = chooser(train)
+            rows = [index[id(im)] for im in held.images]
+            scores[rows] = chosen.scores(held)
+            probabilities[rows] = chosen.probabilities(held)
+            base_rate[rows] = train.labels().mean()  # the reference a probability must beat: the prevalence
         thresholds[rows] = chosen.threshold
         per_fold[str(k)] = chosen.to_dict()
+        judged &= set(chosen.rules_considered)
+    # The shipped rule must be one whose cross-fitted figures are reported: a rule some fold could not judge
+    # (the stacker, when a training fold is too small to cross-fit it) is not chosen on all OOF either.
+    final = chooser(oof)
+    if final.aggregate not in judged:
+        final = chooser(oof, rules=tuple(r for r in AGGREGATES if r in judged))
     y = oof.labels()
     groups = np.array([im.patient_id for im in oof.images])
     # pooled cross-fitted figures: ranking metrics on the pooled scores, threshold metrics on each fold's own
     # decisions (its threshold came from the other folds); 95 % CIs from patient bootstrap
     figures = {"cross_fitted": metrics.bootstrap_table(y, scores, groups, thresholds, beta, n_boot, seed),
-               "chosen_on_all_oof (optimistic)": final.selection}
+               "chosen_on_all_oof (optimistic)": final.selection,
+               "per_fold": per_fold_figures(oof, y, scores)}
+    if not np.isnan(probabilities).any():
+        figures["cross_fitted_probability"] = probability_figures(y, probabilities, base_rate, groups, n_boot, seed)
+        figures["operating_curve"] = operating_curve(y, probabilities)
     return {"source": f"{oof.k}-fold patient-level cross-validation, out-of-fold predictions", "k": oof.k,
             "n_images": len(oof.images), "n_positive": int(y.sum()), "beta": beta,
             "min_specificity": min_specificity,
             "predicted_with": {"detector.conf": oof.conf, "detector.max_det": oof.max_det},
             "settings": final.to_dict(), "figures": figures, "per_fold_settings": per_fold}
+
+
+def per_fold_figures(oof: OofSet, y, scores) -> dict:
+    """auROC and auPR within each fold, and their mean: the folds' chosen rules may score on different scales,
+    which the pooled figures mix (the pooled calibrated probabilities put them on one scale)."""
+    folds = np.array([im.fold for im in oof.images])
+    rows = {str(k): {"n": int((folds == k).sum()), "auroc": metrics.auroc(y[folds == k], scores[folds == k]),
+                     "aupr": metrics.aupr(y[folds == k], scores[folds == k])} for k in oof.folds}
+    return {**rows, "mean": {m: float(np.nanmean([r[m] for r in rows.values()])) for m in ("auroc", "aupr")}}
+
+
+def probability_figures(y, p, base_rate, groups, n_boot: int, seed: int) -> dict:
+    """How good the cross-fitted probabilities are: expected calibration error and Brier score (with the base-rate
+    predictor's Brier beside it), ranking on the probability, each with its patient-bootstrap 95 % CI, and the
+    reliability table the plot draws."""
+    def ci(fn, values):
+        value, low, high = metrics.bootstrap_ci(fn, y, values, groups, n=n_boot, seed=seed)
+        return {"value": value, "low": low, "high": high}
+
+    return {"ece": ci(ece, p), "brier": ci(brier, p), "brier_base_rate": ci(brier, base_rate),
+            "auroc": ci(metrics.auroc, p), "aupr": ci(metrics.aupr, p), "reliability": reliability(y, p)}
+
+
+def operating_curve(y, p, steps: int = CURVE_STEPS) -> dict:
+    """Out-of-fold sensitivity and specificity at probability thresholds 0, 1/steps, .., 1: what the review app's
+    slider shows at each position (plain numbers, shipped in pipeline.json)."""
+    grid = np.round(np.linspace(0.0, 1.0, steps + 1), 6)
+    pairs = [metrics.sensitivity_specificity(y, p, float(t)) for t in grid]
+    return {"probability": grid.tolist(), "sensitivity": [a for a, _ in pairs], "specificity": [b for _, b in pairs],
+            "n": int(len(y)), "n_positive": int(np.sum(y))}
 
 
 # --- shipping the choice ----------------------------------------------------------------------------------
@@ -273,9 +354,11 @@ def read_operating_point(path) -> dict:
                                      (not np.isfinite(threshold), f"threshold {threshold}"), (k < 2, f"k {k}")) if bad]
     if problems:
         raise MammoError(f"{path}: out of range: {', '.join(problems)}")
-    try:  # the rule and its stacker, checked as infer checks them before a batch
+    try:  # the rule and its stacker, checked as infer checks them before a batch; the calibration map too
         check_aggregate(rule, s.get("stacker"))
-    except ConfigError as exc:
+        if isinstance(s.get("calibration"), dict):
+            check_calibration(s["calibration"])
+    except (ConfigError, ValueError, KeyError, TypeError) as exc:
         raise MammoError(f"{path}: {exc}") from None
     return op
 
@@ -294,8 +377,12 @@ def with_operating_point(cfg, op: dict):
 def bundle_info(op: dict) -> dict:
     """What pipeline.json records: the threshold, the stacker (when it is the rule), and where it all came from."""
     s = op["settings"]
+    calibration = s.get("calibration") if isinstance(s.get("calibration"), dict) else None
     return {"threshold": float(s["threshold"]),
             "stacker": s.get("stacker") if s["pipeline.aggregate"] == "stacker" else None,
+            # image score -> P(malignant), and the slider's out-of-fold sensitivity / specificity per probability
+            "calibration": calibration,
+            "operating_curve": op["figures"].get("operating_curve") if calibration else None,
             "operating_point": {"source": op["source"], "k": op["k"], "n_images": op["n_images"],
                                 "n_positive": op["n_positive"], "beta": op["beta"],
                                 "min_specificity": op["min_specificity"],

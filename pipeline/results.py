@@ -1,8 +1,10 @@
 """The output contract of `pipeline infer`: one function writes an image's JSON, one reads it back.
 
 Other tools (and `pipeline evaluate`) read these files, so the field names and meanings are fixed here:
-boxes in ORIGINAL pixels, top-left origin, [x1, y1, x2, y2]; `score` is the image's malignancy probability;
-`decision` compares it with `threshold`.
+boxes in ORIGINAL pixels, top-left origin, [x1, y1, x2, y2]; `score` is the image score of the rule
+`aggregate` (a rank: higher is more suspicious, not a probability); `decision` is `score >= threshold`;
+`probability` is the score through the bundle's calibration map, P(malignant) of the image, and
+`probability_threshold` the same threshold on that scale (both None for models shipped without a map).
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from pathlib import Path
 from mammo.atomic import atomic_write_text
 from mammo.config import AGGREGATES
 
-CSV_COLUMNS = ["image_id", "source", "score", "n_lesions", "status", "error"]
+CSV_COLUMNS = ["image_id", "source", "probability", "score", "n_lesions", "status", "error"]
 
 
 @dataclass
@@ -39,12 +41,15 @@ class ImageResult:
     heatmap: str = ""  # file name of the heatmap PNG, relative to the JSON's folder
     overlay: str = ""
     aggregate: str = "max"
-    calibrated: bool = False
+    calibrated: bool = False  # of the crop classifier: each box's malignancy (the image's is `probability`)
     heatmap_downscale: int = 1
     source_key: str = ""  # salted hash of the resolved input path: how a rerun recognises a done image
     # The strongest candidate the detector saw below detector.conf, classified, when NO box was kept: not a
     # finding (not drawn, no heatmap), only what scores such an image (see aggregate_scores). None otherwise.
     below_conf: LesionResult | None = None
+    probability: float | None = None  # calibrated P(malignant) of the image; None without a calibration map
+    probability_threshold: float | None = None
+    threshold_source: str = ""  # how the threshold was chosen (the bundle's operating point, or given)
 
 
 # The image-score rules `pipeline.aggregate` may name are mammo.config.AGGREGATES (the config's Literal reads
@@ -141,7 +146,7 @@ def write_result(out_dir, result: ImageResult) -> Path:
         lesion["box"] = [round(float(v), 2) for v in lesion["box"]]
         lesion["detector_score"] = round(float(lesion["detector_score"]), 5)
         lesion["malignancy"] = round(float(lesion["malignancy"]), 5)
-    # score and threshold keep full precision: rounding either could flip `decision` at the boundary. NaN is
+    # score, threshold and probabilities keep full precision: rounding could flip a call at the boundary. NaN is
     # refused (a failed row) rather than written: strict JSON parsers reject it.
     return atomic_write_text(result_path(out_dir, result.image_id), json.dumps(data, indent=2, allow_nan=False))
 

@@ -324,3 +324,69 @@ def test_infer_refuses_the_stacker_without_coefficients_before_any_image(tmp_pat
         run_inference([str(tmp_path)], tmp_path / "out", PipelineModels(None, None, 0.5), cfg, progress=False)
     with pytest.raises(ConfigError, match="aggregate"):  # an unknown rule: refused when the config is read
         load_config(overrides=["pipeline.aggregate=mean"])
+
+
+# --- calibrated probabilities (cross-fitted) --------------------------------------------------------------
+def test_cross_fitted_probabilities_are_reported_with_the_base_rate_beside_them():
+    from mammo.calibration import apply_calibration
+
+    oof = _oof(n=160)
+    op = choose_operating_point(oof, n_boot=20)
+    s = op["settings"]
+    assert s["calibration"]["method"] in ("identity", "platt", "isotonic")
+    assert s["probability_threshold"] == pytest.approx(apply_calibration(s["calibration"], [s["threshold"]])[0])
+    prob = op["figures"]["cross_fitted_probability"]
+    for key in ("ece", "brier", "brier_base_rate", "auroc", "aupr"):
+        assert 0 <= prob[key]["value"] <= 1 and prob[key]["low"] <= prob[key]["high"]
+    assert sum(prob["reliability"]["n"]) == len(oof.images)
+    curve = op["figures"]["operating_curve"]
+    assert curve["probability"][0] == 0 and curve["probability"][-1] == 1 and len(curve["probability"]) == 101
+    assert curve["sensitivity"][0] == 1 and curve["specificity"][0] == 0  # threshold 0 calls every image
+    assert np.all(np.diff(curve["sensitivity"]) <= 0) and np.all(np.diff(curve["specificity"]) >= 0)
+    assert set(op["figures"]["per_fold"]) == {"0", "1", "2", "3", "mean"}
+    for k, fold in op["per_fold_settings"].items():  # each fold's own map, fitted on the other folds only
+        assert fold["calibration"]["chosen_by"]["n"] == sum(im.fold != int(k) for im in oof.images)
+
+
+def test_a_folds_calibration_never_reads_that_folds_labels():
+    oof = _oof(n=160)
+    flipped = OofSet([OofImage(im.image_id, im.patient_id, im.fold, 1 - im.label if im.fold == 0 else im.label,
+                               im.lesions) for im in oof.images], oof.k, oof.conf, oof.max_det)
+    a = choose_operating_point(oof, n_boot=5)
+    b = choose_operating_point(flipped, n_boot=5)
+    assert a["per_fold_settings"]["0"]["calibration"] == b["per_fold_settings"]["0"]["calibration"]
+    assert a["per_fold_settings"]["1"]["calibration"] != b["per_fold_settings"]["1"]["calibration"]
+
+
+def test_a_rule_no_cross_fitted_fold_could_judge_is_not_shipped():
+    """Two folds: each cross-fitted chooser sees ONE training fold, too few to cross-fit the stacker, so the
+    stacker is never judged there. On all OOF it could be fitted, and here it would win (positives have one box,
+    negatives three; every fixed rule ties or ranks them the wrong way): it must not ship unmeasured."""
+    images = [OofImage(f"i{n}", f"p{n}", n % 2, int(n % 3 == 0),
+                       tuple(L(0.5, 0.5, (10 * j, 0, 10 * j + 5, 5)) for j in range(1 if n % 3 == 0 else 3)))
+              for n in range(60)]
+    oof = OofSet(images, 2, 0.001, 5)
+    assert choose_settings(oof).aggregate == "stacker"  # what the all-OOF choice alone would ship
+    op = choose_operating_point(oof, n_boot=5)
+    assert all(f["pipeline.aggregate"] != "stacker" for f in op["per_fold_settings"].values())
+    assert op["settings"]["pipeline.aggregate"] != "stacker"
+
+
+def test_the_baseline_is_judged_at_each_folds_own_threshold(tmp_path):
+    from pipeline.cross_validate import baseline_oof, fold_dir
+    from pipeline.evaluate import BASELINE_THRESHOLD
+
+    def write(thresholds):
+        for k, t in enumerate(thresholds):
+            fold_dir(tmp_path, k).mkdir(parents=True, exist_ok=True)
+            scores = {f"im{k}_{i}": 0.1 * i for i in range(3)}
+            (fold_dir(tmp_path, k) / "baseline_scores.json").write_text(json.dumps({**scores,
+                                                                                   BASELINE_THRESHOLD: t}))
+        return baseline_oof(tmp_path, len(thresholds))
+
+    merged = write([0.25, 0.1, 0.4])
+    assert merged["im1_2"] == pytest.approx(0.2)
+    assert merged[BASELINE_THRESHOLD] == {f"im{k}_{i}": t for k, t in enumerate([0.25, 0.1, 0.4]) for i in range(3)}
+    # fold 0 is judged by its own threshold alone: another fold's (chosen on fold 0's images) does not move it
+    other = write([0.25, 0.9, 0.4])
+    assert all(other[BASELINE_THRESHOLD][f"im0_{i}"] == 0.25 for i in range(3))
