@@ -44,6 +44,9 @@ BELOW_CONF_FLOOR = 0.001
 class Detections(NamedTuple):
     kept: list[Detection]  # score >= detector.conf, at most detector.max_det, highest score first
     below_conf: Detection | None  # the strongest candidate under detector.conf, only when nothing was kept
+    # score >= detector.findings_conf, at most detector.findings_max, highest first: what a reader is shown.
+    # Without findings_conf, the kept boxes themselves.
+    findings: list[Detection]
 
 
 def use_ultralytics() -> None:
@@ -180,7 +183,13 @@ class LesionDetector:
         kept = self._select(boxes[strong], scores[strong], labels[strong], cut[strong], frame, len(inputs))
         weak = [] if kept else self._select(boxes[~strong], scores[~strong], labels[~strong], cut[~strong], frame,
                                             len(inputs))
-        return Detections(kept[: self.cfg.max_det], weak[0] if weak else None)
+        kept = kept[: self.cfg.max_det]
+        findings = kept
+        if self.cfg.findings_conf is not None:  # selected on their own set, as the kept boxes on theirs
+            shown = scores >= self.cfg.findings_conf
+            findings = self._select(boxes[shown], scores[shown], labels[shown], cut[shown], frame,
+                                    len(inputs))[: self.cfg.findings_max]
+        return Detections(kept, weak[0] if weak else None, findings)
 
     def _select(self, boxes, scores, labels, cut, frame: Frame, n_inputs: int) -> list[Detection]:
         """Raw boxes in original pixels to detections: tiles merged, clipped, nested near-duplicates suppressed."""
@@ -230,7 +239,7 @@ class LesionDetector:
         for start in range(0, len(images), MAX_BATCH):  # bounded memory for many tiles
             results += self.yolo.predict(images[start:start + MAX_BATCH], imgsz=size,
                                          conf=min(self.cfg.conf, BELOW_CONF_FLOOR),
-                                         iou=self.cfg.iou, max_det=CANDIDATES * self.cfg.max_det,
+                                         iou=self.cfg.iou, max_det=CANDIDATES * self.boxes_wanted,
                                          device=self.device,
                                          verbose=False, save=False)
         if not self._ready:  # ultralytics' device set-up resets torch to 1 CPU thread on the first call
@@ -249,6 +258,11 @@ class LesionDetector:
         order = np.argsort(-np.concatenate(all_scores), kind="stable")
         return (np.concatenate(all_boxes)[order], np.concatenate(all_scores)[order].astype(np.float64),
                 np.concatenate(all_labels)[order], np.concatenate(all_cut)[order])
+
+    @property
+    def boxes_wanted(self) -> int:
+        """The most boxes `detect` hands on: the kept ones, or the findings when they are set apart."""
+        return max(self.cfg.max_det, self.cfg.findings_max if self.cfg.findings_conf is not None else 0)
 
     # --- lifetime --------------------------------------------------------------------------------------------
     def close(self) -> None:

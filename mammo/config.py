@@ -127,6 +127,11 @@ class DetectorConfig(_Checked):
     calc_cluster_mm: float = bounded(10.0, 1.0, 50.0)  # spots within half of this are linked into one cluster
     calc_min_spots: int = bounded(3, 2, 100)  # spots that make a cluster (clinically >= 3-5 within 1 cm^2)
     calc_max_boxes: int = bounded(5, 1, 100)  # cluster boxes kept per image, strongest first
+    # The findings a reader is shown, apart from the boxes that score the image: every box with a detector score
+    # >= findings_conf, at most findings_max, strongest first (`pipeline cross-validate` chooses findings_conf on
+    # the out-of-fold FROC). None: the kept boxes (conf, max_det) are the findings, as before.
+    findings_conf: float | None = bounded(None, 0.0, 1.0)
+    findings_max: int = bounded(10, 1, 100)
 
 
 @dataclass(frozen=True)
@@ -170,6 +175,9 @@ class PipelineConfig(_Checked):
     fbeta: float = bounded(2.0, 0.01, 100.0)
     min_specificity: float = bounded(0.5, 0.0, 1.0)  # the shipped threshold maximizes F-beta among those keeping this
     bootstrap: int = bounded(1000, 1, 100000)
+    # cross-validate's findings rule: the highest out-of-fold lesion sensitivity at <= this many false positives
+    # per image (pipeline/findings.py)
+    findings_max_fp: float = bounded(1.0, 0.01, 10.0)
 
 
 @dataclass(frozen=True)

@@ -24,11 +24,14 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
+
 from mammo.atomic import atomic_write_text, folder_lock
 from mammo.config import MAX_FOLDS, MAX_PREDICT_BOXES, Config, replace
 from mammo.errors import MammoError
 from mammo.splits import split_by_patient, write_split_file
 from pipeline.evaluate import BASELINE_THRESHOLD, evaluate, froc_of, match
+from pipeline.findings import FINDINGS_MAX, annotate_findings, choose_findings_operating_point, shown_boxes
 from pipeline.models import BUNDLE_FILE, PipelineModels, read_bundle
 from pipeline.operating_point import OofImage, OofSet, Settings, choose_operating_point
 from pipeline.results import decide, read_results, write_predictions_csv, write_result
@@ -80,7 +83,8 @@ def prediction_config(cfg: Config, conf: float, max_det: int) -> Config:
     if not 0 < conf < 1 or not 1 <= max_det <= MAX_PREDICT_BOXES:
         raise MammoError(f"prediction conf {conf} / max_det {max_det}: expected 0 < conf < 1 and "
                          f"1 <= max_det <= {MAX_PREDICT_BOXES}")
-    return replace(cfg, detector=dataclasses.replace(cfg.detector, conf=conf, max_det=max_det))
+    # no findings rule: every candidate is one (they are chosen afterwards, like conf and max_det)
+    return replace(cfg, detector=dataclasses.replace(cfg.detector, conf=conf, max_det=max_det, findings_conf=None))
 
 
 def run_fold(cfg: Config, records, folds, k: int, out, *, conf: float, max_det: int, baseline: bool = False,
@@ -160,32 +164,50 @@ def load_oof(out, records, folds, k: int, conf: float, max_det: int) -> tuple[Oo
 
 
 def write_oof(out, oof: OofSet, results: dict, op: dict) -> Path:
-    """Each image in the infer contract, as its own fold's cross-fitted settings see it."""
+    """Each image in the infer contract, as its own fold's cross-fitted settings see it: its score, calibrated
+    probability and decision, and the boxes a reader would be shown (kept + findings, each marked)."""
     target = Path(out) / "oof"
     target.mkdir(parents=True, exist_ok=True)
-    chosen = {}  # image_id -> (its fold's settings, score, boxes kept, below_conf): each fold scored at once
+    folds_findings = (op.get("findings") or {}).get("cross_fitted", {}).get("per_fold", {})
+    chosen = {}  # image_id -> (its fold's settings, score, probability, lesions, below_conf): each fold at once
     for fold in oof.folds:
         settings = Settings.from_dict(op["per_fold_settings"][str(fold)])
         held = oof.only(fold)
-        for im, score, (kept, below) in zip(held.images, settings.scores(held),
-                                            held.refiltered(settings.conf, settings.max_det)):
-            chosen[im.image_id] = settings, float(score), kept, below
+        rule = folds_findings.get(str(fold))
+        shown = shown_boxes(held, rule) if rule else [[] for _ in held.images]
+        for im, score, prob, (kept, below), findings in zip(held.images, settings.scores(held),
+                                                            settings.probabilities(held),
+                                                            held.refiltered(settings.conf, settings.max_det), shown):
+            chosen[im.image_id] = (settings, float(score), None if np.isnan(prob) else float(prob),
+                                   marked_boxes(kept, findings if rule else kept, rule), below)
     rows = []
     for im in oof.images:
         res, fold = results[im.image_id]
-        settings, score, kept, below = chosen[im.image_id]
+        settings, score, prob, lesions, below = chosen[im.image_id]
         pred_dir = Path("..") / "folds" / f"fold{fold}" / "predictions"
         out_res = dataclasses.replace(res, score=score, threshold=settings.threshold,
                                       decision=decide(score, settings.threshold),
-                                      lesions=list(kept), below_conf=below,
+                                      lesions=lesions, below_conf=below, probability=prob,
+                                      probability_threshold=settings.probability_threshold,
+                                      threshold_source="its fold's own, chosen on the other folds' OOF predictions",
                                       heatmap=str(pred_dir / res.heatmap) if res.heatmap else "",
                                       overlay=str(pred_dir / res.overlay) if res.overlay else "",
                                       aggregate=settings.aggregate)
         write_result(target, out_res)
         rows.append({"image_id": res.image_id, "source": res.source, "score": f"{score:.5f}",
+                     "probability": "" if prob is None else f"{prob:.5f}",
                      "n_lesions": len(out_res.lesions), "status": "done", "error": ""})
     write_predictions_csv(target, rows)
     return target
+
+
+def marked_boxes(kept, findings, rule: dict | None) -> list:
+    """The boxes a reader sees, as infer writes them: each once, marked `scores_image` and `finding`, with the
+    rule's box probabilities."""
+    kept_ids, finding_ids = {id(l) for l in kept}, {id(l) for l in findings}
+    boxes = list({id(l): l for l in list(kept) + list(findings)}.values())
+    marked = [dataclasses.replace(l, scores_image=id(l) in kept_ids, finding=id(l) in finding_ids) for l in boxes]
+    return annotate_findings(marked, rule)
 
 
 def baseline_oof(out, k: int) -> dict:
@@ -232,6 +254,9 @@ def cross_validate(cfg: Config, records, out, *, k: int, only_fold: int | None =
     oof, results = load_oof(out, records, folds, k, conf, max_det)
     op = choose_operating_point(oof, beta=cfg.pipeline.fbeta, min_specificity=cfg.pipeline.min_specificity,
                                 n_boot=cfg.pipeline.bootstrap, seed=cfg.run.seed)
+    op["findings"] = choose_findings_operating_point(oof, records, max_fp=cfg.pipeline.findings_max_fp,
+                                                     findings_max=min(FINDINGS_MAX, max_det),
+                                                     hit_iou=cfg.detector.hit_iou, centre=cfg.detector.hit_centre)
     atomic_write_text(out / "operating_point.json", json.dumps(op, indent=2, default=float))
     oof_dir = write_oof(out, oof, results, op)
     baselines = {}
@@ -242,6 +267,9 @@ def cross_validate(cfg: Config, records, out, *, k: int, only_fold: int | None =
                       threshold_source="each fold's own, chosen on the other folds' OOF predictions")
     summary = {"k": k, "folds": done, "fold_seconds_total": round(sum(d["seconds"] for d in done), 1),
                "operating_point": op["settings"], "oof_figures": op["figures"],
+               "findings": {"rule": op["findings"]["rule"],
+                            "detector.findings_conf": op["findings"]["detector.findings_conf"],
+                            "cross_fitted": op["findings"]["cross_fitted"]["figures"]},
                "detector_froc_all_oof_boxes": detector_froc(oof, records, cfg.detector.hit_iou),
                "evaluation": str(out / "evaluation" / "metrics.md")}
     atomic_write_text(out / "cv_summary.json", json.dumps(summary, indent=2, default=float))

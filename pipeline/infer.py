@@ -23,6 +23,7 @@ from mammo.config import Config
 from mammo.errors import MammoError
 from mammo.imaging import read_mammogram
 from mammo.preprocess import preprocess
+from pipeline.findings import annotate_findings
 from pipeline.heatmap import HeatmapCanvas
 from pipeline.ids import IdAllocator, resolve_salt, source_key, written_source
 from pipeline.inputs import discover
@@ -58,33 +59,39 @@ class StepTimer:
 
 
 def analyse_image(mammogram, models, cfg: Config, timer: StepTimer):
-    """The two stages and Grad-CAM on one image; returns (lesions, heatmap canvas, below_conf): the kept boxes
-    classified, and when none was kept, the strongest candidate under detector.conf classified (what scores the
-    image; not a finding, so no Grad-CAM) or None."""
+    """The two stages and Grad-CAM on one image; returns (lesions, heatmap canvas, below_conf). `lesions` are
+    the boxes a reader is shown, classified and under Grad-CAM: the findings and the kept boxes that score the
+    image, each marked (`finding`, `scores_image`). When no box was kept, `below_conf` is the strongest candidate
+    under detector.conf, classified: what scores the image, not shown, so no Grad-CAM (else None)."""
     with timer.step("preprocess"):
         frame = preprocess(mammogram, cfg.preprocess)
     with timer.step("detect"):
-        detections, below = models.detector.detect(frame)
+        kept, below, findings = models.detector.detect(frame)
     canvas = HeatmapCanvas(mammogram.shape, cfg.pipeline.heatmap_downscale)
-    if not detections and below is None:
+    shown = list({d.box: d for d in kept + findings}.values())  # a box both kept and a finding, once
+    scorer = [below] if not kept and below is not None else []
+    if not shown and not scorer:
         return [], canvas, None  # without touching the classifier: it may still be loading
     with timer.step("wait_classifier"):  # still loading in the background (first image with boxes): counted
         clf = models.classifier
-    boxes = [d.box for d in detections] or [below.box]
     with timer.step("crop"):
-        batch, transforms = clf.crop_many(mammogram.pixels, boxes)
+        batch, transforms = clf.crop_many(mammogram.pixels, [d.box for d in shown + scorer])
     batch = batch.astype(np.float32, copy=False)
     with timer.step("classify"):
         probs = np.asarray(clf.predict(batch), dtype=np.float64).reshape(-1)
-    if not detections:
-        return [], canvas, LesionResult(list(map(float, below.box)), float(below.score), float(probs[0]))
+    below_conf = (LesionResult(list(map(float, below.box)), float(below.score), float(probs[-1]), finding=False)
+                  if scorer else None)
+    if not shown:
+        return [], canvas, below_conf
     with timer.step("gradcam"):
-        cams = clf.gradcam(batch)
+        cams = clf.gradcam(batch[: len(shown)])
     with timer.step("map_back"):
         for cam, to_crop in zip(cams, transforms):
             canvas.paste_max(cam, to_crop)
-    lesions = [LesionResult(list(map(float, d.box)), float(d.score), float(p)) for d, p in zip(detections, probs)]
-    return lesions, canvas, None
+    kept_boxes, finding_boxes = {d.box for d in kept}, {d.box for d in findings}
+    lesions = [LesionResult(list(map(float, d.box)), float(d.score), float(p), finding=d.box in finding_boxes,
+                            scores_image=d.box in kept_boxes) for d, p in zip(shown, probs)]
+    return annotate_findings(lesions, models.findings), canvas, below_conf
 
 
 def write_outputs(out_dir: Path, image_id: str, mammogram, lesions, canvas, result: ImageResult) -> None:
@@ -111,7 +118,8 @@ def infer_image(mammogram, image_id: str, source, models, cfg: Config, threshold
                 timer: StepTimer) -> ImageResult:
     """One read image through both stages, its score and decision, and its files written."""
     lesions, canvas, below_conf = analyse_image(mammogram, models, cfg, timer)
-    score = aggregate_scores(lesions, cfg.pipeline.aggregate, models.stacker, below_conf)
+    score = aggregate_scores([l for l in lesions if l.scores_image], cfg.pipeline.aggregate, models.stacker,
+                             below_conf)
     h, w = mammogram.shape
     salt = resolve_salt(cfg.pipeline.id_salt)
     result = ImageResult(image_id=image_id, source=written_source(source, cfg.pipeline.source_paths, salt),
@@ -145,12 +153,14 @@ def output_fingerprint(models, cfg: Config, threshold: float) -> dict:
     d, pre, pipe = cfg.detector, cfg.preprocess, cfg.pipeline
     settings = {"preprocess": dataclasses.asdict(pre),
                 "detector": {k: getattr(d, k) for k in ("imgsz", "mode", "tile_size", "tile_overlap", "tile_scale",
-                                                        "merge", "conf", "iou", "max_det")},
+                                                        "merge", "conf", "iou", "max_det", "findings_conf",
+                                                        "findings_max")},
                 "pipeline": {"aggregate": pipe.aggregate, "threshold": float(threshold),
                              "heatmap_downscale": pipe.heatmap_downscale, "image_id": pipe.image_id,
                              "source_paths": pipe.source_paths, "max_pixels": cfg.run.max_pixels,
                              "no_box_score": NO_BOX_SCORE,
-                             "calibration": getattr(models, "calibration", None)}}
+                             "calibration": getattr(models, "calibration", None),
+                             "findings": getattr(models, "findings", None)}}
     return {"models": getattr(models, "fingerprint", ""), "settings": settings}
 
 

@@ -32,6 +32,7 @@ from mammo.calibration import apply_calibration, check_calibration
 from mammo.config import ClassifierConfig, Config, check_setting
 from mammo.errors import ConfigError, WeightsError
 from mammo.weights_store import sha256_of as sha256
+from pipeline.findings import check_findings
 
 BUNDLE_FILE = "pipeline.json"
 MANIFEST = "MANIFEST.sha256"  # '<sha256>  <relative path>' per model file, checked before anything is loaded
@@ -92,6 +93,11 @@ class Bundle:
         return self.info.get("calibration") or None
 
     @property
+    def findings(self) -> dict | None:
+        """The findings rule's box-level maps (pipeline.findings); its thresholds are config overrides."""
+        return self.info.get("findings") or None
+
+    @property
     def threshold_source(self) -> str:
         op = self.info.get("operating_point") or {}
         return f"chosen on {op['source']}" if op.get("source") else "chosen on the validation split"
@@ -124,6 +130,8 @@ def read_bundle(root, require_manifest: bool = False) -> Bundle:
         check_setting("pipeline.threshold", bundle.threshold)  # finite, in [0, 1]: it is written into every JSON
         if bundle.calibration is not None:
             check_calibration(bundle.calibration)
+        if bundle.findings is not None:
+            check_findings(bundle.findings)
     except (KeyError, ValueError, TypeError, ConfigError) as exc:
         raise WeightsError(path, f"malformed bundle file ({type(exc).__name__}: {exc})") from None
     for part in filter(None, (bundle.detector, bundle.classifier, bundle.baseline)):
@@ -208,7 +216,7 @@ class PipelineModels:
 
     def __init__(self, detector, classifier, threshold: float, description: str = "", fingerprint: str = "",
                  calibrated: bool | None = None, stacker: dict | None = None, calibration: dict | None = None,
-                 threshold_source: str = ""):
+                 threshold_source: str = "", findings: dict | None = None):
         self.detector, self._classifier = detector, classifier
         self.threshold, self.description = float(threshold), description
         self.fingerprint = fingerprint
@@ -216,6 +224,7 @@ class PipelineModels:
         self.stacker = stacker  # coefficients of pipeline.aggregate=stacker (plain JSON numbers), if shipped
         self.calibration = calibration  # image score -> P(malignant) (plain JSON numbers), if shipped
         self.threshold_source = threshold_source
+        self.findings = findings  # box-level P(true lesion) and P(malignant) maps (plain JSON numbers), if shipped
 
     def probability(self, score: float) -> float | None:
         """The calibrated P(malignant) of an image score; None when the models ship no calibration map."""
@@ -246,7 +255,7 @@ class PipelineModels:
         info = bundle.classifier / "calibration.json"
         calibrated = bool(json.loads(info.read_text()).get("calibrated")) if info.is_file() else None
         return cls(detector, classifier, bundle.threshold, bundle.description, bundle_fingerprint(bundle), calibrated,
-                   bundle.info.get("stacker"), bundle.calibration, bundle.threshold_source)
+                   bundle.info.get("stacker"), bundle.calibration, bundle.threshold_source, bundle.findings)
 
     def close(self) -> None:
         if isinstance(self._classifier, Background):

@@ -349,7 +349,15 @@ def read_operating_point(path) -> dict:
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise MammoError(f"{path}: not an operating point of `pipeline cross-validate` ({type(exc).__name__}: "
                          f"{exc})") from None
+    findings = op.get("findings") or {}
+    try:
+        shown = (float(findings["detector.findings_conf"]), int(findings["detector.findings_max"])) if findings else None
+    except (KeyError, ValueError, TypeError) as exc:
+        raise MammoError(f"{path}: malformed findings rule ({type(exc).__name__}: {exc})") from None
     problems = [msg for bad, msg in ((not 0 < conf < 1, f"detector.conf {conf}"),
+                                     (shown is not None and not (0 <= shown[0] <= 1 and
+                                                                 1 <= shown[1] <= MAX_PREDICT_BOXES),
+                                      f"findings {shown}"),
                                      (not 1 <= max_det <= MAX_PREDICT_BOXES, f"detector.max_det {max_det}"),
                                      (not np.isfinite(threshold), f"threshold {threshold}"), (k < 2, f"k {k}")) if bad]
     if problems:
@@ -358,9 +366,19 @@ def read_operating_point(path) -> dict:
         check_aggregate(rule, s.get("stacker"))
         if isinstance(s.get("calibration"), dict):
             check_calibration(s["calibration"])
+        for name in ("p_lesion", "p_malignant"):
+            if findings.get(name) is not None:
+                check_calibration(findings[name])
     except (ConfigError, ValueError, KeyError, TypeError) as exc:
         raise MammoError(f"{path}: {exc}") from None
     return op
+
+
+def findings_info(findings: dict | None) -> dict | None:
+    if not findings:
+        return None
+    return {key: findings[key] for key in ("rule", "max_fp_per_image", "p_lesion", "p_malignant")} | {
+        "figures": findings.get("cross_fitted", {}).get("figures", {})}
 
 
 def with_operating_point(cfg, op: dict):
@@ -368,9 +386,12 @@ def with_operating_point(cfg, op: dict):
     import dataclasses
 
     s = op["settings"]
+    findings = op.get("findings") or {}
+    shown = ({"findings_conf": float(findings["detector.findings_conf"]),
+              "findings_max": int(findings["detector.findings_max"])} if findings else {})
     return dataclasses.replace(
         cfg, detector=dataclasses.replace(cfg.detector, conf=float(s["detector.conf"]),
-                                          max_det=int(s["detector.max_det"])),
+                                          max_det=int(s["detector.max_det"]), **shown),
         pipeline=dataclasses.replace(cfg.pipeline, aggregate=s["pipeline.aggregate"]))
 
 
@@ -383,6 +404,8 @@ def bundle_info(op: dict) -> dict:
             # image score -> P(malignant), and the slider's out-of-fold sensitivity / specificity per probability
             "calibration": calibration,
             "operating_curve": op["figures"].get("operating_curve") if calibration else None,
+            # the findings rule's box maps (its thresholds travel as detector.findings_* config overrides)
+            "findings": findings_info(op.get("findings")),
             "operating_point": {"source": op["source"], "k": op["k"], "n_images": op["n_images"],
                                 "n_positive": op["n_positive"], "beta": op["beta"],
                                 "min_specificity": op["min_specificity"],

@@ -25,7 +25,13 @@ CSV_COLUMNS = ["image_id", "source", "probability", "score", "n_lesions", "statu
 class LesionResult:
     box: list[float]
     detector_score: float
-    malignancy: float
+    malignancy: float  # the crop classifier's P(malignant | this is a lesion)
+    # What a reader is shown, and why: `finding` passed the findings rule (detector.findings_conf); `scores_image`
+    # marks the box(es) the image score is computed from. Both true for every box of models without that rule.
+    finding: bool = True
+    scores_image: bool = True
+    p_lesion: float | None = None  # calibrated P(this box hits a true lesion), with the models' findings maps
+    p_malignant: float | None = None  # calibrated P(this box hits a malignant lesion)
 
 
 @dataclass
@@ -144,8 +150,9 @@ def write_result(out_dir, result: ImageResult) -> Path:
     data = asdict(result)
     for lesion in data["lesions"] + ([data["below_conf"]] if data["below_conf"] else []):
         lesion["box"] = [round(float(v), 2) for v in lesion["box"]]
-        lesion["detector_score"] = round(float(lesion["detector_score"]), 5)
-        lesion["malignancy"] = round(float(lesion["malignancy"]), 5)
+        for key in ("detector_score", "malignancy", "p_lesion", "p_malignant"):
+            if lesion[key] is not None:
+                lesion[key] = round(float(lesion[key]), 5)
     # score, threshold and probabilities keep full precision: rounding could flip a call at the boundary. NaN is
     # refused (a failed row) rather than written: strict JSON parsers reject it.
     return atomic_write_text(result_path(out_dir, result.image_id), json.dumps(data, indent=2, allow_nan=False))

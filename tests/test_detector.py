@@ -215,7 +215,7 @@ def test_boxes_kept_at_conf_are_unchanged_and_the_strongest_weaker_candidate_is_
         pixels[y:y + side, x:x + side] = 1.0
     frame = Frame(pixels, Transform.identity((256, 256)))
     det = blob_detector(DetectorConfig(imgsz=256, conf=conf, max_det=10))
-    kept, below = det.detect(frame)
+    kept, below, _ = det.detect(frame)
     assert [round(d.score, 3) for d in kept] == [0.742, 0.419, 0.242][:n_kept]
     assert [d.box for d in det.predict_frame(frame)] == [d.box for d in kept]
     if n_kept:
@@ -223,8 +223,26 @@ def test_boxes_kept_at_conf_are_unchanged_and_the_strongest_weaker_candidate_is_
     else:
         assert below.box == (40.0, 40.0, 52.0, 52.0) and round(below.score, 3) == 0.742
     blank = Frame(np.zeros((256, 256), np.float32), Transform.identity((256, 256)))
-    assert det.detect(blank) == ([], None)  # nothing seen at all: nothing to report
+    assert det.detect(blank) == ([], None, [])  # nothing seen at all: nothing to report
     assert 0 < BELOW_CONF_FLOOR <= 0.001
+
+
+@pytest.mark.parametrize("findings_conf, findings_max, shown", [(None, 10, [0.742]), (0.3, 10, [0.742, 0.419]),
+                                                                (0.1, 10, [0.742, 0.419, 0.242]),
+                                                                (0.1, 2, [0.742, 0.419]), (0.8, 10, [])])
+def test_findings_are_every_box_above_their_own_threshold_beside_the_boxes_that_score(findings_conf, findings_max,
+                                                                                      shown):
+    """Same stand-in as above, one box kept for the image score (conf 0.5, max_det 1): the findings a reader
+    sees are set apart by findings_conf and findings_max, and leave the kept box unchanged."""
+    pixels = np.zeros((256, 256), np.float32)
+    for x, y, side in ((40, 40, 12), (150, 150, 6), (200, 60, 4)):
+        pixels[y:y + side, x:x + side] = 1.0
+    frame = Frame(pixels, Transform.identity((256, 256)))
+    det = blob_detector(DetectorConfig(imgsz=256, conf=0.5, max_det=1, findings_conf=findings_conf,
+                                       findings_max=findings_max))
+    kept, below, findings = det.detect(frame)
+    assert [round(d.score, 3) for d in kept] == [0.742] and below is None
+    assert [round(d.score, 3) for d in findings] == shown
 
 
 def test_trained_detector_predicts_sane_boxes(trained, detector):

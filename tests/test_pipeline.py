@@ -144,6 +144,48 @@ def test_an_image_without_a_kept_box_is_scored_by_its_strongest_candidate_below_
     assert back.lesions == [] and back.below_conf.box == [round(v, 2) for v in below.box]
 
 
+def test_findings_beside_the_scoring_box_are_marked_under_gradcam_with_both_numbers(tmp_path):
+    """Two lesions, one kept box scoring the image (max_det 1) and a findings rule showing every box: the JSON
+    holds both boxes, marks the one that scores the image, gives each its P(lesion) and P(malignant), Grad-CAM
+    covers both, and the image's probability is the score through the models' map (rank score beside it)."""
+    import csv as csv_module
+
+    from mammo.calibration import apply_calibration
+    from mammo.config import DetectorConfig
+    from pipeline.infer import StepTimer, done_row, infer_image
+    from pipeline.results import aggregate_scores, read_result, write_predictions_csv
+    from standins import blob_detector, bright_spot_classifier
+
+    cfg = load_config()
+    cal = {"method": "platt", "a": 0.5, "b": 1.0}
+    findings = {"p_lesion": {"method": "platt", "a": 2.0, "b": -1.0}, "p_malignant": {"method": "identity"}}
+    mammogram, truth = synthetic_mammogram(1003, n_lesions=2, side="left", radius=(16, 20))
+    detector = blob_detector(DetectorConfig(imgsz=256, conf=0.01, max_det=1, findings_conf=0.01))
+    models = PipelineModels(detector, bright_spot_classifier(64), 0.3, calibration=cal, findings=findings,
+                            threshold_source="chosen on a test")
+    result = infer_image(mammogram, "img", tmp_path / "img.png", models, cfg, 0.3, tmp_path, StepTimer())
+    back = read_result(tmp_path / "img.json")
+    assert len(back.lesions) == 2 and sorted(l.finding for l in back.lesions) == [True, True]
+    scoring = [l for l in back.lesions if l.scores_image]
+    assert len(scoring) == 1 and scoring[0].detector_score == max(l.detector_score for l in back.lesions)
+    assert result.score == pytest.approx(aggregate_scores(scoring, cfg.pipeline.aggregate), abs=1e-4)
+    for l in back.lesions:
+        assert l.p_lesion == pytest.approx(apply_calibration(findings["p_lesion"], [l.detector_score])[0], abs=1e-4)
+        assert l.p_malignant == pytest.approx(l.detector_score * l.malignancy, abs=1e-4)
+    assert back.probability == pytest.approx(apply_calibration(cal, [result.score])[0])
+    assert back.probability_threshold == pytest.approx(apply_calibration(cal, [0.3])[0])
+    assert back.threshold_source == "chosen on a test"
+    heat = cv2.imread(str(tmp_path / back.heatmap), cv2.IMREAD_UNCHANGED)
+    scale = heat.shape[0] / mammogram.shape[0]
+    for l in back.lesions:  # Grad-CAM painted on every shown finding, not only the scoring box
+        x1, y1, x2, y2 = (int(v * scale) for v in l.box)
+        assert heat[y1:y2 + 1, x1:x2 + 1].max() > 0
+    write_predictions_csv(tmp_path, [done_row(back)])
+    row = next(csv_module.DictReader(open(tmp_path / "predictions.csv")))
+    assert float(row["probability"]) == pytest.approx(back.probability, abs=1e-5)
+    assert float(row["score"]) == pytest.approx(back.score, abs=1e-5)
+
+
 def test_killed_run_resumes_without_redoing_or_losing_images(tiny_bundle, tmp_path):
     csv_path = write_synthetic_dataset(tmp_path / "data", 8, seed=3)
     images = csv_path.parent / "images"
