@@ -189,3 +189,17 @@ def ece(y, p, bins: int = ECE_BINS) -> float:
         return float("nan")
     return float(sum(k / n * abs(m - o) for k, m, o in
                      zip(table["n"], table["mean_probability"], table["observed_rate"])))
+
+
+def calibration_report(y, p, base_rate, groups, n_boot: int = 1000, seed: int = 0) -> dict:
+    """How good probabilities are: expected calibration error and Brier score (the base-rate predictor's Brier
+    beside it: `base_rate` per row), auROC and auPR of the probability, each with its patient-bootstrap 95 % CI
+    (`groups`: patient ids), and the reliability table a plot draws."""
+    from mammo import metrics
+
+    def ci(fn, values):
+        value, low, high = metrics.bootstrap_ci(fn, y, values, groups, n=n_boot, seed=seed)
+        return {"value": value, "low": low, "high": high}
+
+    return {"ece": ci(ece, p), "brier": ci(brier, p), "brier_base_rate": ci(brier, base_rate),
+            "auroc": ci(metrics.auroc, p), "aupr": ci(metrics.aupr, p), "reliability": reliability(y, p)}

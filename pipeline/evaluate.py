@@ -18,6 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from mammo import metrics  # noqa: E402
+from mammo.calibration import calibration_report  # noqa: E402
 from mammo.atomic import atomic_path, atomic_write_text  # noqa: E402
 from mammo.errors import MammoError  # noqa: E402
 from mammo.froc import FP_RATES, FrocCurve, froc_report, hit_matrix  # noqa: E402
@@ -167,6 +168,34 @@ def plot_confusion_and_distribution(y, p, threshold: float, out_dir: Path, title
     return [path.name]
 
 
+def plot_reliability(report: dict, y, p, out_dir: Path) -> str:
+    """Observed malignancy rate against the mean probability per bin (Wilson 95 % intervals), the diagonal a
+    calibrated model lies on, and how many images each bin holds."""
+    table = report["reliability"]
+    n, mean_p, rate = (np.array(table[k], float) for k in ("n", "mean_probability", "observed_rate"))
+    z = 1.96  # Wilson score interval: stays inside [0, 1] for small bins, unlike the normal approximation
+    centre = (rate + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(rate * (1 - rate) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(5.5, 6.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    top.plot([0, 1], [0, 1], color="0.6", ls="--", label="calibrated")
+    top.errorbar(mean_p, rate, yerr=[rate - (centre - half), centre + half - rate], fmt="o-", capsize=3,
+                 label="observed (95 % Wilson)")
+    top.set(ylabel="observed malignant rate", xlim=(0, 1), ylim=(0, 1),
+            title=f"reliability: ECE {_fmt(report['ece'])}\nBrier {_fmt(report['brier'])}, base rate "
+                  f"{_fmt(report['brier_base_rate'])}")
+    top.title.set_fontsize(9)
+    top.legend(fontsize=8, loc="upper left")
+    bottom.hist([p[y == 0], p[y == 1]], bins=np.linspace(0, 1, 21), stacked=True,
+                label=["not malignant", "malignant"])
+    bottom.set(xlabel="P(malignant)", ylabel="images")
+    bottom.legend(fontsize=7)
+    path = out_dir / "reliability.png"
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path.name
+
+
 def gradcam_grid(m: Matched, predictions_dir: Path, threshold: float, out_dir: Path, per_group: int = 4) -> str:
     """Overlay panels of a few true/false positives/negatives (most confident first), one row per group."""
     groups = {"true positive": [], "false positive": [], "false negative": [], "true negative": []}
@@ -244,6 +273,12 @@ def markdown_report(report: dict) -> str:
                   "| sensitivity | " + " | ".join(f"{froc['sensitivity'][str(float(r))]:.3f}" for r in FP_RATES)
                   + " |", "", f"{froc['n_lesions']} lesions with boxes on {froc['n_images']} images.", "",
                   *kind_table(froc.get("by_kind", {}))]
+    cal = report.get("calibration")
+    if cal:
+        lines += ["", "## Calibration of the image probability", "",
+                  "| ECE (10 bins) | Brier | Brier of the base rate | auROC | auPR |", "| --- | --- | --- | --- | --- |",
+                  f"| {_fmt(cal['ece'])} | {_fmt(cal['brier'])} | {_fmt(cal['brier_base_rate'])} | "
+                  f"{_fmt(cal['auroc'])} | {_fmt(cal['aupr'])} |"]
     lines += ["", "Figures: " + ", ".join(f"[{f}]({f})" for f in report["figures"])]
     return "\n".join(lines) + "\n"
 
@@ -317,6 +352,13 @@ def evaluate(predictions_dir, records, out_dir, *, threshold: float | None = Non
 
     curve, report["froc"] = froc_of(m.records, [r.lesions for r in m.results], hit_iou)
     figures = plot_curves(curve_sets, out_dir, n_boot, seed)
+    if all(r.probability is not None for r in m.results):  # models with a calibration map
+        p_cal = np.array([r.probability for r in m.results], float)
+        # the base-rate reference predicts this set's own prevalence for every image (it knows more than any
+        # model could: a probability must beat even that)
+        report["calibration"] = calibration_report(y_img, p_cal, np.full(len(y_img), y_img.mean()), g_img,
+                                                   n_boot, seed)
+        figures.append(plot_reliability(report["calibration"], y_img, p_cal, out_dir))
     figures += plot_confusion_and_distribution(y_img, p_img, threshold, out_dir, "image level")
     figures.append(_plot_froc(curve, out_dir))
     figures.append(gradcam_grid(m, predictions_dir, threshold, out_dir))

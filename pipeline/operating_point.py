@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mammo import metrics
-from mammo.calibration import apply_calibration, brier, check_calibration, choose_calibration, ece, reliability
+from mammo.calibration import apply_calibration, calibration_report, check_calibration, choose_calibration
 from mammo.errors import ConfigError, MammoError
 from mammo.config import AGGREGATES, MAX_PREDICT_BOXES
 from pipeline.results import STACKER_FEATURES, aggregate_scores, check_aggregate, image_features
@@ -295,7 +295,7 @@ def choose_operating_point(oof: OofSet, *, beta: float = 2.0, min_specificity: f
                "chosen_on_all_oof (optimistic)": final.selection,
                "per_fold": per_fold_figures(oof, y, scores)}
     if not np.isnan(probabilities).any():
-        figures["cross_fitted_probability"] = probability_figures(y, probabilities, base_rate, groups, n_boot, seed)
+        figures["cross_fitted_probability"] = calibration_report(y, probabilities, base_rate, groups, n_boot, seed)
         figures["operating_curve"] = operating_curve(y, probabilities)
     return {"source": f"{oof.k}-fold patient-level cross-validation, out-of-fold predictions", "k": oof.k,
             "n_images": len(oof.images), "n_positive": int(y.sum()), "beta": beta,
@@ -311,18 +311,6 @@ def per_fold_figures(oof: OofSet, y, scores) -> dict:
     rows = {str(k): {"n": int((folds == k).sum()), "auroc": metrics.auroc(y[folds == k], scores[folds == k]),
                      "aupr": metrics.aupr(y[folds == k], scores[folds == k])} for k in oof.folds}
     return {**rows, "mean": {m: float(np.nanmean([r[m] for r in rows.values()])) for m in ("auroc", "aupr")}}
-
-
-def probability_figures(y, p, base_rate, groups, n_boot: int, seed: int) -> dict:
-    """How good the cross-fitted probabilities are: expected calibration error and Brier score (with the base-rate
-    predictor's Brier beside it), ranking on the probability, each with its patient-bootstrap 95 % CI, and the
-    reliability table the plot draws."""
-    def ci(fn, values):
-        value, low, high = metrics.bootstrap_ci(fn, y, values, groups, n=n_boot, seed=seed)
-        return {"value": value, "low": low, "high": high}
-
-    return {"ece": ci(ece, p), "brier": ci(brier, p), "brier_base_rate": ci(brier, base_rate),
-            "auroc": ci(metrics.auroc, p), "aupr": ci(metrics.aupr, p), "reliability": reliability(y, p)}
 
 
 def operating_curve(y, p, steps: int = CURVE_STEPS) -> dict:

@@ -144,6 +144,31 @@ def _records_and_results(tmp_path, rng, n=30):
     return records, results
 
 
+def test_evaluate_reports_the_calibration_of_the_image_probability(tmp_path):
+    """Results with a probability (models shipped with a map): ECE, Brier and the base rate's Brier, as the
+    functions of mammo.calibration compute them, a reliability plot, and the markdown section; without a
+    probability, no calibration section."""
+    import dataclasses
+
+    from mammo.calibration import brier, ece
+
+    records, results = _records_and_results(tmp_path, np.random.default_rng(2))
+    with_p = [dataclasses.replace(r, probability=0.1 + 0.8 * r.score, probability_threshold=0.5) for r in results]
+    for name, rows in (("with", with_p), ("without", results)):
+        for r in rows:
+            write_result(tmp_path / name, r)
+    report = evaluate(tmp_path / "with", records, tmp_path / "eval", n_boot=20)
+    y = np.array([r.label for r in records])
+    p = np.array([r.probability for r in with_p])
+    cal = report["calibration"]
+    assert cal["ece"]["value"] == pytest.approx(ece(y, p)) and cal["brier"]["value"] == pytest.approx(brier(y, p))
+    assert cal["brier_base_rate"]["value"] == pytest.approx(brier(y, np.full(len(y), y.mean())))
+    assert sum(cal["reliability"]["n"]) == len(y)
+    assert (tmp_path / "eval" / "reliability.png").is_file() and "reliability.png" in report["figures"]
+    assert "Calibration of the image probability" in (tmp_path / "eval" / "metrics.md").read_text()
+    assert "calibration" not in evaluate(tmp_path / "without", records, tmp_path / "eval2", n_boot=5)
+
+
 def test_lesion_level_rows_hand_case(tmp_path):
     records, results = _records_and_results(tmp_path, np.random.default_rng(0), n=6)
     m = match(results, records)
