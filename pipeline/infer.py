@@ -105,6 +105,12 @@ def write_outputs(out_dir: Path, image_id: str, mammogram, lesions, canvas, resu
     write_result(out_dir, result)  # last: its presence marks the image as done
 
 
+def image_score(lesions, below_conf, models, cfg: Config) -> float:
+    """The image score from the boxes that score it (the other findings are shown, never scored)."""
+    return aggregate_scores([l for l in lesions if l.scores_image], cfg.pipeline.aggregate, models.stacker,
+                            below_conf)
+
+
 def title_numbers(result: ImageResult) -> str:
     """The overlay's title: the calibrated probability against its threshold when the models have a map
     (the rank score beside it), else the score against the threshold."""
@@ -118,8 +124,7 @@ def infer_image(mammogram, image_id: str, source, models, cfg: Config, threshold
                 timer: StepTimer) -> ImageResult:
     """One read image through both stages, its score and decision, and its files written."""
     lesions, canvas, below_conf = analyse_image(mammogram, models, cfg, timer)
-    score = aggregate_scores([l for l in lesions if l.scores_image], cfg.pipeline.aggregate, models.stacker,
-                             below_conf)
+    score = image_score(lesions, below_conf, models, cfg)
     h, w = mammogram.shape
     salt = resolve_salt(cfg.pipeline.id_salt)
     result = ImageResult(image_id=image_id, source=written_source(source, cfg.pipeline.source_paths, salt),

@@ -20,9 +20,8 @@ from mammo.datasets import load_split_dataset
 from mammo.errors import MammoError
 from mammo.imaging import read_mammogram
 from mammo.runs import start_run
-from pipeline.infer import StepTimer, analyse_image
+from pipeline.infer import StepTimer, analyse_image, image_score
 from pipeline.models import PipelineModels, write_bundle
-from pipeline.results import aggregate_scores
 
 # Settings the models are trained with and inference must reuse: shipped inside the bundle.
 BUNDLED_SECTIONS = ("preprocess", "detector")
@@ -39,7 +38,7 @@ def image_scores(models: PipelineModels, records, cfg: Config, progress: bool = 
     timer, scores = StepTimer(), []
     for rec in tqdm(records, desc="score images", unit="img", disable=not progress):
         lesions, _, below_conf = analyse_image(read_mammogram(rec.path), models, cfg, timer)
-        scores.append(aggregate_scores(lesions, cfg.pipeline.aggregate, models.stacker, below_conf))
+        scores.append(image_score(lesions, below_conf, models, cfg))
     return np.asarray(scores, dtype=np.float64)
 
 

@@ -251,6 +251,10 @@ def test_cross_validate_two_folds_resumes_after_a_kill_with_the_same_oof(tmp_pat
     assert len({(r["patient_id"], r["fold"]) for r in rows}) == len({r["patient_id"] for r in rows})
     op = json.loads((out / "operating_point.json").read_text())
     assert op["k"] == 2 and op["n_images"] == 40
+    # the findings rule and the probability ride along; every OOF JSON carries them as infer would
+    assert 0 <= op["findings"]["detector.findings_conf"] <= 1 and "cross_fitted" in op["findings"]
+    some = json.loads(next(iter(oof.values())))
+    assert "probability" in some and all({"finding", "scores_image"} <= set(l) for l in some["lesions"])
     metrics = json.loads((out / "evaluation" / "metrics.json").read_text())
     assert metrics["n_images"] == 40 and "by_kind" in metrics["froc"]
     assert metrics["image"]["single-stage baseline"]["n"] == 40  # its OOF scores too, side by side
