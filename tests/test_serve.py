@@ -477,6 +477,29 @@ def test_token_is_required_beyond_localhost(standin):
     assert client.get("/").status_code == 401
 
 
+def test_a_base64_token_logs_in_through_the_printed_url(standin):
+    """`openssl rand -base64` tokens hold + / =: the printed address percent-encodes them, and the login
+    redirect is relative (a TLS proxy in front knows the scheme and host the browser used)."""
+    from urllib.parse import urlsplit
+
+    from pipeline.serve import login_url
+
+    _, run, *_ = standin
+    token = "Qk3+x/9aZbT1w+Lm0pR7sV=="
+    url = urlsplit(login_url("0.0.0.0", 8000, token))
+    assert (url.hostname, url.port, url.path) == ("127.0.0.1", 8000, "/")
+    client = TestClient(create_app([run], token=token), base_url="http://10.1.2.3:8000")
+    assert client.get(f"/?token={token}").status_code == 401  # the raw token: '+' arrives as a space
+    r = client.get(f"/?{url.query}", follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/", r.headers
+    assert client.get("/").status_code == 200  # the cookie carries the token
+    r = client.get(f"/view/0/{KNOWN}?{url.query}&x=1", follow_redirects=False)
+    assert r.headers["location"] == f"/view/0/{KNOWN}?x=1"
+    r = client.get(f"http://10.1.2.3:8000//evil.example/?{url.query}", follow_redirects=False)
+    assert r.headers["location"] == "/evil.example/"  # never a protocol-relative address to another site
+    assert login_url("::1", 8000, None) == "http://[::1]:8000/"
+
+
 def test_access_log_never_shows_the_token():
     import logging
 
