@@ -324,6 +324,18 @@ def test_verdict_needs_json(standin):
     assert r.status_code == 422
 
 
+def test_an_oversized_verdict_body_is_refused_before_parsing(standin):
+    client = standin[0]
+    before = client.get(f"/api/verdicts/0/{KNOWN}").json()
+    body = json.dumps({"reader": "Dr Big", "image": {"comment": "x"}, "padding": "x" * 300_000}).encode()
+    r = client.post(f"/api/verdicts/0/{KNOWN}", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 413 and "256 KB" in r.json()["detail"]
+    chunked = client.post(f"/api/verdicts/0/{KNOWN}", content=iter([body[:100_000], body[100_000:]]),
+                          headers={"content-type": "application/json"})  # no Content-Length: counted as read
+    assert chunked.status_code == 413
+    assert client.get(f"/api/verdicts/0/{KNOWN}").json() == before
+
+
 def test_verdicts_fill_export_rois_review_label(served, tmp_path):
     client, run, models, cfg, data = served
     from mammo.annotations import read_annotations
@@ -381,7 +393,7 @@ def test_upload_runs_the_pipeline_and_keeps_the_run(served, tmp_path):
     after = list(csv.DictReader(open(run / "predictions.csv")))
     assert [r["image_id"] for r in after] == [r["image_id"] for r in before] + [new_id]
     assert not [p for p in run.rglob("*") if "00820" in p.name]
-    assert not list(run.rglob(".*.partial*"))
+    assert not list(run.rglob(".*.partial*")) and not list(run.glob(".serve/.queue.*/*"))  # the queued file moved
 
 
 def test_upload_of_a_dicom_without_extension(served):
@@ -403,12 +415,19 @@ def test_bad_uploads_are_refused_with_a_message_and_change_nothing(served, monke
     png = cv2.imencode(".png", np.zeros((64, 48), np.uint8))[1].tobytes()
     cases = [("notes.png", b"this is a text file, not an image\n", "not a readable image"),
              ("report.pdf", b"%PDF-1.4", "not images this tool reads"),
-             ("empty.png", b"", "empty file"),
-             ("tiny.png", cv2.imencode(".png", np.zeros((8, 8), np.uint8))[1].tobytes(), "too small"),
-             ("fake.dcm", b"\0" * 128 + b"DICM" + b"\0" * 64, "refused")]
+             ("empty.png", b"", "empty file")]
     for name, content, message in cases:
         r = upload(client, name, content)
         assert r.status_code == 422 and message in r.json()["detail"], (name, r.text)
+    # what only decoding tells is found by the worker (it decodes one upload at a time): a failed job
+    for name, content, message in [
+            ("tiny.png", cv2.imencode(".png", np.zeros((8, 8), np.uint8))[1].tobytes(), "too small"),
+            ("fake.dcm", b"\0" * 128 + b"DICM" + b"\0" * 64, "refused"),
+            ("notes", b"a text file without extension is read as DICOM\n", "refused")]:
+        r = upload(client, name, content)
+        assert r.status_code == 200, (name, r.text)
+        job = wait_job(client, r.json()["id"])
+        assert job["status"] == "failed" and message in job["error"] and "queue" not in job["error"], job
     uploads = client.app.state.uploads
     monkeypatch.setattr(uploads, "max_pixels", 1000)
     r = upload(client, "big.png", png)
@@ -426,6 +445,72 @@ def test_bad_uploads_are_refused_with_a_message_and_change_nothing(served, monke
     r = upload(client, "ok.png", png, run=5)
     assert r.status_code == 404
     assert listing() == before
+
+
+@pytest.fixture
+def held_worker(tmp_path, monkeypatch):
+    """(client, uploads, gate): an app whose upload worker waits for `gate.set()` before each job, so a queue
+    fills deterministically. Its models are a stand-in: a job decodes its upload, then fails at the models."""
+    client = TestClient(create_app([tmp_path / "run"], object(), load_config(), 0.5), base_url=LOCAL)
+    uploads, gate = client.app.state.uploads, threading.Event()
+    run_job = uploads._run
+    monkeypatch.setattr(uploads, "_run", lambda job: (gate.wait(60), run_job(job)))
+    yield client, uploads, gate
+    gate.set()
+    uploads.close()
+
+
+def test_a_full_upload_queue_answers_busy_and_queued_uploads_are_files_not_pixels(held_worker, tmp_path):
+    import tracemalloc
+
+    from pipeline.serve.jobs import MAX_PENDING_UPLOADS
+
+    client, uploads, gate = held_worker
+    png = cv2.imencode(".png", np.full((2000, 2000), 128, np.uint8))[1].tobytes()  # 16 MB as float32 pixels
+    tracemalloc.start()
+    try:
+        held = tracemalloc.get_traced_memory()[0]
+        queued = [upload(client, "scan.png", png) for _ in range(MAX_PENDING_UPLOADS)]
+        held = tracemalloc.get_traced_memory()[0] - held
+    finally:
+        tracemalloc.stop()
+    assert [r.status_code for r in queued] == [200] * MAX_PENDING_UPLOADS
+    assert held < 8e6, f"{held / 1e6:.0f} MB held by {MAX_PENDING_UPLOADS} queued uploads"  # decoded: 128 MB
+    jobs = [uploads.get(r.json()["id"]) for r in queued]
+    for job in jobs:  # a queued job is its file on disk, in a folder only the server's user can read
+        assert job.status == "queued" and job.file.read_bytes() == png
+        assert not any(isinstance(v, np.ndarray) or hasattr(v, "pixels") for v in vars(job).values())
+        assert job.file.parent.stat().st_mode & 0o777 == 0o700
+    busy = upload(client, "scan.png", png)
+    assert busy.status_code == 503 and busy.headers["retry-after"] == "30", busy.headers
+    assert "busy" in busy.json()["detail"] and "retry" in busy.json()["detail"]
+    assert len(list(jobs[0].file.parent.iterdir())) == MAX_PENDING_UPLOADS  # the refused one left nothing
+    gate.set()
+    for job in jobs:  # decoded by the worker, then the stand-in models fail
+        done = wait_job(client, job.id)
+        assert done["status"] == "failed" and "object" in done["error"] and job.file is None, done
+    left = [p for p in (tmp_path / "run" / ".serve").rglob("*") if p.is_file() and "verdicts" not in p.name]
+    assert not left  # neither in the queue nor in the run's uploads: no result names them
+    assert upload(client, "scan.png", png).status_code == 200  # room again
+
+
+def test_finished_upload_jobs_are_forgotten(held_worker):
+    from pipeline.serve.jobs import FINISHED_JOB_SECONDS, MAX_FINISHED_JOBS, Job
+
+    client, uploads, gate = held_worker
+    now = time.time()
+    old = [Job(f"old{i}", 0, "done", finished=now - FINISHED_JOB_SECONDS - 60) for i in range(5)]
+    recent = [Job(f"recent{i}", 0, "failed", finished=now - i) for i in range(150)]
+    waiting = Job("waiting", 0)  # queued (a stand-in: no worker will take it)
+    uploads.jobs.update({j.id: j for j in [*old, *recent, waiting]})
+    gate.set()
+    png = cv2.imencode(".png", np.zeros((64, 48), np.uint8))[1].tobytes()
+    new = upload(client, "scan.png", png).json()["id"]
+    assert wait_job(client, new)["status"] == "failed"
+    finished = [j for j in uploads.jobs.values() if j.finished]
+    assert len(finished) == MAX_FINISHED_JOBS and all(now - j.finished < FINISHED_JOB_SECONDS for j in finished)
+    assert {new, "waiting", "recent0"} <= set(uploads.jobs) and "recent99" not in uploads.jobs
+    assert client.get("/api/jobs/old0").status_code == 404
 
 
 def test_uploads_are_viewable_when_results_hold_no_paths(served, tmp_path):

@@ -9,6 +9,7 @@ and images by their id: no client-given path is ever opened (see files.py).
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 from pathlib import Path
 
@@ -20,13 +21,29 @@ from fastapi.templating import Jinja2Templates
 
 from mammo.errors import ImageReadError
 from pipeline.serve.files import NotFound, RunSet, safe_file
-from pipeline.serve.jobs import MAX_UPLOAD_BYTES, UploadError, Uploads
+from pipeline.serve.jobs import MAX_UPLOAD_BYTES, RETRY_AFTER_SECONDS, Busy, UploadError, Uploads
 from pipeline.serve.security import AccessMiddleware
 from pipeline.serve.tiles import PyramidCache, encode_jpeg, heatmap_rgba, max_level, thumbnail, TILE
 from pipeline.serve.verdicts import VerdictError, VerdictStore
 
 HERE = Path(__file__).parent
 CACHE_HEADERS = {"Cache-Control": "private, max-age=3600"}
+MAX_VERDICT_BYTES = 256 * 1024  # a save is a few fields and comments of <= 4000 characters: far less
+
+
+async def bounded_body(request: Request, limit: int) -> bytes:
+    """The request body, or 413 when it is longer than `limit` bytes: refused from Content-Length before
+    reading, or while reading a body sent without one (chunked)."""
+    length = request.headers.get("content-length")
+    too_long = HTTPException(413, f"request body larger than {limit // 1024} KB")
+    if length is not None and (not length.isdigit() or int(length) > limit):
+        raise too_long
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise too_long
+    return bytes(body)
 
 
 def create_app(run_dirs, models=None, cfg=None, threshold: float | None = None, token: str | None = None) -> FastAPI:
@@ -59,6 +76,11 @@ def create_app(run_dirs, models=None, cfg=None, threshold: float | None = None, 
     @app.exception_handler(NotFound)
     async def not_found(request, exc):
         return JSONResponse({"detail": "not found"}, status_code=404)
+
+    @app.exception_handler(Busy)
+    async def busy(request, exc):
+        return JSONResponse({"detail": str(exc)}, status_code=503,
+                            headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
 
     @app.exception_handler(ImageReadError)
     async def unreadable(request, exc):  # the original moved or changed since infer; its path is not shown
@@ -145,8 +167,9 @@ def create_app(run_dirs, models=None, cfg=None, threshold: float | None = None, 
         r = runs.result(run, image_id)[1]
         if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
             raise HTTPException(415, "send the verdict as application/json")
+        raw = await bounded_body(request, MAX_VERDICT_BYTES)
         try:
-            body = await request.json()
+            body = json.loads(raw)
             boxes, image = body.get("boxes") or {}, body.get("image") or {}
             if not isinstance(boxes, dict) or not isinstance(image, dict) or not all(
                     isinstance(v, dict) for v in boxes.values()):
@@ -171,6 +194,7 @@ def create_app(run_dirs, models=None, cfg=None, threshold: float | None = None, 
             raise HTTPException(411, "upload size unknown (no Content-Length)")
         if not length.isdigit() or int(length) > MAX_UPLOAD_BYTES + 64 * 1024:
             raise HTTPException(413, f"file larger than {MAX_UPLOAD_BYTES // (1024 * 1024)} MB")
+        uploads.check_room()  # Busy (503) before the body is read; submit holds the place it finds
         form = await request.form(max_files=1, max_fields=4)
         file = form.get("file")
         if file is None or isinstance(file, str):
