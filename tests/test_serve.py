@@ -577,7 +577,10 @@ def test_a_base64_token_logs_in_through_the_printed_url(standin):
     assert client.get(f"/?token={token}").status_code == 401  # the raw token: '+' arrives as a space
     r = client.get(f"/?{url.query}", follow_redirects=False)
     assert r.status_code == 303 and r.headers["location"] == "/", r.headers
+    assert "secure" not in r.headers["set-cookie"].lower()  # plain HTTP: a Secure cookie would never come back
     assert client.get("/").status_code == 200  # the cookie carries the token
+    behind_tls = TestClient(create_app([run], token=token), base_url="https://10.1.2.3")  # as a proxy tells it
+    assert "secure" in behind_tls.get(f"/?{url.query}", follow_redirects=False).headers["set-cookie"].lower()
     r = client.get(f"/view/0/{KNOWN}?{url.query}&x=1", follow_redirects=False)
     assert r.headers["location"] == f"/view/0/{KNOWN}?x=1"
     r = client.get(f"http://10.1.2.3:8000//evil.example/?{url.query}", follow_redirects=False)
