@@ -213,10 +213,10 @@ class Uploads:
             job.seconds = job.finished - job.started
             self._prune()
 
-    def _prune(self, now: float | None = None) -> None:
+    def _prune(self) -> None:
         """Forget finished jobs older than FINISHED_JOB_SECONDS or beyond the newest MAX_FINISHED_JOBS (under
         _lock); queued and running jobs are kept."""
-        now = time.time() if now is None else now
+        now = time.time()
         finished = sorted((j for j in self.jobs.values() if j.finished), key=lambda j: j.finished, reverse=True)
         for rank, job in enumerate(finished):
             if rank >= MAX_FINISHED_JOBS or now - job.finished > FINISHED_JOB_SECONDS:
