@@ -129,8 +129,17 @@ def _ints(v, what: str, low=0, high=MAX_DIM) -> tuple:
 
 
 def _show(v) -> str:
-    text = repr(v.name if isinstance(v, Global) else v)
+    text = v.name if isinstance(v, Global) else repr(v)
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _constructed(func) -> str:
+    """Why calling this is refused, when it is a layer class."""
+    if not (isinstance(func, Global) and func.name in LAYERS):
+        return ""
+    return (" (would run a layer's constructor with values from the file"
+            + ("; a TorchVision layer builds a torchvision model and may download its weights"
+               if func.name.endswith(".TorchVision") else "") + ")")
 
 
 @dataclass
@@ -149,11 +158,7 @@ class Machine:
             raise Refused(f"a call of {func.name} with arguments {_show(args)} that are not a tuple")
         check = CALLS.get(func.name)
         if check is None:
-            if func.name in LAYERS:
-                raise Refused(f"a call of {func.name}(...) (would run its constructor with values from the file"
-                              + ("; a TorchVision layer builds a torchvision model and may download its weights"
-                                 if func.name.endswith(".TorchVision") else "") + ")")
-            raise Refused(f"a call of {func.name}(...), which a checkpoint never makes")
+            raise Refused(f"a call of {func.name}(...){_constructed(func) or ', which a checkpoint never makes'}")
         return check(self, args)
 
     def rebuild_tensor_v2(self, args):
@@ -193,7 +198,8 @@ class Machine:
             raise Refused(f"_rebuild_from_type_v2 with {len(args)} arguments")
         func, new_type, inner, state = args
         if not (isinstance(func, Global) and func.name in TENSOR_REBUILDERS):
-            raise Refused(f"_rebuild_from_type_v2 calling {_show(func)}, which is not a tensor rebuild helper")
+            raise Refused(f"_rebuild_from_type_v2 calling {_show(func)}, which is not a tensor rebuild "
+                          f"helper{_constructed(func)}")
         if not (isinstance(new_type, Global) and new_type.name in TENSOR_TYPES):
             raise Refused(f"_rebuild_from_type_v2 to type {_show(new_type)}, which is not a tensor type")
         if state is not None and not (isinstance(state, dict) and not state):
