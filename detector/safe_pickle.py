@@ -22,6 +22,7 @@ from __future__ import annotations
 import io
 import math
 import pickletools
+import reprlib
 from dataclasses import dataclass, field
 
 # Module classes of the detectors this project trains (found by listing the globals of weights/detector.pt, of
@@ -104,14 +105,18 @@ class Tensor:
     numel: int
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)
 class Obj:  # a layer (NEWOBJ) or the settings namespace, given its attributes by BUILD
     cls: str
     state: dict | None = None
 
+    def __repr__(self):
+        return f"<a restored {self.cls}>"
+
 
 class ODict(dict):  # collections.OrderedDict()
-    pass
+    def __repr__(self):
+        return f"OrderedDict(<{len(self)} items>)"
 
 
 class Refused(Exception):
@@ -128,9 +133,14 @@ def _ints(v, what: str, low=0, high=MAX_DIM) -> tuple:
     return v
 
 
+_REPR = reprlib.Repr()  # (keyword arguments only from Python 3.12)
+_REPR.maxlevel, _REPR.maxtuple, _REPR.maxlist, _REPR.maxdict, _REPR.maxstring, _REPR.maxother = 3, 8, 8, 4, 60, 60
+
+
 def _show(v) -> str:
-    text = v.name if isinstance(v, Global) else repr(v)
-    return text if len(text) <= 80 else text[:77] + "..."
+    """A short text of a value for a refusal; bounded, since what the file nests may be exponentially large."""
+    text = v.name if isinstance(v, Global) else _REPR.repr(v)
+    return text if len(text) <= 100 else text[:97] + "..."
 
 
 def _constructed(func) -> str:
@@ -146,7 +156,8 @@ def _constructed(func) -> str:
 class Machine:
     records: dict | None = None  # storage key -> bytes of its zip record (None: not checked)
     storages: dict = field(default_factory=dict)  # key -> Storage
-    total_bytes: int = 0
+    total_bytes: int = 0  # of the storages
+    tensor_bytes: int = 0  # of the tensors viewing them
     layers: list = field(default_factory=list)  # (Obj, its state as BUILD gave it)
     hooks: list = field(default_factory=list)  # the backward-hook dicts handed to tensors
 
@@ -175,6 +186,12 @@ class Machine:
         end = offset + sum((s - 1) * st for s, st in zip(size, stride)) + 1 if numel else 0
         if end > storage.numel:
             raise Refused(f"a tensor view reaching element {end} of a storage of {storage.numel}")
+        # a view with zero strides is as large as it likes on a small storage, until anything copies it
+        nbytes = numel * ELEMENT_BYTES[storage.dtype]
+        self.tensor_bytes += nbytes
+        if nbytes > MAX_STORAGE_BYTES or self.tensor_bytes > MAX_TOTAL_BYTES:
+            raise Refused(f"a tensor of {size} (over {MAX_STORAGE_BYTES} bytes, or tensors of over "
+                          f"{MAX_TOTAL_BYTES} in all)")
         self.bool_and_hooks(requires_grad, hooks)
         if len(args) == 7 and args[6] is not None and not (isinstance(args[6], dict) and not args[6]):
             raise Refused(f"tensor metadata {_show(args[6])}")
@@ -295,7 +312,8 @@ class Machine:
             for attr, limit in GEOMETRY.get(obj.cls, {}).items():
                 value = obj.state.get(attr)
                 items = value if isinstance(value, (tuple, list)) else (value,)
-                if not all(v is None or (isinstance(v, (int, float)) and 0 <= v <= limit) for v in items):
+                if not all(v is None or v in ("same", "valid") or (isinstance(v, (int, float)) and 0 <= v <= limit)
+                           for v in items):
                     raise Refused(f"a {obj.cls.rsplit('.', 1)[1]} with {attr}={_show(value)} (at most {limit})")
 
 
@@ -325,19 +343,23 @@ LITERALS = {"INT", "BININT", "BININT1", "BININT2", "LONG", "LONG1", "LONG4",
 
 def _no_stray_global(value, where: str):
     """A global may sit in a list, a dict or a layer's attributes only if it is a dtype: a callable or a class
-    stored as a value could be called later by code that trusts the attribute."""
-    if isinstance(value, Global) and value.name not in DTYPES:
-        raise Refused(f"global {value.name} stored as a value ({where})")
-    if isinstance(value, tuple):
-        for v in value:
-            _no_stray_global(v, where)
+    stored as a value could be called later by code that trusts the attribute. Tuples are looked into once each
+    (through the memo a few bytes nest a tuple in itself exponentially often)."""
+    todo, seen = [value], set()
+    while todo:
+        v = todo.pop()
+        if isinstance(v, Global) and v.name not in DTYPES:
+            raise Refused(f"global {v.name} stored as a value ({where})")
+        if isinstance(v, tuple) and id(v) not in seen:
+            seen.add(id(v))
+            todo.extend(v)
 
 
-def _hashable(key):
-    try:
-        hash(key)
-    except TypeError:
-        raise Refused(f"an unhashable dict key {_show(key)}") from None
+def _key(key):
+    """Dict keys are scalars in a checkpoint (attribute names, parameter indices, class ids); a tuple key could
+    be hashed exponentially long (see _no_stray_global)."""
+    if key is not None and not isinstance(key, (bool, int, float, str, bytes)):
+        raise Refused(f"a dict key {_show(key)} that is not a plain value")
     return key
 
 
@@ -416,7 +438,7 @@ def run(data: bytes, records: dict | None = None) -> None:
                 raise Refused(f"{name} into {_show(stack[-1])}, which is not a dict")
             _no_stray_global(tuple(items), "a dict")
             for k, v in zip(items[::2], items[1::2]):
-                stack[-1][_hashable(k)] = v
+                stack[-1][_key(k)] = v
         elif name == "REDUCE":
             args = stack.pop()
             stack.append(m.call(stack.pop(), args))
