@@ -7,9 +7,11 @@ The payload is real: the control test shows that an ordinary unpickling of the s
 import mammo.runtime  # noqa: F401  (first)
 
 import contextlib
+import io
 import pickle
 import shutil
 import zipfile
+from collections import OrderedDict
 from pathlib import Path
 
 import cv2
@@ -219,7 +221,21 @@ def bytearray_of(size):  # stand-in for builtins.bytearray
     raise AssertionError("a stand-in: never called")
 
 
-REAL_NAMES = {rebuild_from_type_v2: "torch._tensor\n_rebuild_from_type_v2", bytearray_of: "builtins\nbytearray"}
+def rebuild_tensor_v2(storage, offset, size, stride, requires_grad, hooks):  # stand-in for torch._utils'
+    raise AssertionError("a stand-in: never called")
+
+
+REAL_NAMES = {rebuild_from_type_v2: "torch._tensor\n_rebuild_from_type_v2", bytearray_of: "builtins\nbytearray",
+              rebuild_tensor_v2: "torch._utils\n_rebuild_tensor_v2"}
+
+
+class StorageRecord:
+    """Pickled as torch.save pickles a storage: a persistent id naming record data/0, 1 float32."""
+
+
+class TorchPickler(pickle.Pickler):
+    def persistent_id(self, obj):
+        return ("storage", torch.FloatStorage, "0", "cpu", 1) if isinstance(obj, StorageRecord) else None
 
 
 class Call:
@@ -232,27 +248,28 @@ class Call:
         return self.func, self.args
 
 
-def crafted_pt(path: Path, model: Call) -> Path:
+def crafted_pt(path: Path, model: Call, records: dict | None = None) -> Path:
     """A torch.save zip (torch's own records, stored members) whose pickle is {'model': <the call>}."""
-    data = pickle.dumps({"model": model}, protocol=2)  # torch.save's protocol
+    out = io.BytesIO()
+    TorchPickler(out, protocol=2).dump({"model": model})  # torch.save's protocol
+    data = out.getvalue()
     for stand_in, real in REAL_NAMES.items():
         data = data.replace(f"c{__name__}\n{stand_in.__name__}\n".encode(), f"c{real}\n".encode())
     assert __name__.encode() not in data
-    return repack(path, data_pkl=data)
+    return repack(path, data_pkl=data, records=records)
 
 
-def repack(path: Path, data_pkl: bytes | None = None, deflate: bool = False, record: bytes | None = None) -> Path:
-    """Write the zip again, member by member: with another pickle, its storage records deflated, or data/0
-    replaced. A new file starts as torch.save({}) for torch's version records."""
+def repack(path: Path, data_pkl: bytes | None = None, deflate: bool = False, records: dict | None = None) -> Path:
+    """Write the zip again, member by member: with another pickle, its storage records deflated, or storage
+    records {key: bytes} replaced or added. A new file starts as torch.save({}) for torch's version records."""
     if not path.exists():
         torch.save({}, path)
     with zipfile.ZipFile(path) as z:
         members = {i.filename: z.read(i) for i in z.infolist()}
-    for name in members:
-        if name.endswith("/data.pkl") and data_pkl is not None:
-            members[name] = data_pkl
-        if name.endswith("/data/0") and record is not None:
-            members[name] = record
+    top = next(iter(members)).split("/")[0]
+    if data_pkl is not None:
+        members[f"{top}/data.pkl"] = data_pkl
+    members.update({f"{top}/data/{key}": blob for key, blob in (records or {}).items()})
     with zipfile.ZipFile(path, "w") as z:
         for name, blob in members.items():
             z.writestr(name, blob, zipfile.ZIP_DEFLATED if deflate and "/data/" in name else zipfile.ZIP_STORED)
@@ -316,9 +333,32 @@ def test_a_compressed_member_is_refused(tmp_path):
 def test_a_storage_record_must_hold_the_bytes_its_tensor_claims(tmp_path):
     weights = tmp_path / "detector.pt"
     torch.save({"model": torch.nn.Conv2d(1, 2, 1)}, weights)  # data/0: the 2 float32 weights
-    repack(weights, record=b"\0" * 4)
+    repack(weights, records={"0": b"\0" * 4})
     with pytest.raises(WeightsError, match=r"storage 0 claims 2 x torch\.FloatStorage = 8 bytes, but its record "
                                            r"data/0 holds 4") as err:
+        load_checkpoint(weights)
+    assert str(weights) in str(err.value)
+
+
+def test_a_tensor_larger_than_its_bound_is_refused_even_without_bytes_behind_it(tmp_path):
+    """Zero strides make a 65536 x 65536 float32 tensor (16 GB) of one stored float: torch's loader gives it as
+    a view, and the first copy (half(), fuse, any op) allocates it all."""
+    tensor = Call(rebuild_tensor_v2, StorageRecord(), 0, (65536, 65536), (0, 0), False, OrderedDict())
+    weights = crafted_pt(tmp_path / "detector.pt", tensor, records={"0": b"\0" * 4})
+    with torch.serialization.safe_globals([(_resolve(n), n) for n in ALLOWED]):  # control: a view, no copy yet
+        assert torch.load(weights, weights_only=True)["model"].shape == (65536, 65536)
+    with pytest.raises(WeightsError, match=r"refused before loading: it holds a tensor of \(65536, 65536\) "
+                                           r"\(over 536870912 bytes") as err:
+        load_checkpoint(weights)
+    assert str(weights) in str(err.value)
+
+
+def test_a_layer_restored_with_a_geometry_out_of_bounds_is_refused(tmp_path):
+    """No constructor runs for a restored layer, but its forward does: upsampling x1000 turns a 640 x 640 input
+    into 640000 x 640000. Pickled exactly as torch.save pickles any module."""
+    weights = tmp_path / "detector.pt"
+    torch.save({"model": torch.nn.Upsample(scale_factor=1000.0)}, weights)
+    with pytest.raises(WeightsError, match=r"it holds a Upsample with scale_factor=1000\.0 \(at most 8\)") as err:
         load_checkpoint(weights)
     assert str(weights) in str(err.value)
 
