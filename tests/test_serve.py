@@ -189,6 +189,20 @@ def test_an_original_that_moved_is_a_clear_404_without_its_path(tmp_path):
     assert "file not found" in client.get("/api/tiles/0/moved/0/0_0.jpg").json()["detail"]
 
 
+def test_tiles_and_thumbnails_decode_within_run_max_pixels(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    source = write_png(tmp_path / "scan.png", 3, 0, shape=(200, 150))
+    write_result(run, ImageResult("scan", str(source), 150, 200, 0.1, 0.5, "not malignant"))
+    small = load_config(overrides=["run.max_pixels=20000", "pipeline.id_salt=test"])
+    client = TestClient(create_app([run], cfg=small), base_url=LOCAL)
+    for url in ("/api/tiles/0/scan/8/0_0.jpg", "/api/thumb/0/scan.jpg"):
+        r = client.get(url)
+        assert r.status_code == 404 and "max_pixels=20,000" in r.json()["detail"], (url, r.text)
+    roomy = load_config(overrides=["pipeline.id_salt=test"])
+    assert TestClient(create_app([run], cfg=roomy), base_url=LOCAL).get("/api/thumb/0/scan.jpg").status_code == 200
+
+
 def test_results_with_ids_unfit_for_urls_and_file_names_are_not_listed(tmp_path):
     """A run folder may hold JSON files infer did not write: an id with a path in it, a hidden name or spaces
     is not listed (ids end up in URLs and in thumbnail file names), and so cannot be asked for; every id infer

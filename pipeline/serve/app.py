@@ -20,6 +20,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 from mammo.errors import ImageReadError
+from mammo.imaging import MAX_PIXELS
 from pipeline.serve.files import NotFound, RunSet, safe_file
 from pipeline.serve.jobs import MAX_UPLOAD_BYTES, RETRY_AFTER_SECONDS, Busy, UploadError, Uploads
 from pipeline.serve.security import AccessMiddleware
@@ -56,7 +57,8 @@ def create_app(run_dirs, models=None, cfg=None, threshold: float | None = None, 
     if not runs.runs:
         raise ValueError("give at least one run folder")
     stores = [VerdictStore(run.state) for run in runs.runs]
-    pyramids = PyramidCache()
+    max_pixels = cfg.run.max_pixels if cfg is not None else MAX_PIXELS  # tiles decode within the same limit
+    pyramids = PyramidCache(max_pixels=max_pixels)
     uploads = Uploads(runs, models, cfg, threshold) if models is not None else None
     if threshold is None:
         threshold = next((r.threshold for run in runs.runs for r in run.results.values()), 0.5)
@@ -143,7 +145,8 @@ def create_app(run_dirs, models=None, cfg=None, threshold: float | None = None, 
     @app.get("/api/thumb/{run}/{image_id}.jpg")
     def thumb(run: int, image_id: str):
         run_obj, r = runs.result(run, image_id)
-        data = thumbnail(lambda: runs.source_file(run_obj, r), run_obj.state / "thumbs" / f"{image_id}.jpg")
+        data = thumbnail(lambda: runs.source_file(run_obj, r), run_obj.state / "thumbs" / f"{image_id}.jpg",
+                         max_pixels)
         return Response(data, media_type="image/jpeg", headers=CACHE_HEADERS)
 
     @app.get("/api/heatmap/{run}/{image_id}.png")
