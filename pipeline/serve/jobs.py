@@ -152,21 +152,18 @@ class Uploads:
             if size == 0:
                 raise UploadError("empty file")
             if suffix in RASTER_SUFFIXES:
-                self._check_raster_header(tmp, suffix)
+                self._check_raster_header(tmp)
             os.replace(tmp, target)  # the worker sees only whole files
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
         return target, digest.hexdigest()
 
-    def _check_raster_header(self, path: Path, suffix: str) -> None:
+    def _check_raster_header(self, path: Path) -> None:
         """Refuse a picture whose header is unreadable or names too many pixels, without decoding it. A DICOM is
         left to the worker: pydicom may have to inflate a whole dataset to read even its header."""
-        size = raster_header_size(path)
-        if size is None:
-            raise UploadError(f"refused: not a readable image (no {suffix[1:].upper()} header)")
         try:
-            check_size(path, *size, self.max_pixels)
+            check_size(path, *raster_header_size(path), self.max_pixels)
         except ImageReadError as exc:
             raise UploadError(f"refused: {exc.reason}") from None
 
