@@ -1,5 +1,4 @@
-"""Grad-CAM and Grad-CAM++ for the classifier, in the style of pytorch-grad-cam: one base class does the
-work, each method overrides one hook (`channel_weights`).
+"""Grad-CAM and Grad-CAM++ for the classifier, on whichever framework keras runs on (torch or TensorFlow):
 
     cam = GradCAM(model)                      # target layer found automatically, also in a nested backbone
     maps = cam(crops)                         # [N, S, S] float32 in [0, 1], at crop resolution
@@ -8,8 +7,9 @@ Why the forward pass is re-run by hand: a keras.applications backbone is a neste
 a new Model from the outer input to a tensor inside the nested one (the classic "Graph disconnected" failure
 of Grad-CAM recipes). So the outer graph is executed op by op (Keras' own graph runner) and the nested model on
 the path to the target layer is executed the same way, capturing the target activation on the way and the
-logit before the final sigmoid (a saturated sigmoid would give zero gradients on confident crops). The whole
-thing is one compiled tf.function over a batch.
+logit before the final sigmoid (a saturated sigmoid would give zero gradients on confident crops). That one
+forward also gives the malignancy: classifier/backends.py takes the gradient with the framework's own tool
+(torch.autograd.grad, tf.GradientTape) once per batch; everything else here is keras.ops, the same on both.
 """
 from __future__ import annotations
 
@@ -17,8 +17,7 @@ from typing import Callable
 
 import keras
 import numpy as np
-import tensorflow as tf
-
+from keras import ops
 
 _NOT_TARGETS = (keras.layers.MaxPooling2D, keras.layers.AveragePooling2D, keras.layers.Dropout,
                 keras.layers.SpatialDropout2D, keras.layers.InputLayer)
@@ -44,23 +43,24 @@ def find_target_layer(model: keras.Model) -> tuple[str, ...]:
     raise ValueError(f"no layer with a spatial output in model {model.name!r}")
 
 
-def default_target(logits: tf.Tensor) -> tf.Tensor:
+def default_target(logits):
     """The malignant score (logit of the single output)."""
     return logits[:, 0]
 
 
-def _run(model: keras.Model, x, path: tuple[str, ...], tape: tf.GradientTape, captured: dict):
-    """Run `model` on `x` op by op; capture the output of the layer at `path` (watched by `tape`) and of a
-    layer named 'logit'."""
+def run_capturing(model: keras.Model, x, path: tuple[str, ...], captured: dict, on_target: Callable):
+    """Run `model` on `x` op by op; the output of the layer at `path` goes through `on_target` (which makes it
+    what the gradient is taken to) and is captured as 'activations', the output of a layer named 'logit' as
+    'logits'. Returns the model's output."""
 
     def op_fn(op):
         def call(*args, **kwargs):
             if path and op.name == path[0] and len(path) > 1:
-                out = _run(op, args[0], path[1:], tape, captured)  # descend into the nested Model
+                out = run_capturing(op, args[0], path[1:], captured, on_target)  # descend into the nested Model
             else:
                 out = op(*args, **kwargs)
             if path and op.name == path[0] and len(path) == 1:
-                tape.watch(out)  # also when every layer before it is frozen
+                out = on_target(out)
                 captured["activations"] = out
             if op.name == "logit":
                 captured["logits"] = out
@@ -71,6 +71,36 @@ def _run(model: keras.Model, x, path: tuple[str, ...], tape: tf.GradientTape, ca
     return outputs[0] if isinstance(outputs, (list, tuple)) else outputs
 
 
+def gradcam_weights(activations, grads):
+    """Selvaraju et al. 2017: channel weight = spatial mean of the gradient."""
+    return ops.mean(grads, axis=(1, 2))
+
+
+def gradcam_plus_plus_weights(activations, grads):
+    """Chattopadhyay et al. 2018: positive gradients weighted per position (closed form with exp scores),
+    which spreads the map over several instances instead of the strongest one."""
+    g2 = ops.square(grads)
+    g3 = g2 * grads
+    sum_a = ops.sum(activations, axis=(1, 2), keepdims=True)
+    denom = 2.0 * g2 + sum_a * g3
+    alpha = ops.where(grads != 0.0, g2 / ops.where(denom != 0.0, denom, 1e-7), 0.0)
+    return ops.sum(alpha * ops.relu(grads), axis=(1, 2))
+
+
+METHODS = {"gradcam": gradcam_weights, "gradcam++": gradcam_plus_plus_weights}
+
+
+def maps_from(activations, grads, channel_weights: Callable, size: tuple[int, int]):
+    """(N, h, w, C) activations and gradients -> (N, S, S) maps in [0, 1]."""
+    w = channel_weights(activations, grads)
+    cam = ops.relu(ops.einsum("nhwc,nc->nhw", activations, w))[..., None]
+    # half-pixel-centre bilinear resize: feature cell i covers crop pixels [i*S/h, (i+1)*S/h)
+    cam = ops.image.resize(cam, size, interpolation="bilinear")[..., 0]
+    lo = ops.min(cam, axis=(1, 2), keepdims=True)
+    hi = ops.max(cam, axis=(1, 2), keepdims=True)
+    return ops.where(hi - lo > 1e-12, (cam - lo) / ops.maximum(hi - lo, 1e-12), ops.zeros_like(cam))
+
+
 class BaseCAM:
     """Class activation maps from gradients of `target(logits)` w.r.t. the target layer's activations.
 
@@ -79,70 +109,23 @@ class BaseCAM:
     'logit' use the model output itself.
     """
 
+    method = ""
+
     def __init__(self, model: keras.Model, target_layer=None, target: Callable | None = None,
                  batch_size: int = 32):
-        self.model = model
-        if isinstance(target_layer, str):
-            target_layer = (target_layer,)
-        self.target_layer = tuple(target_layer) if target_layer else find_target_layer(model)
-        self.target = target or default_target
-        self.batch_size = batch_size
-        shape = tuple(model.inputs[0].shape[1:])
-        self.input_shape = shape
-        self._maps = tf.function(self._batch_maps, input_signature=[tf.TensorSpec((None,) + shape, tf.float32)],
-                                 reduce_retracing=True)
+        from classifier.backends import backend_for
 
-    def channel_weights(self, activations: tf.Tensor, grads: tf.Tensor) -> tf.Tensor:
-        """(N, h, w, C) activations and gradients -> (N, C) weights. The one hook a method overrides."""
-        raise NotImplementedError
-
-    def _batch_maps(self, x):
-        with tf.GradientTape() as tape:
-            captured: dict = {}
-            out = _run(self.model, x, self.target_layer, tape, captured)
-            if "activations" not in captured:
-                raise ValueError(f"target layer {'/'.join(self.target_layer)} was not reached")
-            score = self.target(captured.get("logits", out))
-        acts = captured["activations"]
-        grads = tape.gradient(score, acts)
-        w = self.channel_weights(acts, grads)
-        cam = tf.nn.relu(tf.einsum("nhwc,nc->nhw", acts, w))[..., None]
-        # half-pixel-centre bilinear resize: feature cell i covers crop pixels [i*S/h, (i+1)*S/h)
-        cam = tf.image.resize(cam, self.input_shape[:2], method="bilinear")[..., 0]
-        lo = tf.reduce_min(cam, axis=(1, 2), keepdims=True)
-        hi = tf.reduce_max(cam, axis=(1, 2), keepdims=True)
-        return tf.where(hi - lo > 1e-12, (cam - lo) / tf.maximum(hi - lo, 1e-12), tf.zeros_like(cam))
+        self.backend = backend_for(model, self.method, target_layer, target, batch_size)
+        self.target_layer = self.backend.target_layer
 
     def __call__(self, crops: np.ndarray) -> np.ndarray:
         """crops [N, S, S] or [N, S, S, 1] float32 in [0, 1] -> maps [N, S, S] float32 in [0, 1]."""
-        x = np.asarray(crops, dtype=np.float32)
-        if x.ndim == 3:
-            x = x[..., None]
-        if x.shape[1:] != self.input_shape:
-            raise ValueError(f"crops of shape {x.shape[1:]} but the model takes {self.input_shape}")
-        out = [self._maps(tf.constant(x[i:i + self.batch_size])).numpy()
-               for i in range(0, len(x), self.batch_size)]
-        return np.concatenate(out) if out else np.zeros((0,) + self.input_shape[:2], np.float32)
+        return self.backend.predict_and_gradcam(crops)[1]
 
 
 class GradCAM(BaseCAM):
-    """Selvaraju et al. 2017: channel weight = spatial mean of the gradient."""
-
-    def channel_weights(self, activations, grads):
-        return tf.reduce_mean(grads, axis=(1, 2))
+    method = "gradcam"
 
 
 class GradCAMPlusPlus(BaseCAM):
-    """Chattopadhyay et al. 2018: positive gradients weighted per position (closed form with exp scores),
-    which spreads the map over several instances instead of the strongest one."""
-
-    def channel_weights(self, activations, grads):
-        g2 = tf.square(grads)
-        g3 = g2 * grads
-        sum_a = tf.reduce_sum(activations, axis=(1, 2), keepdims=True)
-        denom = 2.0 * g2 + sum_a * g3
-        alpha = tf.where(grads != 0.0, g2 / tf.where(denom != 0.0, denom, 1e-7), 0.0)
-        return tf.reduce_sum(alpha * tf.nn.relu(grads), axis=(1, 2))
-
-
-METHODS = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus}
+    method = "gradcam++"

@@ -5,6 +5,7 @@ probabilities, Grad-CAM maps at crop resolution.
     crops, transforms = clf.crop_many(mammogram.pixels, boxes)      # transforms: original -> crop
     p = clf.predict(crops)                                          # calibrated P(malignant), [N]
     maps = clf.gradcam(crops)                                       # [N, S, S] in [0, 1]
+    p, maps = clf.predict_and_gradcam(crops)                        # both from one forward pass
 """
 from __future__ import annotations
 
@@ -32,8 +33,7 @@ class MalignancyClassifier:
         self.threshold = float(threshold)  # F-beta operating point chosen on validation
         self.clahe = tuple(clahe) if clahe else None  # (clip limit, tile grid) of training, or None
         self.source = source
-        self._cams: dict = {}
-        self._forward = None
+        self._backends: dict = {}
 
     @classmethod
     def load(cls, path, threads: int | None = None) -> "MalignancyClassifier":
@@ -44,9 +44,9 @@ class MalignancyClassifier:
         if not model_path.is_file():
             raise WeightsError(model_path, "no trained classifier here (train one with `python -m classifier "
                                            "train`, or pass a run folder that has model.keras)")
-        import keras
+        import keras  # on the backend mammo.runtime.use_keras_backend chose (TensorFlow unless told otherwise)
 
-        runtime.configure_tensorflow(threads)
+        runtime.configure_keras(threads)
         model = keras.models.load_model(model_path, compile=False)
         info_path = model_path.parent / "calibration.json"
         info = json.loads(info_path.read_text()) if info_path.is_file() else {}
@@ -71,43 +71,48 @@ class MalignancyClassifier:
         return crops, [t for _, t in pairs]
 
     def warmup(self, methods=("gradcam",)) -> None:
-        """Build the compiled forward pass and Grad-CAM now, on one blank crop (the batch dimension is symbolic:
-        real batches of any size reuse them)."""
+        """Run the forward pass and Grad-CAM once on a blank crop now: on TensorFlow that traces their graphs
+        (seconds, else paid by the first image with boxes); on torch it costs milliseconds. The batch dimension
+        is symbolic: real batches of any size reuse them."""
         blank = np.zeros((1, self.input_size, self.input_size), np.float32)
         self.predict(blank)
         for method in methods:
-            self.gradcam(blank, method)
+            self.predict_and_gradcam(blank, method)
 
     # --- scores and maps ------------------------------------------------------------------------------------
+    def backend(self, method: str = "gradcam"):
+        """The forward pass and Grad-CAM on the framework keras runs on (classifier/backends.py), per method."""
+        if method not in self._backends:
+            from classifier.backends import backend_for
+
+            self._backends[method] = backend_for(self.model, method)
+        return self._backends[method]
+
+    @property
+    def backend_name(self) -> str:
+        return self.backend().name
+
     def forward(self, x: np.ndarray) -> np.ndarray:
-        """The network on prepared crops [N, S, S, 1], as one compiled graph: an eager Keras call costs ~3x
-        more per small batch. The batch dimension stays symbolic, so new batch sizes do not retrace."""
-        if self._forward is None:
-            import tensorflow as tf
+        """The network alone on prepared crops [N, S, S, 1] -> [N, 1] (the benchmark's floor)."""
+        return self.backend().forward(x)
 
-            spec = tf.TensorSpec((None,) + tuple(self.model.inputs[0].shape[1:]), tf.float32)
-            self._forward = tf.function(lambda t: self.model(t, training=False), input_signature=[spec])
-        return self._forward(x).numpy()
+    def predict_raw(self, crops: np.ndarray) -> np.ndarray:
+        return self.forward(prepare(crops, self.clahe)).ravel().astype(np.float64)
 
-    def predict_raw(self, crops: np.ndarray, batch_size: int = 64) -> np.ndarray:
-        x = prepare(crops, self.clahe)
-        out = [self.forward(x[i:i + batch_size]).ravel() for i in range(0, len(x), batch_size)]
-        return np.concatenate(out).astype(np.float64) if out else np.zeros(0)
-
-    def predict(self, crops: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    def predict(self, crops: np.ndarray) -> np.ndarray:
         """crops [N, S, S] float32 in [0, 1] -> calibrated P(malignant) [N]."""
-        return self.calibrator(self.predict_raw(crops, batch_size))
+        return self.calibrator(self.predict_raw(crops))
 
-    def gradcam(self, crops: np.ndarray, method: str = "gradcam", batch_size: int = 32) -> np.ndarray:
+    def predict_and_gradcam(self, crops: np.ndarray, method: str = "gradcam") -> tuple[np.ndarray, np.ndarray]:
+        """crops [N, S, S] -> (calibrated P(malignant) [N], maps [N, S, S] in [0, 1]) from one forward pass per
+        batch: what `predict` and `gradcam` give, for the cost of one."""
+        raw, maps = self.backend(method).predict_and_gradcam(prepare(crops, self.clahe))
+        return self.calibrator(raw.astype(np.float64)), maps
+
+    def gradcam(self, crops: np.ndarray, method: str = "gradcam") -> np.ndarray:
         """crops [N, S, S] -> maps [N, S, S] in [0, 1] (the malignant score's evidence); method 'gradcam' or
         'gradcam++'."""
-        from classifier.gradcam import METHODS
-
-        if method not in self._cams:
-            if method not in METHODS:
-                raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")
-            self._cams[method] = METHODS[method](self.model, batch_size=batch_size)
-        return self._cams[method](prepare(crops, self.clahe))
+        return self.predict_and_gradcam(crops, method)[1]
 
 
 def _clahe_of(saved) -> tuple[float, int] | None:

@@ -39,6 +39,7 @@ MAX_PREDICT_BOXES = 100  # boxes per image in cross-validation's fold prediction
 DATA_FORMATS = ("mias", "cbis-ddsm", "inbreast", "vindr", "csv")
 BACKBONES = ("small_cnn", "mobilenet_v2", "densenet121", "resnet50", "vgg16", "efficientnet_b0")
 CALIBRATIONS = ("temperature", "platt", "isotonic", "none")
+KERAS_BACKENDS = ("torch", "tensorflow")  # mammo.runtime.use_keras_backend
 MERGES = ("nms", "wbf")
 DEVICE = (r"cpu|mps|cuda(:\d+)?|\d+(,\d+)*", "cpu, mps, cuda, cuda:N or GPU indices such as 0 or 0,1")
 
@@ -161,6 +162,10 @@ class ClassifierConfig(_Checked):
     negatives_per_image: int = bounded(4, 0, 256)  # background crops from normal tissue, as benign-looking negatives
     calibration: Literal[CALIBRATIONS] = "temperature"
     fbeta: float = bounded(2.0, 0.01, 100.0)
+    # What the saved .keras model runs on at inference (infer, serve, export-rois, benchmark, Ray actors): torch,
+    # already loaded for the detector, or TensorFlow (a second framework: seconds of import, ~0.5 GB). Training
+    # always uses TensorFlow; the model files are the same either way.
+    inference_backend: Literal[KERAS_BACKENDS] = "torch"
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,9 @@ Why each piece exists (measured, see the project notes):
 - ultralytics looks up hosts at import and downloads a font when it checks a dataset; keras and matplotlib write
   caches to the home folder. Offline switches and a project-owned run folder keep all of that local.
 - On 2 cores, oversubscribed thread pools are slower than 2 threads; seeds make runs reproducible.
+- Keras picks its backend once, at its first import (KERAS_BACKEND). Training runs on TensorFlow (the default
+  here); inference-only processes (infer, serve, Ray actors) call `use_keras_backend('torch')` first, so the
+  classifier runs on the torch the detector loads anyway and TensorFlow is never imported.
 
 Importing this module is cheap: it sets environment variables and installs the hook, it imports no framework.
 """
@@ -107,6 +110,30 @@ def _install_import_order_hook() -> None:
         sys.meta_path.insert(0, _TorchBeforeTensorFlow())
 
 
+def keras_backend() -> str | None:
+    """The backend of the keras already imported in this process, or None when keras is not imported yet."""
+    keras = sys.modules.get("keras")
+    return keras.backend.backend() if keras is not None else None
+
+
+def use_keras_backend(name: str) -> str:
+    """Make keras run on `name` ('torch' or 'tensorflow') in this process. Must come before keras is first
+    imported: keras reads KERAS_BACKEND once and cannot switch later, so a conflicting keras already imported is
+    an error naming both (rather than silently running on the other one)."""
+    from mammo.config import KERAS_BACKENDS
+    from mammo.errors import ConfigError, MammoError
+
+    if name not in KERAS_BACKENDS:
+        raise ConfigError(f"classifier.inference_backend: {name!r} is not one of {', '.join(KERAS_BACKENDS)}")
+    current = keras_backend()
+    if current is not None and current != name:
+        raise MammoError(f"keras is already imported on the {current} backend in this process, so the classifier "
+                         f"cannot run on {name} here: set classifier.inference_backend={current}, or run inference "
+                         f"in a fresh process")
+    os.environ["KERAS_BACKEND"] = name
+    return name
+
+
 def seed_everything(seed: int) -> None:
     """Seed python, numpy and whichever of torch / tensorflow is already loaded (importing neither)."""
     import numpy as np
@@ -138,6 +165,14 @@ def configure_tensorflow(threads: int | None = None) -> None:
         tf.config.threading.set_inter_op_parallelism_threads(n)
     except RuntimeError:
         pass  # already initialised: the pools keep their size
+
+
+def configure_keras(threads: int | None = None) -> None:
+    """Thread pools of the framework keras runs on (call after importing keras); never imports the other one."""
+    if keras_backend() == "torch":
+        configure_torch(threads)
+    else:
+        configure_tensorflow(threads)
 
 
 _set_environment()

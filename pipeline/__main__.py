@@ -105,13 +105,13 @@ def cmd_infer(args, overrides, inputs) -> int:
     if args.address and args.engine != "ray":
         raise MammoError("--address joins a Ray cluster: it needs --engine ray")
     if args.engine == "ray":  # the same per-image function in Ray actors (Ray imported only here)
-        from pipeline.engine_ray import WORKER_MEMORY_GB, run_inference_ray
+        from pipeline.engine_ray import run_inference_ray
 
         summary = run_inference_ray(inputs, out, bundle, cfg, overwrite=args.overwrite, address=args.address,
-                                    workers=args.workers, worker_memory_gb=args.worker_memory or WORKER_MEMORY_GB,
+                                    workers=args.workers, worker_memory_gb=args.worker_memory,
                                     worker_cpus=args.worker_cpus)
     else:
-        with PipelineModels.load(bundle, cfg, background=True) as models:  # run_inference leaves TF to the models
+        with PipelineModels.load(bundle, cfg) as models:
             summary = run_inference(inputs, out, models, cfg, overwrite=args.overwrite)
     # counts, seconds per step and peak memory of this run (the benchmark reads throughput and memory here)
     summary["peak_memory_mb"] = peak_memory_mb()
@@ -247,8 +247,23 @@ def cmd_bundle(args, overrides, inputs) -> int:
 
 
 def cmd_benchmark(args, overrides, inputs) -> int:
-    from pipeline.benchmark import run_benchmark
+    from pipeline.benchmark import run_backends, run_benchmark
 
+    backends = list(dict.fromkeys(args.backends or []))
+    if len(backends) > 1:  # keras takes one backend per process: each runs in a child, then side by side
+        load_config(args.config, overrides)  # a bad setting fails here, not in each child
+        out = make_run_dir("pipeline", "benchmark", "backends", args.out)
+        argv = ["--config", args.config, *(["--models", args.models] if args.models else []),
+                *(["--data", args.data] if args.data else []), *(["--format", args.format] if args.format else []),
+                *(["--quick"] if args.quick else []), "--repeats", str(args.repeats),
+                *(["--folder-sizes", *map(str, args.folder_sizes)] if args.folder_sizes is not None else []),
+                *overrides]
+        run_backends(backends, out, argv)
+        print((out / "benchmark.md").read_text())
+        print(f"written: {out}/benchmark.json, {out}/benchmark.md")
+        return 0
+    if backends:
+        overrides = [*overrides, f"classifier.inference_backend={backends[0]}"]
     cfg, bundle = resolve_config(args, overrides)
     if args.data:  # a config YAML whose data section names the dataset, or the annotations themselves
         data_overrides = [] if args.data.endswith((".yaml", ".yml")) else [
@@ -305,6 +320,13 @@ def cmd_cross_validate(args, overrides, inputs) -> int:
     return 0
 
 
+def _backend(text: str) -> str:
+    allowed = choices("classifier.inference_backend")
+    if text not in allowed:
+        raise argparse.ArgumentTypeError(f"expected one of {', '.join(allowed)}")
+    return text
+
+
 OP_HELP = ("operating_point.json of `pipeline cross-validate`: detector conf, boxes kept, image-score rule and "
            "threshold chosen on k-fold OOF predictions (default: threshold chosen on the validation split)")
 
@@ -333,7 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --engine ray: Ray actors, each holding both models (default: %(default)s)")
     p.add_argument("--worker-memory", type=in_range(0.25, 256, float), metavar="GB",
                    help="with --engine ray: memory each actor asks Ray for, so no node gets more actors than it "
-                        "holds (default: 1.8; measured peak 1.72 with the shipped models)")
+                        "holds (default: 1.4 with the classifier on torch, 1.8 on TensorFlow; "
+                        "measured peaks 1.28 and 1.72 with the shipped models)")
     p.add_argument("--worker-cpus", type=in_range(1, 256),
                    help="with --engine ray: CPUs (and threads) per actor (default: run.threads)")
     sub.choices["export-rois"].add_argument("--with-truth", action="store_true",
@@ -375,6 +398,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="passes over the sample DICOMs (default: %(default)s)")
     p.add_argument("--folder-sizes", nargs="*", action=ListOption, convert=in_range(1, 1000),
                    help="folder runs for throughput and peak memory (default: 10 100; quick: 2; none: skip)")
+    p.add_argument("--backends", nargs="+", action=ListOption, convert=_backend, default=["torch", "tensorflow"],
+                   help="the classifier's backends to measure, each in a child process, side by side (default: "
+                        "%(default)s; one: only that one, in this process)")
     p.add_argument("--out", help="report folder (default: runs/pipeline/benchmark/<run.name>)")
     p = add("cross-validate", cmd_cross_validate, "patient-level k-fold cross-validation: out-of-fold predictions, "
             "operating settings chosen on them, their evaluation (resumable fold by fold)")

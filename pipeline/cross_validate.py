@@ -121,6 +121,8 @@ def _run_fold(cfg, records, folds, k, d, conf, max_det, baseline, progress) -> d
                   progress=progress, baseline=baseline)
     print(f"== fold {k}: predicting its {len(splits['test'])} held-out images")
     cfg_pred = prediction_config(cfg_fold, conf, max_det)
+    # this process trains the other folds on TensorFlow: its keras stays there (one backend per process)
+    cfg_pred = replace(cfg_pred, classifier=dataclasses.replace(cfg_pred.classifier, inference_backend="tensorflow"))
     with PipelineModels.load(read_bundle(bundle_dir), cfg_pred) as models:
         from pipeline.infer import run_inference
 

@@ -34,7 +34,10 @@ from pipeline.ids import IdAllocator, image_id_for, source_key, written_source
 from pipeline.infer import StepTimer, finish_run, plan_run, process_one
 from pipeline.models import bundle_fingerprint
 
-WORKER_MEMORY_GB = 1.8  # GiB; measured peak 1.70-1.72 GiB: one actor with the shipped models on full-size DICOMs
+# GiB Ray reserves per actor, by classifier.inference_backend. TensorFlow: measured peak 1.70-1.72 GiB, one actor
+# with the shipped models on full-size DICOMs. torch (no TensorFlow in the process): a single-process folder run
+# peaked at 1.15-1.28 GiB, plus ~0.1 GiB for Ray's worker runtime.
+WORKER_MEMORY_GB = {"torch": 1.4, "tensorflow": 1.8}
 IN_FLIGHT_PER_WORKER = 2  # one running, one queued: no idle gap between images, at most 2 lost if a worker dies
 ATTEMPTS = 2  # an image whose worker died is sent once more, then recorded as failed
 MAX_RESTARTS = 3  # a killed worker process is restarted (models reloaded) this many times
@@ -153,12 +156,13 @@ def workers_that_fit(ray, workers: int, memory: int, local: bool) -> int:
 
 
 def run_inference_ray(inputs, out_dir, bundle, cfg, *, overwrite: bool = False, address: str | None = None,
-                      workers: int = 2, worker_memory_gb: float = WORKER_MEMORY_GB, worker_cpus: int | None = None,
+                      workers: int = 2, worker_memory_gb: float | None = None, worker_cpus: int | None = None,
                       progress: bool = True) -> dict:
     """`run_inference` on Ray: same planning and files, images run by `workers` actors; returns the summary with
     an `engine` section (per-worker counts, nodes, peak memory of each worker)."""
     out_dir = Path(out_dir)
     worker_cpus = worker_cpus or cfg.run.threads
+    worker_memory_gb = worker_memory_gb or WORKER_MEMORY_GB[cfg.classifier.inference_backend]
     engine = {"name": "ray", "address": address or "local", "workers": workers, "worker_cpus": worker_cpus,
               "worker_memory_gb": worker_memory_gb, "per_worker": {}}
     models = SimpleNamespace(threshold=bundle.threshold, fingerprint=bundle_fingerprint(bundle),

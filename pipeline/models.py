@@ -21,12 +21,12 @@ import hashlib
 import json
 import shutil
 import sys
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
+from mammo import runtime
 from mammo.atomic import atomic_path, atomic_write_text
 from mammo.calibration import apply_calibration, check_calibration
 from mammo.config import ClassifierConfig, Config, check_setting
@@ -110,7 +110,8 @@ class Bundle:
         run_config = self.classifier / "config.yaml"
         if run_config.is_file():
             section = (yaml.safe_load(run_config.read_text()) or {}).get("classifier") or {}
-            known = {f.name for f in dataclasses.fields(ClassifierConfig)}
+            # inference_backend: how this machine runs the model, not a property of it (the user's choice stands)
+            known = {f.name for f in dataclasses.fields(ClassifierConfig)} - {"inference_backend"}
             out += [f"classifier.{k}={json.dumps(v)}" for k, v in section.items() if k in known]
         return out + [f"pipeline.threshold={self.threshold!r}"]
 
@@ -207,17 +208,12 @@ def bundle_fingerprint(bundle: Bundle) -> str:
 
 class PipelineModels:
     """Detector + classifier + operating threshold, loaded once; a context manager frees them. `fingerprint`
-    identifies the model files, so an output folder is never resumed with other models.
-
-    `classifier` may be given as a `Background` load: the detector (torch) is ready at once, while TensorFlow is
-    imported, the classifier loaded and its compiled functions built in another thread. An image without boxes
-    never waits for it; the first image with boxes does, once.
-    """
+    identifies the model files, so an output folder is never resumed with other models."""
 
     def __init__(self, detector, classifier, threshold: float, description: str = "", fingerprint: str = "",
                  calibrated: bool | None = None, stacker: dict | None = None, calibration: dict | None = None,
                  threshold_source: str = "", findings: dict | None = None):
-        self.detector, self._classifier = detector, classifier
+        self.detector, self.classifier = detector, classifier
         self.threshold, self.description = float(threshold), description
         self.fingerprint = fingerprint
         self._calibrated = calibrated
@@ -231,37 +227,27 @@ class PipelineModels:
         return None if self.calibration is None else float(apply_calibration(self.calibration, [score])[0])
 
     @property
-    def classifier(self):
-        if isinstance(self._classifier, Background):
-            self._classifier = self._classifier.result()
-        return self._classifier
-
-    @property
     def calibrated(self) -> bool:
         return self._calibrated if self._calibrated is not None else bool(self.classifier.calibrated)
 
     @classmethod
-    def load(cls, bundle: Bundle, cfg: Config, background: bool = False) -> "PipelineModels":
-        """`background`: load the classifier in a thread. Only for callers whose own thread touches neither
-        TensorFlow nor Keras until it asks for `classifier` (two threads importing TensorFlow at once break its
-        circular imports: 'partially initialized module')."""
+    def load(cls, bundle: Bundle, cfg: Config) -> "PipelineModels":
+        """Both models, the classifier on classifier.inference_backend (refused when this process already runs
+        keras on the other one). On torch, nothing is compiled: no background load is needed to hide a
+        TensorFlow import and a graph trace from the first image."""
         from detector.model import LesionDetector
 
+        runtime.use_keras_backend(cfg.classifier.inference_backend)  # before anything imports keras
         detector = LesionDetector.load(bundle.detector, cfg.detector, device=cfg.run.device, threads=cfg.run.threads)
-        # only after torch is in (the detector imported it): TensorFlow must never be imported before it
-        classifier = Background(_load_classifier, bundle.classifier, cfg.run.threads)
-        if not background:
-            classifier = classifier.result()
+        classifier = _load_classifier(bundle.classifier, cfg.run.threads)
         info = bundle.classifier / "calibration.json"
         calibrated = bool(json.loads(info.read_text()).get("calibrated")) if info.is_file() else None
         return cls(detector, classifier, bundle.threshold, bundle.description, bundle_fingerprint(bundle), calibrated,
                    bundle.info.get("stacker"), bundle.calibration, bundle.threshold_source, bundle.findings)
 
     def close(self) -> None:
-        if isinstance(self._classifier, Background):
-            self._classifier.result(raise_error=False)  # never leave a thread building a model behind
         self.detector.close()
-        self._classifier = None
+        self.classifier = None
 
     def __enter__(self) -> "PipelineModels":
         return self
@@ -271,32 +257,10 @@ class PipelineModels:
 
 
 def _load_classifier(path, threads):
-    """The classifier, with its compiled forward pass and Grad-CAM built now (on a dummy batch) rather than on
-    the first image that has boxes, which then took seconds longer than every other image."""
+    """The classifier, warmed up on a blank crop now (TensorFlow: its graphs traced) rather than on the first
+    image that has boxes, which then took seconds longer than every other image."""
     from classifier.inference import MalignancyClassifier
 
     clf = MalignancyClassifier.load(path, threads=threads)
     clf.warmup()
     return clf
-
-
-class Background:
-    """`fn(*args)` in a thread; `result()` waits for it and returns its value or raises its exception."""
-
-    def __init__(self, fn, *args):
-        self._value, self._error = None, None
-
-        def run():
-            try:
-                self._value = fn(*args)
-            except BaseException as exc:  # handed to the caller of result()
-                self._error = exc
-
-        self._thread = threading.Thread(target=run, name=f"load-{getattr(fn, '__name__', 'model')}", daemon=True)
-        self._thread.start()
-
-    def result(self, raise_error: bool = True):
-        self._thread.join()
-        if self._error is not None and raise_error:
-            raise self._error
-        return self._value

@@ -39,7 +39,7 @@ MAX_PENDING_UPLOADS = 8  # queued, running or being received: each waits as a fi
 RETRY_AFTER_SECONDS = 30  # an upload takes 1-6 s to analyse: a full queue has room again well within this
 MAX_FINISHED_JOBS = 100
 FINISHED_JOB_SECONDS = 3600.0
-STEPS = ["read", "preprocess", "detect", "crop", "classify", "gradcam", "map_back", "write"]
+STEPS = ["read", "preprocess", "detect", "crop", "classify", "map_back", "write"]  # classify: with Grad-CAM
 
 
 class UploadError(ValueError):

@@ -1,0 +1,154 @@
+"""The classifier's forward pass and Grad-CAM on the framework keras runs on in this process.
+
+    backend = backend_for(model, "gradcam")          # TorchBackend or TensorFlowBackend, by keras' backend
+    probs = backend.forward(x)                        # [N] P(malignant) before calibration
+    probs, maps = backend.predict_and_gradcam(x)      # one forward per batch: the same probs, maps [N, S, S]
+
+Inference runs on torch by default (classifier.inference_backend): the detector has torch loaded already, so
+TensorFlow's import (seconds) and memory (~0.5 GB) are spared; the saved .keras files load unchanged on either.
+`predict_and_gradcam` is one forward with the target feature map kept and one gradient per batch: the sum of the
+batch's class scores, whose gradient w.r.t. each crop's feature map is that crop's own (the crops of a batch do
+not interact at inference). Only the gradient differs between the two subclasses.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import keras
+import numpy as np
+
+from classifier.gradcam import METHODS, default_target, find_target_layer, maps_from, run_capturing
+
+
+class InferenceBackend:
+    """forward / predict_and_gradcam on numpy crops [N, S, S(, 1)] in batches; subclasses run one batch."""
+
+    name = ""
+
+    def __init__(self, model: keras.Model, method: str = "gradcam", target_layer=None,
+                 target: Callable | None = None, batch_size: int = 32):
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")
+        self.model = model
+        self.input_shape = tuple(model.inputs[0].shape[1:])
+        if isinstance(target_layer, str):
+            target_layer = (target_layer,)
+        self.target_layer = tuple(target_layer) if target_layer else find_target_layer(model)
+        self.channel_weights = METHODS[method]
+        self.target = target or default_target
+        self.batch_size = batch_size
+
+    def _batch(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float32)
+        if x.ndim == 3:
+            x = x[..., None]
+        if x.shape[1:] != self.input_shape:
+            raise ValueError(f"crops of shape {x.shape[1:]} but the model takes {self.input_shape}")
+        return x
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """The network alone on prepared crops -> [N, 1] sigmoid outputs (no gradient kept)."""
+        x = self._batch(x)
+        out = [self._forward(x[i:i + self.batch_size]) for i in range(0, len(x), self.batch_size)]
+        return np.concatenate(out) if out else np.zeros((0, 1), np.float32)
+
+    def predict_and_gradcam(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Prepared crops -> (sigmoid outputs [N], Grad-CAM maps [N, S, S] float32 in [0, 1])."""
+        x = self._batch(x)
+        pairs = [self._pass(x[i:i + self.batch_size]) for i in range(0, len(x), self.batch_size)]
+        if not pairs:
+            return np.zeros(0, np.float32), np.zeros((0,) + self.input_shape[:2], np.float32)
+        return np.concatenate([p for p, _ in pairs]), np.concatenate([m for _, m in pairs])
+
+    def _maps(self, acts, grads):
+        return maps_from(acts, grads, self.channel_weights, self.input_shape[:2])
+
+    def _forward(self, x: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def _pass(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+
+class TorchBackend(InferenceBackend):
+    """Eager torch: nothing to compile, so the first batch costs what every later one does."""
+
+    name = "torch"
+
+    def _forward(self, x):
+        import torch
+
+        with torch.no_grad():
+            return keras.ops.convert_to_numpy(self.model(x, training=False))
+
+    def _pass(self, x):
+        import torch
+
+        captured: dict = {}
+
+        def keep(acts):
+            # From here on the graph is recorded, and only from here: the layers before the feature map need
+            # no gradient (it is taken w.r.t. the map itself), so they ran without autograd's bookkeeping.
+            torch.set_grad_enabled(True)
+            return acts.detach().requires_grad_(True)
+
+        before = torch.is_grad_enabled()
+        torch.set_grad_enabled(False)
+        try:
+            out = run_capturing(self.model, keras.ops.convert_to_tensor(x), self.target_layer, captured, keep)
+            if "activations" not in captured:
+                raise ValueError(f"target layer {'/'.join(self.target_layer)} was not reached")
+            score = self.target(captured.get("logits", out))
+            (grads,) = torch.autograd.grad(score.sum(), captured["activations"])
+        finally:
+            torch.set_grad_enabled(before)
+        with torch.no_grad():
+            maps = self._maps(captured["activations"].detach(), grads)
+        return keras.ops.convert_to_numpy(out.detach())[:, 0], keras.ops.convert_to_numpy(maps)
+
+
+class TensorFlowBackend(InferenceBackend):
+    """Both passes as compiled graphs with a symbolic batch dimension (an eager Keras call costs ~3x more per
+    small batch; new batch sizes do not retrace). Traced on their first call: `warmup` does that at load."""
+
+    name = "tensorflow"
+
+    def __init__(self, *args, **kwargs):
+        import tensorflow as tf
+
+        super().__init__(*args, **kwargs)
+        spec = [tf.TensorSpec((None,) + self.input_shape, tf.float32)]
+        self.tf_forward = tf.function(lambda t: self.model(t, training=False), input_signature=spec)
+        self.tf_pass = tf.function(self._graph_pass, input_signature=spec)
+
+    def _graph_pass(self, x):
+        import tensorflow as tf
+
+        captured: dict = {}
+        with tf.GradientTape() as tape:
+            def keep(acts):
+                tape.watch(acts)  # also when every layer before it is frozen
+                return acts
+
+            out = run_capturing(self.model, x, self.target_layer, captured, keep)
+            if "activations" not in captured:
+                raise ValueError(f"target layer {'/'.join(self.target_layer)} was not reached")
+            score = self.target(captured.get("logits", out))
+        grads = tape.gradient(score, captured["activations"])
+        return out[:, 0], self._maps(captured["activations"], grads)
+
+    def _forward(self, x):
+        return self.tf_forward(x).numpy()
+
+    def _pass(self, x):
+        probs, maps = self.tf_pass(x)
+        return probs.numpy(), maps.numpy()
+
+
+BACKENDS = {b.name: b for b in (TorchBackend, TensorFlowBackend)}
+
+
+def backend_for(model: keras.Model, method: str = "gradcam", target_layer=None, target: Callable | None = None,
+                batch_size: int = 32) -> InferenceBackend:
+    """The backend of the keras this process imported (mammo.runtime.use_keras_backend chose it)."""
+    return BACKENDS[keras.backend.backend()](model, method, target_layer, target, batch_size)

@@ -1,0 +1,185 @@
+"""The classifier on torch or TensorFlow (classifier.inference_backend): one backend per process, the same
+numbers on both, and a torch-backend inference that never imports TensorFlow. Keras takes its backend at its
+first import, so every torch run here is a child process (this test process runs keras on TensorFlow)."""
+import mammo.runtime  # noqa: F401  (first: import order)
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mammo.config import load_config
+from mammo.errors import ConfigError, MammoError
+
+REPO = Path(__file__).resolve().parent.parent
+SHIPPED = REPO / "weights"
+
+
+def run_child(code: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    """`code` in a fresh interpreter at the project root (tests/ importable for the stand-ins)."""
+    prelude = f"import sys; sys.path[:0] = [{str(REPO)!r}, {str(REPO / 'tests')!r}]\nimport mammo.runtime\n"
+    return subprocess.run([sys.executable, "-c", prelude + textwrap.dedent(code)], cwd=REPO, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_inference_backend_is_a_checked_setting_defaulting_to_torch():
+    assert load_config(None, []).classifier.inference_backend == "torch"
+    assert load_config(None, ["classifier.inference_backend=tensorflow"]).classifier.inference_backend == "tensorflow"
+    with pytest.raises(ConfigError, match="classifier.inference_backend"):
+        load_config(None, ["classifier.inference_backend=jax"])
+
+
+def test_a_keras_already_on_another_backend_is_refused_by_name():
+    import keras
+
+    from mammo.runtime import use_keras_backend
+
+    assert keras.backend.backend() == "tensorflow"
+    assert use_keras_backend("tensorflow") == "tensorflow"  # the one it runs on: fine
+    with pytest.raises(MammoError, match="already imported on the tensorflow backend.*inference_backend=tensorflow"):
+        use_keras_backend("torch")
+    with pytest.raises(ConfigError, match="inference_backend"):
+        use_keras_backend("jax")
+
+
+def test_bundle_settings_leave_the_backend_to_the_user(tmp_path):
+    """A classifier's training config records the backend of its day; it must not override the user's choice."""
+    from pipeline.models import Bundle
+
+    (tmp_path / "classifier").mkdir()
+    (tmp_path / "classifier" / "config.yaml").write_text(
+        "classifier:\n  input_size: 64\n  inference_backend: tensorflow\n")
+    settings = Bundle(tmp_path, tmp_path / "detector.pt", tmp_path / "classifier", 0.4).settings()
+    assert "classifier.input_size=64" in settings
+    assert not any("inference_backend" in s for s in settings)
+
+
+def _crops(n: int, size: int, seed: int) -> np.ndarray:
+    """Noisy crops with a bright disc: maps worth comparing (not all zero)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    out = []
+    for _ in range(n):
+        cx, cy, r = *rng.uniform(size * 0.3, size * 0.7, 2), rng.uniform(0.1, 0.2) * size
+        img = 0.3 + rng.normal(0, 0.05, (size, size)) + 0.5 * (np.hypot(xx - cx, yy - cy) < r)
+        out.append(np.clip(img, 0, 1))
+    return np.stack(out).astype(np.float32)
+
+
+@pytest.mark.slow
+def test_torch_backend_gives_tensorflows_numbers_and_infers_without_tensorflow(tmp_path):
+    """A small_cnn (random weights, nested backbone) saved once: TensorFlow here, torch in a child. The child
+    also runs `run_inference` with the stand-in detector (the real LesionDetector around BlobYOLO) and then
+    checks that TensorFlow was never imported."""
+    import keras
+
+    from classifier.inference import MalignancyClassifier
+    from classifier.model import build_model
+    from mammo.config import ClassifierConfig
+
+    keras.utils.set_random_seed(3)
+    model_dir = tmp_path / "clf"
+    model_dir.mkdir()
+    build_model(ClassifierConfig(backbone="small_cnn", input_size=32)).save(model_dir / "model.keras")
+    crops = _crops(5, 32, seed=4)
+    np.save(tmp_path / "crops.npy", crops)
+    clf = MalignancyClassifier.load(model_dir)
+    expected = {m: clf.predict_and_gradcam(crops, m) for m in ("gradcam", "gradcam++")}
+    assert expected["gradcam"][1].max() > 0.99  # a non-trivial map to compare with
+
+    child = run_child(f"""
+        mammo.runtime.use_keras_backend("torch")
+        import json
+        import cv2, numpy as np
+        from classifier.inference import MalignancyClassifier
+        from mammo.config import load_config
+        from mammo.synthetic import draw_lesion
+        from pipeline.infer import run_inference
+        from pipeline.models import PipelineModels
+        from standins import blob_detector
+
+        root = {str(tmp_path)!r}
+        clf = MalignancyClassifier.load(root + "/clf")
+        crops = np.load(root + "/crops.npy")
+        for method in ("gradcam", "gradcam++"):
+            p, maps = clf.predict_and_gradcam(crops, method)
+            np.save(root + f"/torch_{{method}}_p.npy", p)
+            np.save(root + f"/torch_{{method}}_maps.npy", maps)
+        np.save(root + "/torch_predict.npy", clf.predict(crops))
+        image = np.full((256, 192), 0.3, np.float32)
+        draw_lesion(image, 90, 120, 12, malignant=True, value=0.95)
+        cv2.imwrite(root + "/scan.png", np.round(image * 255).astype(np.uint8))
+        models = PipelineModels(blob_detector(), clf, 0.5)
+        summary = run_inference([root + "/scan.png"], root + "/out", models, load_config(None, []), progress=False)
+        print("RESULT=" + json.dumps({{"done": summary["done"], "backend": clf.backend_name,
+                                       "tensorflow": "tensorflow" in sys.modules}}))
+    """)
+    assert child.returncode == 0, child.stderr[-3000:]
+    result = json.loads(child.stdout.split("RESULT=")[-1])
+    assert result == {"done": 1, "backend": "torch", "tensorflow": False}
+    for method, (p, maps) in expected.items():
+        np.testing.assert_allclose(np.load(tmp_path / f"torch_{method}_p.npy"), p, atol=1e-5, rtol=0)
+        np.testing.assert_allclose(np.load(tmp_path / f"torch_{method}_maps.npy"), maps, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(np.load(tmp_path / "torch_predict.npy"), expected["gradcam"][0], atol=1e-5, rtol=0)
+    written = json.loads(next(f for f in (tmp_path / "out").glob("*.json")
+                              if "decision" in f.read_text()).read_text())
+    assert written["lesions"], "the stand-in detector found the bright disc"
+    assert len(list((tmp_path / "out").glob("*_heatmap.png"))) == len(list((tmp_path / "out").glob("*_overlay.png"))) == 1
+
+
+SHIPPED_PASS = """
+    mammo.runtime.use_keras_backend({backend!r})
+    import dataclasses, json
+    import numpy as np
+    from mammo.config import load_config
+    from mammo.imaging import read_mammogram
+    from mammo.preprocess import preprocess
+    from pipeline.demo import sample_inputs
+    from pipeline.models import PipelineModels, read_bundle
+
+    bundle = read_bundle({weights!r}, require_manifest=True)
+    cfg = load_config(None, bundle.settings() + ["classifier.inference_backend={backend}"])
+    out = {out!r}
+    with PipelineModels.load(bundle, cfg) as models:
+        if {backend!r} == "torch":  # the crops: boxes of the real detector, up to 10 per image at a low conf
+            det = models.detector
+            det.cfg = dataclasses.replace(det.cfg, conf=1e-4, max_det=10)
+            crops = []
+            for path in sample_inputs():
+                m = read_mammogram(path)
+                kept, _, _ = det.detect(preprocess(m, cfg.preprocess))
+                crops.append(models.classifier.crop_many(m.pixels, [d.box for d in kept])[0])
+            np.save(out + "/crops.npy", np.concatenate(crops))
+        p, maps = models.classifier.predict_and_gradcam(np.load(out + "/crops.npy"))
+        np.save(out + "/{backend}_p.npy", p)
+        np.save(out + "/{backend}_maps.npy", maps)
+        print("RESULT=" + json.dumps({{"backend": models.classifier.backend_name,
+                                       "tensorflow": "tensorflow" in sys.modules}}))
+"""
+
+
+@pytest.mark.slow
+def test_shipped_models_give_the_same_malignancy_and_gradcam_on_torch_and_tensorflow(tmp_path):
+    """The sample DICOMs' detector boxes through the shipped classifier on each backend, each in its own
+    process: malignancy within 1e-5, Grad-CAM within 1e-4; the torch process never imports TensorFlow."""
+    if not (SHIPPED / "pipeline.json").is_file() or not (SHIPPED / "classifier" / "model.keras").is_file():
+        pytest.skip(f"the shipped models are not in {SHIPPED} (weights/pipeline.json, weights/classifier/)")
+    seen = {}
+    for backend in ("torch", "tensorflow"):  # torch first: it writes the crops both use
+        child = run_child(SHIPPED_PASS.format(backend=backend, weights=str(SHIPPED), out=str(tmp_path)))
+        assert child.returncode == 0, child.stderr[-3000:]
+        seen[backend] = json.loads(child.stdout.split("RESULT=")[-1])
+    assert seen == {"torch": {"backend": "torch", "tensorflow": False},
+                    "tensorflow": {"backend": "tensorflow", "tensorflow": True}}
+    crops = np.load(tmp_path / "crops.npy")
+    assert len(crops) >= 16, "enough boxes to compare"
+    p_torch, p_tf = np.load(tmp_path / "torch_p.npy"), np.load(tmp_path / "tensorflow_p.npy")
+    maps_torch, maps_tf = np.load(tmp_path / "torch_maps.npy"), np.load(tmp_path / "tensorflow_maps.npy")
+    assert p_torch.shape == p_tf.shape == (len(crops),) and maps_torch.shape == crops.shape
+    assert (maps_tf.max(axis=(1, 2)) > 0.99).sum() >= len(crops) // 2  # maps worth comparing
+    np.testing.assert_allclose(p_torch, p_tf, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(maps_torch, maps_tf, atol=1e-4, rtol=0)
