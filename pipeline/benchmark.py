@@ -216,7 +216,7 @@ def measure_cold_start(path, models_dir: Path, config: str, overrides: list[str]
 
 
 def measure_serve_startup(models_dir: Path, config: str, overrides: list[str], threads: int,
-                          timeout: float = 600.0) -> dict:
+                          timeout: float = 600.0, cwd: Path = runtime.PROJECT_ROOT) -> dict:
     """`python -m pipeline serve` on an empty run folder: seconds from its start until it answers (it answers
     only once the models are loaded), with the load average before and after."""
     import socket
@@ -231,7 +231,7 @@ def measure_serve_startup(models_dir: Path, config: str, overrides: list[str], t
     load_before = load_average()
     t = time.perf_counter()
     with open(work / "stderr.txt", "wb") as err_file:
-        proc = subprocess.Popen(cmd, cwd=runtime.PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=err_file)
+        proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=err_file)
     try:
         while True:
             try:

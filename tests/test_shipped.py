@@ -110,10 +110,13 @@ def test_shipped_models_infer_on_a_real_dicom(tmp_path):
 
 
 def test_benchmark_quick_mode_measures_every_step(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "pipeline", "benchmark", "--quick", "--out", str(tmp_path)],
-                         cwd=REPO, capture_output=True, text=True, timeout=900)
+    out = subprocess.run([sys.executable, "-m", "pipeline", "benchmark", "--quick", "--backends", "torch", "--out",
+                          str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     report = json.loads((tmp_path / "benchmark.json").read_text())
+    assert report["backend"] == report["machine"]["keras_backend"] == "torch"
+    assert report["machine"]["tensorflow"] == "not imported"
+    assert report["config"]["classifier"]["inference_backend"] == "torch"
     speed = report["speed"]
     assert speed["images"] == 1 and speed["repeats"] == 1
     row = speed["per_image"][0]
@@ -138,3 +141,10 @@ def test_benchmark_quick_mode_measures_every_step(tmp_path):
     text = (tmp_path / "benchmark.md").read_text()
     assert "total / floor" in text and "peak memory" in text and "Cold start" in text and "p95" in text
     assert (tmp_path / "config.yaml").is_file()
+    # both backends side by side (here one report twice): a column and a load average per backend on every row
+    from pipeline.benchmark import side_by_side
+
+    table = side_by_side({"torch": report, "tensorflow": report})
+    rows = [line for line in table.splitlines() if line.startswith("| first result") or line.startswith("| folder")]
+    assert rows and all(line.count(" -> ") == 2 for line in rows)
+    assert "# Backend: torch" in table and "# Backend: tensorflow" in table
