@@ -71,13 +71,11 @@ class MalignancyClassifier:
         return crops, [t for _, t in pairs]
 
     def warmup(self, methods=("gradcam",)) -> None:
-        """Run the forward pass and Grad-CAM once on a blank crop now: on TensorFlow that traces their graphs
-        (seconds, else paid by the first image with boxes); on torch it costs milliseconds. The batch dimension
-        is symbolic: real batches of any size reuse them."""
-        blank = np.zeros((1, self.input_size, self.input_size), np.float32)
-        self.predict(blank)
+        """Build what the backend builds once, now rather than on the first image with boxes: on TensorFlow the
+        graphs of the forward pass and of the one pass with Grad-CAM (seconds), on torch a trace of that pass
+        (about a second). Real batches of any size reuse them."""
         for method in methods:
-            self.predict_and_gradcam(blank, method)
+            self.backend(method).warmup()
 
     # --- scores and maps ------------------------------------------------------------------------------------
     def backend(self, method: str = "gradcam"):
