@@ -355,8 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --engine ray: Ray actors, each holding both models (default: %(default)s)")
     p.add_argument("--worker-memory", type=in_range(0.25, 256, float), metavar="GB",
                    help="with --engine ray: memory each actor asks Ray for, so no node gets more actors than it "
-                        "holds (default: 1.4 with the classifier on torch, 1.8 on TensorFlow; "
-                        "measured peaks 1.28 and 1.72 with the shipped models)")
+                        "holds (default: 1.5 with the classifier on torch, 1.8 on TensorFlow; "
+                        "measured peaks 1.38 and 1.72 with the shipped models)")
     p.add_argument("--worker-cpus", type=in_range(1, 256),
                    help="with --engine ray: CPUs (and threads) per actor (default: run.threads)")
     sub.choices["export-rois"].add_argument("--with-truth", action="store_true",
