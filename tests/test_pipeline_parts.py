@@ -459,3 +459,28 @@ def test_tensorflow_backend_compiles_once_at_load_and_images_without_boxes_skip_
     m = Mammogram(np.zeros((64, 48), np.float32), None)
     lesions, _, below_conf = analyse_image(m, models, load_config(None, []), StepTimer())
     assert lesions == [] and below_conf is None and models.calibrated
+
+
+def test_output_writer_keeps_one_image_in_flight_and_reports_a_failed_write():
+    """infer writes an image's files in a thread while it reads the next: at most one waits (bounded memory),
+    and a write that fails is reported by image id (run_inference turns it into a failed row)."""
+    import threading
+
+    from pipeline.infer import OutputWriter
+
+    release, order = threading.Event(), []
+
+    def slow():
+        release.wait(5)
+        order.append("first")
+
+    def broken():
+        raise OSError("disk full")
+
+    writer = OutputWriter()
+    writer.submit("a", slow)
+    threading.Timer(0.2, release.set).start()
+    writer.submit("b", broken)  # returns only once "a" is written
+    assert order == ["first"]
+    writer.close()
+    assert writer.failed == {"b": "could not write its outputs: OSError: disk full"}
