@@ -101,10 +101,13 @@ def test_review_in_a_real_browser(live_server, tmp_path):
         assert page.evaluate("heatItem.getOpacity()") == 0
         page.check("#show-heatmap")
         assert page.evaluate("heatItem.getOpacity()") > 0
-        # the threshold below, then above the image's score (0.8) and its boxes' malignancy (0.8, 0.5)
-        slide(page, "#threshold", 0.45)
+        # the threshold below, then above the image's score (0.8), at the slider positions the page's scale gives
+        from pipeline.serve.scale import to_position
+
+        low, high = (to_position(page.evaluate("window.mammoScale"), v) for v in (0.45, 0.95))
+        slide(page, "#threshold", low)
         assert page.inner_text("#decision") == "malignant" and page.locator(".box.pos").count() == 2
-        slide(page, "#threshold", 0.95)
+        slide(page, "#threshold", high)
         assert page.inner_text("#decision") == "not malignant"
         assert page.locator(".box.pos").count() == 0
         # window/level: new tiles load
@@ -126,7 +129,7 @@ def test_review_in_a_real_browser(live_server, tmp_path):
 
         # back to the worklist: the threshold carried over, the image is reviewed, the CSV has the verdict
         page.click("#back")
-        assert page.input_value("#threshold") == "0.95"
+        assert float(page.input_value("#threshold")) == pytest.approx(high)
         row = page.locator(f"tr[data-id='{KNOWN}']")
         assert row.get_attribute("data-reviewed") == "yes" and row.locator(".decision").inner_text() == "not malignant"
         with page.expect_download() as download:
