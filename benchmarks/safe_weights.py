@@ -54,7 +54,7 @@ def main(argv=None) -> int:
     unsafe = median_seconds(lambda: YOLO(str(weights)), args.repeats)
     reference = LesionDetector(YOLO(str(weights)), cfg.detector)
     reference.warmup()
-    check = median_seconds(lambda: checkpoint.check_pickle(checkpoint._pickle_bytes(weights), weights), args.repeats)
+    check = median_seconds(lambda: checkpoint.check_file(weights), args.repeats)
     use_ultralytics()
     safe = median_seconds(lambda: YOLO(str(weights)), args.repeats)
     same, boxes = True, 0

@@ -1,15 +1,18 @@
 """Detector checkpoints (.pt) loaded without running anything from the file.
 
-A .pt is a zip holding a pickle (data.pkl), and unpickling may call any function the file names: ultralytics'
-own loader (torch.load with weights_only=False) runs whatever a planted `__reduce__` asks for. Every .pt the
+A .pt is a zip holding a pickle (data.pkl) and one record per tensor storage, and unpickling may call any function
+the file names: ultralytics' own loader (torch.load with weights_only=False) runs whatever a planted `__reduce__`
+asks for, and even torch's weights_only loader calls what it allows with arguments from the file (a Conv2d of
+2048 x 2048 x 11 x 11 through torch._tensor._rebuild_from_type_v2, bytearray(3_000_000_000)). Every .pt the
 project opens goes through `load_checkpoint`, which refuses before anything is unpickled unless:
-1. every global the pickle names (read by disassembling it with pickletools; nothing executed) is on ALLOWED,
-   the layer classes of the detectors this project trains and the one container ultralytics writes into a
-   checkpoint, or one of torch's own tensor-rebuild functions (torch checks those);
-2. no allow-listed class is *called* (pickle REDUCE runs its __init__ with arguments from the file); a module is
-   created the way pickle creates any object (NEWOBJ: `cls.__new__`, then its saved attributes), so no
-   constructor runs with values from the file (e.g. a Conv2d sized to exhaust memory);
-then torch.load(weights_only=True), restricted to exactly that allow-list, loads it (enforcing 1 independently).
+1. the zip is what torch.save writes: members stored, not compressed (a compressed member could inflate to any
+   size), no name twice, the same members as torch's own zip reader sees;
+2. detector/safe_pickle.py, walking the pickle symbolically (nothing executed), finds that every call it makes,
+   direct or through a rebuild helper, is on its allow-list with arguments of the right kinds and bounds; layers
+   are only restored (NEWOBJ with no arguments, then their saved attributes), never constructed from the file;
+   storages, tensors and layer geometry are within bounds, and each storage record holds the bytes it claims;
+then torch.load(weights_only=True), restricted to the same layer classes, loads it (an independent second check),
+and a model whose YAML would make a TorchVision layer download weights is refused (mammo.weights_store).
 
 `install()` makes ultralytics use this loader for every checkpoint it opens (YOLO('x.pt'), the trainer's resume
 from last.pt and final validation, strip_optimizer) and builds model YAMLs in ultralytics' restricted mode: a
@@ -19,55 +22,20 @@ checkpoint's model YAML is parsed again when one fine-tunes or resumes, and unre
 from __future__ import annotations
 
 import importlib
-import io
 import os
-import pickletools
+import zipfile
 from pathlib import Path
 
+from detector import safe_pickle
 from mammo.errors import WeightsError
+from mammo.weights_store import check_model_spec
 
-# What the checkpoints need, found by listing the globals of weights/detector.pt (YOLOv8 head on torchvision's
-# MobileNetV2 through ultralytics' TorchVision layer), of best.pt and the unstripped last.pt of tiny trainings of
-# detector/mobilenet_v2_yolo.yaml and yolov8n.yaml, and of models built from yolo11n/yolo11s/yolo26n.yaml (the
-# other YAMLs the docs name). Nothing here runs code when created with __new__ and given its saved attributes.
-ALLOWED = (
-    "ultralytics.nn.tasks.DetectionModel",
-    "ultralytics.nn.modules.head.Detect",
-    "ultralytics.nn.modules.conv.Conv",
-    "ultralytics.nn.modules.conv.Concat",
-    "ultralytics.nn.modules.conv.Index",
-    "ultralytics.nn.modules.block.Bottleneck",
-    "ultralytics.nn.modules.block.C2f",
-    "ultralytics.nn.modules.block.DFL",
-    "ultralytics.nn.modules.block.SPPF",
-    "ultralytics.nn.modules.block.TorchVision",
-    "torchvision.models.mobilenetv2.InvertedResidual",
-    "torchvision.ops.misc.Conv2dNormActivation",
-    "torch.nn.modules.container.ModuleList",
-    "torch.nn.modules.container.Sequential",
-    "torch.nn.modules.conv.Conv2d",
-    "torch.nn.modules.batchnorm.BatchNorm2d",
-    "torch.nn.modules.activation.SiLU",
-    "torch.nn.modules.activation.ReLU6",
-    "torch.nn.modules.pooling.MaxPool2d",
-    "torch.nn.modules.pooling.AdaptiveAvgPool3d",
-    "torch.nn.modules.upsampling.Upsample",
-    "ultralytics.utils.IterableSimpleNamespace",  # the training settings inside an unstripped last.pt
-    # YOLO11 / YOLO26 layers (detector.model=yolo11n.yaml ...)
-    "ultralytics.nn.modules.block.C3k2",
-    "ultralytics.nn.modules.block.C3k",
-    "ultralytics.nn.modules.block.C2PSA",
-    "ultralytics.nn.modules.block.PSABlock",
-    "ultralytics.nn.modules.block.Attention",
-    "ultralytics.nn.modules.conv.DWConv",
-    "torch.nn.modules.linear.Identity",
-)
-# The one allow-listed class pickle legitimately calls (SimpleNamespace pickles as `cls()` + state; called with
-# any argument it raises TypeError, it has no other constructor).
-CALLABLE = {"ultralytics.utils.IterableSimpleNamespace"}
+ALLOWED = safe_pickle.LAYERS + (safe_pickle.NAMESPACE,)  # the classes torch.load may resolve
 MAX_BYTES = 1 << 30  # 1 GiB: the shipped detector is 7.8 MB, an unstripped YOLOv8x last.pt about 0.4 GB
 MAX_PICKLE_BYTES = 64 << 20  # data.pkl (the tensors are separate records): ~0.2 MB for a YOLOv8n checkpoint
-WHY = "a .pt is a pickle, and unpickling anything else could run code from the file"
+WHY = "a .pt is a pickle, and unpickling anything else could run code from the file or build what it likes"
+NOT_TORCH_SAVE = ("not a checkpoint written by torch.save (no readable zip archive; an older pickle-only .pt is "
+                  "not loaded at all, since it cannot be checked first)")
 
 
 def _resolve(name: str):
@@ -75,83 +43,61 @@ def _resolve(name: str):
     return getattr(importlib.import_module(module), attr)
 
 
-def _pickle_bytes(path: Path) -> bytes:
-    """data.pkl of a torch.save zip, read with torch's own zip reader (the one torch.load uses)."""
+def read_archive(path: Path) -> tuple[bytes, dict]:
+    """data.pkl of a torch.save zip (read with torch's own zip reader, the one torch.load uses) and the byte size
+    of each storage record {key: bytes}, after checking the zip's layout without inflating anything."""
     import torch
 
     try:
+        with zipfile.ZipFile(path) as z:
+            infos = z.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError):
+        raise WeightsError(path, NOT_TORCH_SAVE) from None
+    names = [i.filename for i in infos]
+    packed = [i.filename for i in infos if i.compress_type != zipfile.ZIP_STORED]
+    if packed:
+        raise WeightsError(path, f"refused before loading: member {packed[0]} is compressed; torch.save stores "
+                                 f"members as they are, and a compressed one could inflate to any size")
+    if len(set(names)) != len(names) or len({n.split("/", 1)[0] for n in names}) != 1:
+        raise WeightsError(path, "refused before loading: its zip repeats a member name or has more than one "
+                                 "top folder, which torch.save never writes")
+    try:
         reader = torch._C.PyTorchFileReader(str(path))
     except Exception:
-        raise WeightsError(path, "not a checkpoint written by torch.save (no readable zip archive; an older "
-                                 "pickle-only .pt is not loaded at all, since it cannot be checked first)") from None
+        raise WeightsError(path, NOT_TORCH_SAVE) from None
+    inner = [n.split("/", 1)[1] if "/" in n else n for n in names]
+    if set(reader.get_all_records()) != set(inner):  # both readers must see one archive, not two
+        raise WeightsError(path, "refused before loading: its zip reads differently with torch's reader")
     if reader.has_record("constants.pkl"):
         raise WeightsError(path, "a TorchScript archive, not an ultralytics checkpoint")
     if not reader.has_record("data.pkl"):
         raise WeightsError(path, "no data.pkl in the archive: not a torch.save checkpoint")
-    data = reader.get_record("data.pkl")
-    if len(data) > MAX_PICKLE_BYTES:
-        raise WeightsError(path, f"its pickle is {len(data)} bytes, over the {MAX_PICKLE_BYTES} a detector needs")
-    return data
+    size = dict(zip(inner, (i.file_size for i in infos)))
+    if size["data.pkl"] > MAX_PICKLE_BYTES:
+        raise WeightsError(path, f"its pickle is {size['data.pkl']} bytes, over the {MAX_PICKLE_BYTES} a "
+                                 f"detector needs")
+    records = {n[len("data/"):]: b for n, b in size.items() if n.startswith("data/")}
+    return reader.get_record("data.pkl"), records
 
 
-def check_pickle(data: bytes, path) -> None:
-    """Raise a WeightsError naming what is not allowed in this pickle; executes nothing.
-
-    A small symbolic run of the pickle machine: only where each GLOBAL ends up is tracked (through the memo), so
-    that the callable of every REDUCE and the class of every NEWOBJ is known by name."""
-    from torch._utils import IMPORT_MAPPING, NAME_MAPPING
-    from torch._weights_only_unpickler import _get_allowed_globals
-
-    torch_own = set(_get_allowed_globals())  # tensor rebuild functions, OrderedDict, dtypes ...
-    stack, metastack, memo, refused = [], [], {}, []
+def check_pickle(data: bytes, path, records: dict | None = None) -> None:
+    """Raise a WeightsError naming the file and what is not allowed in this pickle; executes nothing.
+    `records`: the byte size of each storage record, checked against what the pickle claims."""
     try:
-        for op, arg, _ in pickletools.genops(io.BytesIO(data)):
-            name = op.name
-            if name in ("INST", "OBJ", "STACK_GLOBAL", "NEWOBJ_EX", "EXT1", "EXT2", "EXT4"):
-                refused.append(f"pickle opcode {name}")  # torch's restricted unpickler has none of them either
-                break
-            if name == "GLOBAL":
-                module, attr = arg.split(" ", 1)
-                # protocol-2 names of Python 2 (__builtin__.set), mapped as torch's unpickler maps them
-                module, attr = NAME_MAPPING.get((module, attr), (IMPORT_MAPPING.get(module, module), attr))
-                full = f"{module}.{attr}"
-                if full not in ALLOWED and full not in torch_own:
-                    refused.append(f"global {full}")
-                stack.append(("global", full))
-                continue
-            if name in ("REDUCE", "NEWOBJ"):
-                target = stack[-2] if len(stack) >= 2 else None
-                called = target[1] if isinstance(target, tuple) else None
-                if called is None:
-                    refused.append(f"{name} of something that is not a named global")
-                elif name == "REDUCE" and called in ALLOWED and called not in CALLABLE:
-                    refused.append(f"a call of {called}(...) (would run its constructor with values from the file)")
-            if name in ("PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"):
-                memo[len(memo) if name == "MEMOIZE" else arg] = stack[-1] if stack else None
-                continue
-            if name in ("GET", "BINGET", "LONG_BINGET"):
-                stack.append(memo.get(arg))
-                continue
-            if name == "MARK":  # as pickle and torch's unpickler do: a new stack, the old one kept aside
-                metastack.append(stack)
-                stack = []
-                continue
-            before = op.stack_before
-            if pickletools.markobject in before:  # e.g. APPENDS: list, MARK, items... -> list
-                stack = metastack.pop()
-                before = before[:before.index(pickletools.markobject)]
-            if len(before) > len(stack):
-                raise ValueError(f"{name} on a stack of {len(stack)}")
-            del stack[len(stack) - len(before):]
-            stack.extend([None] * len(op.stack_after))
+        safe_pickle.run(data, records)
+    except safe_pickle.Refused as exc:
+        raise WeightsError(path, f"refused before loading: it holds {exc}, which a detector checkpoint does not "
+                                 f"({WHY}). Nothing from it was run. Only YOLO detection checkpoints of the "
+                                 f"layers in detector/safe_pickle.py LAYERS are loaded.") from None
     except Exception as exc:  # truncated or malformed pickle: torch.load would fail on it too
         raise WeightsError(path, f"its pickle cannot be read ({type(exc).__name__}: {exc}); "
                                  f"a damaged or foreign file") from None
-    if refused:
-        shown = ", ".join(dict.fromkeys(refused))  # in order, without repeats
-        raise WeightsError(path, f"refused before loading: it contains {shown}, which a detector checkpoint "
-                                 f"does not need ({WHY}). Nothing from it was run. Only YOLO detection "
-                                 f"checkpoints of the layers in detector/checkpoint.py ALLOWED are loaded.")
+
+
+def check_file(path) -> None:
+    """The checks of `load_checkpoint` before anything is unpickled (also what benchmarks/safe_weights.py times)."""
+    data, records = read_archive(Path(path))
+    check_pickle(data, path, records)
 
 
 def load_checkpoint(path, map_location="cpu"):
@@ -166,7 +112,7 @@ def load_checkpoint(path, map_location="cpu"):
         raise WeightsError(path, "empty file (0 bytes)")
     if size > MAX_BYTES:
         raise WeightsError(path, f"{size} bytes, over the {MAX_BYTES} limit for detector weights")
-    check_pickle(_pickle_bytes(path), path)
+    check_file(path)
     try:
         with torch.serialization.safe_globals([(_resolve(n), n) for n in ALLOWED]):
             ckpt = torch.load(path, map_location=map_location, weights_only=True)
@@ -175,6 +121,9 @@ def load_checkpoint(path, map_location="cpu"):
         raise WeightsError(path, f"cannot be loaded as ultralytics weights ({type(exc).__name__}: {detail})") from None
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("ema") or ckpt.get("model"), torch.nn.Module):
         raise WeightsError(path, "not an ultralytics checkpoint (no model in it)")
+    for model in (ckpt.get("model"), ckpt.get("ema")):  # the YAML ultralytics builds again to fine-tune or resume
+        if model is not None:
+            check_model_spec(getattr(model, "yaml", None), path, need_file=False)
     return ckpt
 
 

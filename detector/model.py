@@ -28,6 +28,7 @@ from mammo.errors import ConfigError, WeightsError
 from mammo.geometry import Transform
 from mammo.preprocess import Frame, preprocess
 from mammo.records import Detection, Mammogram
+from mammo.weights_store import check_model_spec
 
 from detector.frames import clip_to_shape, letterbox_input, tile_inputs
 from detector.merge import merge_boxes, suppress_nested
@@ -107,7 +108,9 @@ def build_model(model: str):
     """
     spec = check_model_source(model)
     if not spec.endswith((".yaml", ".yml")):
-        return load_yolo(spec)
+        yolo = load_yolo(spec)
+        check_model_spec(yolo.model.yaml, Path(spec))  # fine-tuning builds its YAML again: the store must serve it
+        return yolo
     use_ultralytics()
     from detector.pretrained import build_yolo
 

@@ -11,16 +11,25 @@ exception type, so a batch can record the file and go on.
 """
 from __future__ import annotations
 
+import copy
 import math
 import re
+import struct
 import warnings
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
-from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import (
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
 
 from mammo.errors import ImageReadError
 from mammo.records import ImageMeta, Mammogram
@@ -35,6 +44,13 @@ NON_IMAGE_SOP_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.9.": "waveform",
 }
 RAW_DATA_STORAGE = "1.2.840.10008.5.1.4.1.1.66"
+
+# A deflated data set is inflated only up to what an image within run.max_pixels can need: 4 bytes a pixel (one
+# sample of at most 32 bits; colour is refused anyway) plus room for the header, LUTs and private tags. More is
+# a decompression bomb (or elements the pipeline never reads, such as an encapsulated document): refused.
+INFLATED_BYTES_PER_PIXEL = 4
+INFLATED_METADATA_BYTES = 64 * 2**20
+INFLATE_CHUNK = 2**20
 
 # What to install when pydicom has no working decoder for a compressed transfer syntax.
 DECODER_PACKAGES = {
@@ -250,13 +266,57 @@ def to_display(stored: np.ndarray, p: GrayscaleParams) -> np.ndarray:
 # ------------------------------------------------------------------------------------------------ reading
 
 
-def _read_dataset(path: Path) -> pydicom.Dataset:
+def _inflated(path: Path, max_pixels: int) -> tuple[pydicom.filebase.DicomBytesIO, pydicom.FileMetaDataset] | None:
+    """A Deflated Explicit VR Little Endian file as the same file in Explicit VR Little Endian, in memory, with
+    its own file meta; None for any other file. pydicom would inflate the whole data set before anything can be
+    checked; here inflating stops, and the file is refused, at the size an image within `max_pixels` can need."""
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filereader import _read_file_meta_info, read_preamble
+    from pydicom.filewriter import write_file_meta_info
+
+    with open(path, "rb") as f:
+        try:
+            preamble = read_preamble(f, False)
+            meta = _read_file_meta_info(f)
+        except Exception:
+            return None  # dcmread reads the file again and says what is wrong with it
+        if meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
+            return None
+        limit = max_pixels * INFLATED_BYTES_PER_PIXEL + INFLATED_METADATA_BYTES
+        out = DicomBytesIO()
+        out.write(preamble + b"DICM")
+        plain = copy.deepcopy(meta)
+        plain.TransferSyntaxUID = ExplicitVRLittleEndian
+        write_file_meta_info(out, plain, enforce_standard=False)
+        inflater, size = zlib.decompressobj(-zlib.MAX_WBITS), 0
+        try:
+            while not inflater.eof:
+                data = inflater.unconsumed_tail or f.read(INFLATE_CHUNK)
+                chunk = inflater.decompress(data, INFLATE_CHUNK)  # never more than a chunk at a time
+                if not data and not chunk:
+                    raise ImageReadError(path, "truncated file (the deflated data set ends early)")
+                size += len(chunk)
+                if size > limit:
+                    raise ImageReadError(path, f"the deflated data set inflates to more than {limit:,} bytes, more "
+                                               f"than an image within run.max_pixels={max_pixels:,} needs (a "
+                                               f"decompression bomb, or large elements beside the image); refused")
+                out.write(chunk)
+        except zlib.error as e:
+            raise ImageReadError(path, f"damaged deflated data set (zlib: {e})") from e
+    out.seek(0)
+    return out, meta
+
+
+def _read_dataset(path: Path, max_pixels: int) -> pydicom.Dataset:
     try:
         if path.stat().st_size == 0:
             raise ImageReadError(path, "empty file (0 bytes)")
+        inflated = _inflated(path, max_pixels)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            ds = pydicom.dcmread(path, force=False)
+            ds = pydicom.dcmread(inflated[0] if inflated else path, force=False)
+        if inflated:
+            ds.file_meta = inflated[1]  # the file's own transfer syntax, recorded in the metadata
         for w in caught:  # pydicom only warns when a file ends early, and keeps what it read: refuse it
             if "End of file" in str(w.message):
                 raise ImageReadError(path, f"truncated file ({w.message})")
@@ -416,36 +476,60 @@ def _image_id(path: Path) -> str:
 
 
 def _rle_frame(ds: pydicom.Dataset, path: Path, rows: int, cols: int) -> np.ndarray | None:
-    """The one RLE frame decoded segment by segment (pylibjpeg-rle, as fast as pydicom's own call), checking
-    that every segment holds exactly Rows x Columns bytes: pydicom would silently return the first half of an
-    image whose Rows tag was halved. None when this path does not apply (pydicom decodes then)."""
-    if ds.file_meta.TransferSyntaxUID != pydicom.uid.RLELossless or int(ds.get("SamplesPerPixel", 1)) != 1 \
-            or int(ds.BitsAllocated) not in (8, 16):
-        return None
-    try:
-        from rle.rle import decode_segment, parse_header
-    except ImportError:
+    """The one RLE frame, decoded segment by segment in bounded memory and checked against the header: every
+    segment must hold Rows x Columns bytes (one byte of padding allowed). pydicom would silently return the first
+    half of an image whose Rows tag was halved, and would inflate a segment of replicate runs (2 bytes -> 128
+    bytes) to any size before comparing. None for other transfer syntaxes (pydicom decodes those)."""
+    if ds.file_meta.TransferSyntaxUID != pydicom.uid.RLELossless:
         return None
     from pydicom.encaps import get_frame
 
+    bits = int(ds.BitsAllocated)
+    if bits not in (8, 16):
+        raise ImageReadError(path, f"RLE pixel data with {bits} bits allocated are not supported (8 or 16)")
     frame = get_frame(ds.PixelData, 0, number_of_frames=1)
     n_segments = int.from_bytes(frame[:4], "little")
-    if n_segments != int(ds.BitsAllocated) // 8:
-        raise ImageReadError(path, f"RLE data has {n_segments} segments, {ds.BitsAllocated}-bit pixels need "
-                                   f"{int(ds.BitsAllocated) // 8}")
-    bounds = list(parse_header(frame[:64]))[:n_segments] + [len(frame)]
+    if n_segments != bits // 8:
+        raise ImageReadError(path, f"RLE data has {n_segments} segments, {bits}-bit pixels need {bits // 8}")
+    # The header's offsets must lie inside this fragment, in order, before anything is decoded (PS3.5 G.5).
+    offsets = list(struct.unpack_from("<15I", frame, 4)) if len(frame) >= 64 else []
+    bounds = offsets[:n_segments] + [len(frame)]
+    if not offsets or bounds[0] != 64 or any(offsets[n_segments:]) or any(a >= b for a, b in zip(bounds, bounds[1:])):
+        raise ImageReadError(path, f"the RLE header's segment offsets {offsets[:n_segments]} do not fit the "
+                                   f"{len(frame):,} bytes of pixel data")
     n = rows * cols
     planes = []
     for i in range(n_segments):  # most significant byte first (PS3.5 Annex G)
-        segment = decode_segment(frame[bounds[i]:bounds[i + 1]])
-        if len(segment) not in (n, n + 1):  # + 1: a segment may be padded to even length
-            raise ImageReadError(path, f"RLE segment {i + 1} decodes to {len(segment)} pixels, the header's "
-                                       f"Rows x Columns ({rows} x {cols}) says {n}: header and pixel data disagree")
-        planes.append(np.frombuffer(segment, np.uint8, count=n))
+        segment = frame[bounds[i]:bounds[i + 1]]
+        if _rle_decode(segment, n + 2) is not None:  # more than one byte of padding: stopped at n + 2 bytes
+            raise ImageReadError(path, f"RLE segment {i + 1} decodes to more than the header's Rows x Columns "
+                                       f"({rows} x {cols} = {n:,} bytes): header and pixel data disagree; refused "
+                                       f"before decoding further")
+        plane = _rle_decode(segment, n)
+        if plane is None:
+            raise ImageReadError(path, f"RLE segment {i + 1} decodes to fewer than the header's Rows x Columns "
+                                       f"({rows} x {cols} = {n:,} bytes): header and pixel data disagree, or the "
+                                       f"data are damaged")
+        planes.append(np.frombuffer(plane, np.uint8))
     stored = planes[0] if n_segments == 1 else (planes[0].astype(np.uint16) << 8) | planes[1]
     if int(ds.get("PixelRepresentation", 0)) == 1:
         stored = stored.view(np.int8 if n_segments == 1 else np.int16)
     return stored.reshape(rows, cols)
+
+
+ONE_SEGMENT = struct.pack("<16I", 1, 64, *[0] * 14)  # an RLE header of one segment at offset 64
+
+
+def _rle_decode(segment: bytes, size: int) -> bytearray | None:
+    """The first `size` bytes the RLE segment decodes to, never more in memory; None when it decodes to fewer or
+    is damaged. pylibjpeg-rle's decode_frame fills an output of the given size and stops there (it skips excess
+    padding); it fails only when the data end first."""
+    from rle.rle import decode_frame  # pylibjpeg-rle: a requirement, Rust, 3x faster than pydicom's decoder
+
+    try:
+        return decode_frame(ONE_SEGMENT + segment, size, 8, "<")
+    except ValueError:
+        return None
 
 
 def read_dicom(path, *, window_index: int = 0, max_pixels: int | None = None) -> Mammogram:
@@ -454,15 +538,16 @@ def read_dicom(path, *, window_index: int = 0, max_pixels: int | None = None) ->
     `window_index` picks the VOI LUT Sequence item or the window (of a multi-valued Window Center/Width).
     Raises ImageReadError for anything that is not such an image, with the reason.
     """
+    from mammo.imaging import MAX_PIXELS, check_size
+
     path = Path(path)
-    ds = _read_dataset(path)
+    max_pixels = MAX_PIXELS if max_pixels is None else max_pixels
+    ds = _read_dataset(path, max_pixels)
     try:  # every header value is read here: pydicom parses values lazily, so damage shows up on access
         _check_image(ds, path)
         params = grayscale_params(ds, window_index)
         rows, cols = int(ds.Rows), int(ds.Columns)
-        from mammo.imaging import MAX_PIXELS, check_size
-
-        check_size(path, rows, cols, MAX_PIXELS if max_pixels is None else max_pixels)  # before any decoding
+        check_size(path, rows, cols, max_pixels)  # before any decoding
         image_id = _image_id(path)
         patient_id = str(ds.get("PatientID", "") or "").strip() or str(ds.get("PatientName", "") or "").strip()
         extra = {

@@ -6,6 +6,7 @@ Every failure is an `ImageReadError` naming the file, so a batch can record it a
 from __future__ import annotations
 
 import re
+import struct
 from pathlib import Path
 
 import cv2
@@ -55,13 +56,27 @@ def check_size(path, rows: int, cols: int, max_pixels: int = MAX_PIXELS) -> None
                                    f"would take about {rows * cols * 12 / 1e9:.1f} GB); raise the limit if it is real")
 
 
-def raster_header_size(path) -> tuple[int, int] | None:
-    """(rows, cols) from the file header alone (Pillow reads no pixel data to tell); None when Pillow cannot
-    parse it (OpenCV then decodes it or says it cannot)."""
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def raster_header_size(path) -> tuple[int, int]:
+    """(rows, cols) from the file header alone, before anything is decoded. A PNG's are read from its first chunk
+    (IHDR) directly: Pillow refuses a PNG with a bad CRC in a later chunk, which OpenCV decodes anyway. Other
+    formats through Pillow, which reads no pixel data to tell. A header neither can read is refused: decoding it
+    would mean decoding without the size check."""
     import warnings
 
     from PIL import Image
 
+    path = Path(path)
+    with open(path, "rb") as f:
+        head = f.read(24)
+    if head[:8] == PNG_SIGNATURE:
+        # signature, then the IHDR chunk: length (4 bytes), type, width and height (4 bytes each, big-endian)
+        if len(head) < 24 or head[12:16] != b"IHDR":
+            raise ImageReadError(path, "not a readable image: a damaged PNG (its first chunk is no IHDR)")
+        cols, rows = struct.unpack(">II", head[16:24])
+        return int(rows), int(cols)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we judge the size ourselves
@@ -71,22 +86,22 @@ def raster_header_size(path) -> tuple[int, int] | None:
     except Image.DecompressionBombError:  # Pillow's own limit (2 x 89 Mpixel) is far above ours by default
         raise ImageReadError(path, f"more than {2 * Image.MAX_IMAGE_PIXELS:,} pixels: over run.max_pixels "
                                    f"(and Pillow's decompression-bomb limit)") from None
-    except Exception:
-        return None
+    except Exception as e:  # its message would repeat the path
+        raise ImageReadError(path, f"not a readable image: its size cannot be read from the header "
+                                   f"({type(e).__name__}), so it cannot be checked against run.max_pixels") from e
 
 
 def read_raster(path, max_pixels: int = MAX_PIXELS) -> Mammogram:
     path = Path(path)
-    size = raster_header_size(path)
-    if size is not None:
-        check_size(path, *size, max_pixels)
+    check_size(path, *raster_header_size(path), max_pixels)
     raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED | cv2.IMREAD_ANYDEPTH)
     if raw is None:
         raise ImageReadError(path, "not a readable image (corrupt or not the format its extension says)")
+    check_size(path, *raw.shape[:2], max_pixels)  # what was decoded, in case it differs from the header
     if raw.ndim == 3:
-        # Exports of greyscale mammograms are often saved as RGB(A); drop alpha and average the colours.
-        raw = raw[..., :3].mean(axis=2).astype(raw.dtype)
-    check_size(path, *raw.shape[:2], max_pixels)  # also when the header could not be read first
+        # Exports of greyscale mammograms are often saved as RGB(A); drop alpha and average the colours
+        # (in float32: float64 would double the memory of a full-size image).
+        raw = raw[..., :3].mean(axis=2, dtype=np.float32).astype(raw.dtype)
     pixels = normalize_to_unit(raw)
     h, w = pixels.shape
     meta = ImageMeta(

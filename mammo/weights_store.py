@@ -134,27 +134,40 @@ def imagenet_mobilenet_v2_path(copy_from_package: bool = True) -> Path:
 
 
 def check_model_yaml(model) -> None:
-    """For a detector model YAML: if a `TorchVision` layer asks for pretrained weights, make sure the store holds
-    them (verified) before ultralytics builds it; otherwise torchvision would try to download and fail with an
-    unhelpful URL error. Weights this store cannot serve are refused by name."""
+    """For a detector model YAML: see `check_model_spec` (with the store's file required: building loads it)."""
     import yaml
 
     path = Path(model)
     if path.suffix not in (".yaml", ".yml") or not path.is_file():
         return  # a name ultralytics ships (yolov8n.yaml) or a .pt: nothing to check here
-    spec = yaml.safe_load(path.read_text()) or {}
-    for row in (spec.get("backbone") or []) + (spec.get("head") or []):
-        if len(row) < 4 or row[2] != "TorchVision":
+    check_model_spec(yaml.safe_load(path.read_text()) or {}, path)
+
+
+def check_model_spec(spec, path, need_file: bool = True) -> None:
+    """A detector model spec (a model YAML's dict, also the one a checkpoint carries, which ultralytics builds
+    again to fine-tune or resume) must never make a `TorchVision` layer download: one that asks for pretrained
+    weights must ask for weights this store serves, else a WeightsError naming `path`. With `need_file`, the
+    store must also hold them (verified), since building the layer loads them; torchvision would otherwise try
+    to download and fail with an unhelpful URL error. A spec that cannot be read this way is refused too."""
+    rows = (spec.get("backbone") or []) + (spec.get("head") or []) if isinstance(spec, dict) else None
+    if not isinstance(rows, list):
+        raise WeightsError(path, "its model spec is not a YOLO model YAML (backbone and head lists)")
+    for row in rows:
+        if not (isinstance(row, (list, tuple)) and len(row) >= 3 and str(row[2]).rsplit(".", 1)[-1] == "TorchVision"):
             continue
-        args = list(row[3]) + ["DEFAULT"]  # TorchVision(model, weights='DEFAULT', ...): omitted = pretrained
-        name, weights = str(args[1]), args[2]
+        given = row[3] if len(row) > 3 else []
+        if not isinstance(given, (list, tuple)) or len(given) < 2:
+            raise WeightsError(path, f"a TorchVision layer with arguments {given!r} (c2, model, weights ... expected)")
+        name = str(given[1])
+        weights = given[2] if len(given) > 2 else "DEFAULT"  # TorchVision(c2, model, weights='DEFAULT', ...)
         if weights in (None, "", False, "None"):
             continue  # torchvision architecture, random weights: nothing to load
-        if weights not in SERVED.get(name, ()):
+        if not isinstance(weights, str) or weights not in SERVED.get(name, ()):
             raise WeightsError(path, f"a TorchVision layer asks for {name} weights {weights!r}, which cannot be "
                                      f"downloaded here; the offline store serves only mobilenet_v2 with weights "
                                      f"IMAGENET1K_V1 (or give weights None to train that backbone from scratch)")
-        imagenet_mobilenet_v2_path()
+        if need_file:
+            imagenet_mobilenet_v2_path()
 
 
 def cli(argv=None, prog: str = "python -m classifier weights") -> int:

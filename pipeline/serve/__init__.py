@@ -28,6 +28,15 @@ def check_address(host: str, port: int, token: str | None) -> Address:
         raise MammoError(str(exc)) from None
 
 
+def login_url(host: str, port: int, token: str | None) -> str:
+    """The address `serve` prints: the token percent-encoded (a base64 token's '+' would arrive as a space)."""
+    from urllib.parse import quote
+
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    shown = f"[{shown}]" if ":" in shown else shown  # an IPv6 address
+    return f"http://{shown}:{port}/" + (f"?token={quote(token, safe='')}" if token else "")
+
+
 def serve(run_dirs, models, cfg, threshold: float, address: Address, argv=None) -> int:
     import logging
 
@@ -42,9 +51,8 @@ def serve(run_dirs, models, cfg, threshold: float, address: Address, argv=None) 
     app = create_app(run_dirs, models, cfg, threshold, token=token)
     start_run(cfg, app.state.runs.runs[0].root / STATE_DIR, argv)  # the server's resolved config, beside its state
     n = sum(len(r.results) for r in app.state.runs.runs)
-    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     print(f"serving {n} analysed images from {len(run_dirs)} run folder(s)")
-    print(f"open http://{shown}:{port}/" + (f"?token={token}" if token else "") + "   (Ctrl+C stops)", flush=True)
+    print(f"open {login_url(host, port, token)}   (Ctrl+C stops)", flush=True)
     logging.getLogger("uvicorn.access").addFilter(RedactToken())
     uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=5)
     return 0

@@ -9,6 +9,7 @@ and images by their id: no client-given path is ever opened (see files.py).
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 from pathlib import Path
 
@@ -19,8 +20,9 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 from mammo.errors import ImageReadError
+from mammo.imaging import MAX_PIXELS
 from pipeline.serve.files import NotFound, RunSet, safe_file
-from pipeline.serve.jobs import MAX_UPLOAD_BYTES, UploadError, Uploads
+from pipeline.serve.jobs import MAX_UPLOAD_BYTES, RETRY_AFTER_SECONDS, Busy, UploadError, Uploads
 from pipeline.serve.scale import NO_CURVE, app_curve, result_value, slider_scale
 from pipeline.serve.security import AccessMiddleware
 from pipeline.serve.tiles import PyramidCache, encode_jpeg, heatmap_rgba, max_level, thumbnail, TILE
@@ -28,6 +30,22 @@ from pipeline.serve.verdicts import VerdictError, VerdictStore
 
 HERE = Path(__file__).parent
 CACHE_HEADERS = {"Cache-Control": "private, max-age=3600"}
+MAX_VERDICT_BYTES = 256 * 1024  # a save is a few fields and comments of <= 4000 characters: far less
+
+
+async def bounded_body(request: Request, limit: int) -> bytes:
+    """The request body, or 413 when it is longer than `limit` bytes: refused from Content-Length before
+    reading, or while reading a body sent without one (chunked)."""
+    length = request.headers.get("content-length")
+    too_long = HTTPException(413, f"request body larger than {limit // 1024} KB")
+    if length is not None and (not length.isdigit() or int(length) > limit):
+        raise too_long
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise too_long
+    return bytes(body)
 
 
 def create_app(run_dirs, models=None, cfg=None, threshold: float | None = None, token: str | None = None) -> FastAPI:
@@ -40,7 +58,8 @@ def create_app(run_dirs, models=None, cfg=None, threshold: float | None = None, 
     if not runs.runs:
         raise ValueError("give at least one run folder")
     stores = [VerdictStore(run.state) for run in runs.runs]
-    pyramids = PyramidCache()
+    max_pixels = cfg.run.max_pixels if cfg is not None else MAX_PIXELS  # tiles decode within the same limit
+    pyramids = PyramidCache(max_pixels=max_pixels)
     uploads = Uploads(runs, models, cfg, threshold) if models is not None else None
     results = [r for run in runs.runs for r in run.results.values()]
     if threshold is None:
@@ -71,6 +90,11 @@ def create_app(run_dirs, models=None, cfg=None, threshold: float | None = None, 
     @app.exception_handler(NotFound)
     async def not_found(request, exc):
         return JSONResponse({"detail": "not found"}, status_code=404)
+
+    @app.exception_handler(Busy)
+    async def busy(request, exc):
+        return JSONResponse({"detail": str(exc)}, status_code=503,
+                            headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
 
     @app.exception_handler(ImageReadError)
     async def unreadable(request, exc):  # the original moved or changed since infer; its path is not shown
@@ -136,7 +160,8 @@ def create_app(run_dirs, models=None, cfg=None, threshold: float | None = None, 
     @app.get("/api/thumb/{run}/{image_id}.jpg")
     def thumb(run: int, image_id: str):
         run_obj, r = runs.result(run, image_id)
-        data = thumbnail(lambda: runs.source_file(run_obj, r), run_obj.state / "thumbs" / f"{image_id}.jpg")
+        data = thumbnail(lambda: runs.source_file(run_obj, r), run_obj.state / "thumbs" / f"{image_id}.jpg",
+                         max_pixels)
         return Response(data, media_type="image/jpeg", headers=CACHE_HEADERS)
 
     @app.get("/api/heatmap/{run}/{image_id}.png")
@@ -160,8 +185,9 @@ def create_app(run_dirs, models=None, cfg=None, threshold: float | None = None, 
         r = runs.result(run, image_id)[1]
         if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
             raise HTTPException(415, "send the verdict as application/json")
+        raw = await bounded_body(request, MAX_VERDICT_BYTES)
         try:
-            body = await request.json()
+            body = json.loads(raw)
             boxes, image = body.get("boxes") or {}, body.get("image") or {}
             if not isinstance(boxes, dict) or not isinstance(image, dict) or not all(
                     isinstance(v, dict) for v in boxes.values()):
@@ -186,6 +212,7 @@ def create_app(run_dirs, models=None, cfg=None, threshold: float | None = None, 
             raise HTTPException(411, "upload size unknown (no Content-Length)")
         if not length.isdigit() or int(length) > MAX_UPLOAD_BYTES + 64 * 1024:
             raise HTTPException(413, f"file larger than {MAX_UPLOAD_BYTES // (1024 * 1024)} MB")
+        uploads.check_room()  # Busy (503) before the body is read; submit holds the place it finds
         form = await request.form(max_files=1, max_fields=4)
         file = form.get("file")
         if file is None or isinstance(file, str):

@@ -77,9 +77,14 @@ class AccessMiddleware(BaseHTTPMiddleware):
         if self.token is not None:
             given = request.query_params.get("token")
             if given is not None and hmac.compare_digest(given.encode(), self.token.encode()):
-                # remember it in a cookie and drop it from the address bar (and from later logs)
-                response = RedirectResponse(request.url.remove_query_params("token"), status_code=303)
-                response.set_cookie(COOKIE, self.token, httponly=True, samesite="strict")
+                # remember it in a cookie and drop it from the address bar (and from later logs). The redirect
+                # is relative (behind a TLS proxy the server's own idea of scheme and host may be wrong), with
+                # one leading slash: '//host/...' would send the browser to another site
+                url = request.url.remove_query_params("token")
+                location = "/" + url.path.lstrip("/") + (f"?{url.query}" if url.query else "")
+                response = RedirectResponse(location, status_code=303)
+                response.set_cookie(COOKIE, self.token, httponly=True, samesite="strict",
+                                    secure=request.url.scheme == "https")
                 return response
             auth = request.headers.get("authorization", "")
             given = auth[7:] if auth.lower().startswith("bearer ") else request.cookies.get(COOKIE, "")

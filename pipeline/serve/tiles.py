@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from mammo.atomic import atomic_path
-from mammo.imaging import read_mammogram
+from mammo.imaging import MAX_PIXELS, read_mammogram
 from pipeline.render import colorize
 
 TILE = 256
@@ -75,8 +75,8 @@ class PyramidCache:
     """At most `size` decoded images in memory; one reader per image at a time (concurrent tile requests for an
     image that is still being read wait for it instead of reading it again)."""
 
-    def __init__(self, size: int = 3):
-        self.size = size
+    def __init__(self, size: int = 3, max_pixels: int = MAX_PIXELS):
+        self.size, self.max_pixels = size, max_pixels  # max_pixels: run.max_pixels, as for the analysis
         self._items: OrderedDict = OrderedDict()
         self._lock = threading.Lock()
         self._loading: dict = {}
@@ -92,7 +92,7 @@ class PyramidCache:
             with self._lock:
                 if key in self._items:
                     return self._items[key]
-            pyramid = Pyramid(read_mammogram(source()).pixels)
+            pyramid = Pyramid(read_mammogram(source(), max_pixels=self.max_pixels).pixels)
             with self._lock:
                 self._items[key] = pyramid
                 self._loading.pop(key, None)
@@ -101,12 +101,12 @@ class PyramidCache:
             return pyramid
 
 
-def thumbnail(source, cache_file: Path) -> bytes:
-    """A small JPEG of the whole image (`source`: a function giving the original's path), cached on disk in the
-    run's state folder (written atomically)."""
+def thumbnail(source, cache_file: Path, max_pixels: int = MAX_PIXELS) -> bytes:
+    """A small JPEG of the whole image (`source`: a function giving the original's path; `max_pixels`:
+    run.max_pixels), cached on disk in the run's state folder (written atomically)."""
     if cache_file.is_file():
         return cache_file.read_bytes()
-    pixels = read_mammogram(source()).pixels
+    pixels = read_mammogram(source(), max_pixels=max_pixels).pixels
     h, w = pixels.shape
     small = cv2.resize(pixels, (max(1, round(w * THUMB / h)), THUMB), interpolation=cv2.INTER_AREA)
     data = encode_jpeg(np.round(np.clip(small, 0, 1) * 255).astype(np.uint8))

@@ -4,6 +4,12 @@ Every save is appended as a new row (never updated in place), in one transaction
 synchronous=FULL: a commit that returned is on disk, a server killed mid-write loses only the uncommitted save,
 and two browser tabs saving at once both land (each save names only the fields its reader changed; the current
 verdict is the latest row per image, box and reader). The export reads the current verdicts.
+
+The CSV export is opened in spreadsheets: a text cell starting with = + - @, a tab or a carriage return would be
+read as a formula there (a reader named `=HYPERLINK(...)` becomes a link that sends other cells away), so such
+cells get a leading single quote (OWASP, "CSV injection"). Only text is neutralised (reader, comment, verdicts,
+image id: an id can start with '-'); the numbers we write ourselves (box, coordinates, scores) are left as
+numbers, a negative coordinate too. The database and the JSON API keep the text as it was typed.
 """
 from __future__ import annotations
 
@@ -22,6 +28,7 @@ PATHOLOGY = ("benign", "malignant")
 AGREEMENT = ("agree", "disagree")
 MAX_COMMENT = 4000
 MAX_READER = 80
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # what spreadsheets read as the start of a formula (OWASP)
 IMAGE_BOX = -1  # box index of an image-level verdict
 
 SCHEMA = """
@@ -123,22 +130,27 @@ class VerdictStore:
     def export_csv(self, results: dict) -> str:
         """The current verdicts, one row per (image, box, reader); image ids only, no paths or names of files."""
         buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=EXPORT_COLUMNS, lineterminator="\n")
+        writer = csv.DictWriter(buf, fieldnames=EXPORT_COLUMNS)  # rows end in CRLF, as Excel writes them
         writer.writeheader()
         for v in self.current():
             lesion = None
             result = results.get(v["image_id"])
             if v["box"] >= 0 and result is not None and v["box"] < len(result.lesions):
                 lesion = result.lesions[v["box"]]
-            writer.writerow({
+            writer.writerow({k: spreadsheet_safe(v) for k, v in {
                 "image_id": v["image_id"], "box": "" if v["box"] < 0 else v["box"] + 1,
                 **dict(zip(("x1", "y1", "x2", "y2"), v["box_xyxy"] or ["", "", "", ""])),
                 "malignancy": "" if lesion is None else lesion.malignancy,
                 "detector_score": "" if lesion is None else lesion.detector_score,
                 "reader": v["reader"], "lesion": v["lesion"], "pathology": v["pathology"],
                 "agreement": v["agreement"], "comment": v["comment"],
-                "saved": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(v["saved"]))})
+                "saved": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(v["saved"]))}.items()})
         return buf.getvalue()
+
+
+def spreadsheet_safe(value):
+    """A text cell a spreadsheet would run as a formula, with a leading ' (shown as text); other values as given."""
+    return "'" + value if isinstance(value, str) and value.startswith(FORMULA_STARTS) else value
 
 
 def review_labels(run_dirs, iou: float = 0.5):
