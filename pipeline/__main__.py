@@ -44,7 +44,8 @@ examples:
   python -m pipeline benchmark
   python -m pipeline benchmark --data configs/mias.yaml --folder-sizes 200
 
-  # train detector + classifier on one patient split and package them (threshold chosen on validation)
+  # train detector + classifier on one patient split and package them (threshold chosen on the validation split;
+  # with --operating-point, the settings cross-validate chose out of fold)
   python -m pipeline train-all --config configs/mias.yaml --out weights/
   # patient-level 5-fold cross-validation: out-of-fold predictions, settings chosen on them, their evaluation
   python -m pipeline cross-validate --config configs/mias_shipped.yaml --folds 5 --out runs/cv
@@ -420,7 +421,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="bundle folder (default: runs/pipeline/train-all/<run.name>/bundle)")
     p.add_argument("--description", help="what these models are, stored in the bundle")
     p.add_argument("--operating-point", help=OP_HELP)
-    p = add("bundle", cmd_bundle, "package a trained detector and classifier (threshold chosen on validation)")
+    p = add("bundle", cmd_bundle, "package a trained detector and classifier (threshold chosen on the validation "
+            "split, or out of fold with --operating-point)")
     p.add_argument("--detector", required=True, help="detector weights (.pt) from `python -m detector train`")
     p.add_argument("--classifier", required=True, help="classifier run folder from `python -m classifier train`")
     p.add_argument("--baseline", help="single-stage baseline run folder (from `pipeline evaluate --train-baseline`)"

@@ -167,7 +167,8 @@ def run_inference_ray(inputs, out_dir, bundle, cfg, *, overwrite: bool = False, 
               "worker_memory_gb": worker_memory_gb, "per_worker": {}}
     models = SimpleNamespace(threshold=bundle.threshold, fingerprint=bundle_fingerprint(bundle),
                              stacker=bundle.info.get("stacker"),  # what plan_run reads; no model loaded here
-                             calibration=bundle.calibration, findings=bundle.findings)
+                             calibration=bundle.calibration, findings=bundle.findings,
+                             operating_curve=bundle.operating_curve)
     timer = StepTimer()
     with folder_lock(out_dir):  # held by the driver for the whole run; the actors only write inside
         plan = plan_run(inputs, out_dir, models, cfg, overwrite)

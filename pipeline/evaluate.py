@@ -1,7 +1,8 @@
 """Evaluate `infer` outputs against annotations: image level, lesion level, FROC, each with patient-level CIs.
 
-The operating threshold comes from the models (chosen on validation data) or from the command line; it is never
-tuned on the set being evaluated, which would flatter every threshold-dependent figure.
+The operating threshold comes from the results (the one their models shipped, chosen out of fold or on a
+validation split: each result's `threshold_source` says which) or from the command line; it is never tuned on
+the set being evaluated, which would flatter every threshold-dependent figure.
 """
 from __future__ import annotations
 
@@ -302,6 +303,16 @@ def froc_of(records, predicted, hit_iou: float) -> tuple[FrocCurve, dict]:
     return froc_report([predicted_boxes(lesions) for lesions in predicted], truths, kinds, hit_iou)
 
 
+def results_threshold_source(results) -> str:
+    """How the results' own thresholds were chosen, as they record it (infer writes `threshold_source`)."""
+    sources = sorted({r.threshold_source for r in results if r.threshold_source})
+    if not sources:
+        return "shipped with the models (the results do not record how it was chosen)"
+    if len(sources) == 1 and all(r.threshold_source for r in results):
+        return sources[0]
+    return "the results' own, chosen in more than one way: " + "; ".join(sources)
+
+
 def evaluate(predictions_dir, records, out_dir, *, threshold: float | None = None, beta: float = 2.0,
              hit_iou: float = 0.1, n_boot: int = 1000, seed: int = 0, baselines: dict | None = None,
              threshold_source: str | None = None) -> dict:
@@ -318,8 +329,7 @@ def evaluate(predictions_dir, records, out_dir, *, threshold: float | None = Non
     m = match(results, records)
     if not m.results:
         raise MammoError(f"{predictions_dir}: none of the {len(results)} predictions matches an annotated image")
-    source = threshold_source or ("given" if threshold is not None else
-                                  "shipped with the models (chosen on validation)")
+    source = threshold_source or ("given" if threshold is not None else results_threshold_source(m.results))
     own = np.array([r.threshold for r in m.results], float)
     if threshold is not None:
         threshold = float(threshold)

@@ -32,8 +32,9 @@ from pipeline.heatmap import HeatmapCanvas
 from pipeline.ids import IdAllocator, resolve_salt, source_key, written_source
 from pipeline.inputs import discover
 from pipeline.render import three_panels
-from pipeline.results import (NO_BOX_SCORE, ImageResult, LesionResult, aggregate_scores, check_aggregate, decide, read_results,
-                              write_predictions_csv, write_result)
+from pipeline.operating_point import check_curve
+from pipeline.results import (CURVE_FILE, NO_BOX_SCORE, ImageResult, LesionResult, aggregate_scores, check_aggregate,
+                              decide, read_results, write_predictions_csv, write_result)
 
 FAILURES_FILE = "failures.json"  # inputs that failed, retried on the next run
 FINGERPRINT_FILE = "fingerprint.json"  # the models and settings that shaped this folder's outputs
@@ -62,11 +63,12 @@ class StepTimer:
         self._current = {}
 
 
-def analyse_image(mammogram, models, cfg: Config, timer: StepTimer):
+def analyse_image(mammogram, models, cfg: Config, timer: StepTimer, tiles: list | None = None):
     """The two stages and Grad-CAM on one image; returns (lesions, heatmap canvas, below_conf). `lesions` are
     the boxes a reader is shown, classified and under Grad-CAM: the findings and the kept boxes that score the
     image, each marked (`finding`, `scores_image`). When no box was kept, `below_conf` is the strongest candidate
-    under detector.conf, classified: what scores the image, not shown, so no Grad-CAM (else None)."""
+    under detector.conf, classified: what scores the image, not shown, so no Grad-CAM (else None).
+    `tiles`: a list that receives each lesion's (crop, Grad-CAM at crop size), in `lesions` order (export-rois)."""
     with timer.step("preprocess"):
         frame = preprocess(mammogram, cfg.preprocess)
     with timer.step("detect"):
@@ -90,6 +92,8 @@ def analyse_image(mammogram, models, cfg: Config, timer: StepTimer):
                   if scorer else None)
     if not shown:
         return [], canvas, below_conf
+    if tiles is not None:
+        tiles.extend(zip(batch[: len(shown)], cams[: len(shown)]))
     with timer.step("map_back"):
         for cam, to_crop in zip(cams[: len(shown)], transforms):
             canvas.paste_max(cam, to_crop)
@@ -104,7 +108,8 @@ def write_outputs(out_dir: Path, image_id: str, mammogram, lesions, canvas, resu
         cv2.imwrite(str(tmp), canvas.as_uint16())
     ordered = sorted(lesions, key=lambda l: -l.malignancy)
     figure = three_panels(mammogram.pixels, canvas.pixels, [l.box for l in ordered],
-                          [f"{l.malignancy:.2f}" for l in ordered], title_numbers(result))
+                          [box_label(l) for l in ordered], title_numbers(result),
+                          dashed=[not l.scores_image for l in ordered])
     with atomic_path(out_dir / result.overlay) as tmp:
         cv2.imwrite(str(tmp), figure)
     write_result(out_dir, result)  # last: its presence marks the image as done
@@ -135,6 +140,12 @@ class OutputWriter:
     def close(self) -> None:
         self.wait()
         self._pool.shutdown()
+
+
+def box_label(lesion: LesionResult) -> str:
+    """A box's number on the overlay: its calibrated P(malignant lesion) with the models' findings maps (a
+    number a reader can take at its word), else the crop classifier's malignancy (given it is a lesion)."""
+    return f"P {lesion.p_malignant:.2f}" if lesion.p_malignant is not None else f"{lesion.malignancy:.2f}"
 
 
 def image_score(lesions, below_conf, models, cfg: Config) -> float:
@@ -224,6 +235,16 @@ def check_fingerprint(out_dir: Path, fingerprint: dict, has_results: bool) -> No
                          f"tool wrote them); use --overwrite to redo them, or another --out")
 
 
+def write_operating_curve(out_dir: Path, models) -> None:
+    """The models' out-of-fold operating curve beside their results, where the review app finds it for these
+    results whichever models it runs with; removed when the models ship none (a folder redone with others)."""
+    curve = check_curve(getattr(models, "operating_curve", None))
+    if curve is None:
+        (out_dir / CURVE_FILE).unlink(missing_ok=True)
+    else:
+        atomic_write_text(out_dir / CURVE_FILE, json.dumps(curve, indent=1))
+
+
 def done_row(result: ImageResult) -> dict:
     probability = "" if result.probability is None else f"{result.probability:.5f}"
     return {"image_id": result.image_id, "source": result.source, "score": f"{result.score:.5f}",
@@ -282,6 +303,7 @@ def plan_run(inputs, out_dir: Path, models, cfg: Config, overwrite: bool = False
     if not overwrite:
         check_fingerprint(out_dir, fingerprint, bool(previous))
     atomic_write_text(out_dir / FINGERPRINT_FILE, json.dumps(fingerprint, indent=2))
+    write_operating_curve(out_dir, models)
 
     # What is already done (by source key) and which ids are taken, so a rerun skips and keeps ids stable.
     salt = resolve_salt(cfg.pipeline.id_salt)

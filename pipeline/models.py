@@ -33,6 +33,7 @@ from mammo.config import ClassifierConfig, Config, check_setting
 from mammo.errors import ConfigError, WeightsError
 from mammo.weights_store import sha256_of as sha256
 from pipeline.findings import check_findings
+from pipeline.operating_point import check_curve
 
 BUNDLE_FILE = "pipeline.json"
 MANIFEST = "MANIFEST.sha256"  # '<sha256>  <relative path>' per model file, checked before anything is loaded
@@ -98,6 +99,11 @@ class Bundle:
         return self.info.get("findings") or None
 
     @property
+    def operating_curve(self) -> dict | None:
+        """Out-of-fold sensitivity and specificity per probability threshold (the review app's slider)."""
+        return self.info.get("operating_curve") or None
+
+    @property
     def threshold_source(self) -> str:
         op = self.info.get("operating_point") or {}
         return f"chosen on {op['source']}" if op.get("source") else "chosen on the validation split"
@@ -133,6 +139,7 @@ def read_bundle(root, require_manifest: bool = False) -> Bundle:
             check_calibration(bundle.calibration)
         if bundle.findings is not None:
             check_findings(bundle.findings)
+        check_curve(bundle.operating_curve)
     except (KeyError, ValueError, TypeError, ConfigError) as exc:
         raise WeightsError(path, f"malformed bundle file ({type(exc).__name__}: {exc})") from None
     for part in filter(None, (bundle.detector, bundle.classifier, bundle.baseline)):
@@ -212,7 +219,7 @@ class PipelineModels:
 
     def __init__(self, detector, classifier, threshold: float, description: str = "", fingerprint: str = "",
                  calibrated: bool | None = None, stacker: dict | None = None, calibration: dict | None = None,
-                 threshold_source: str = "", findings: dict | None = None):
+                 threshold_source: str = "", findings: dict | None = None, operating_curve: dict | None = None):
         self.detector, self.classifier = detector, classifier
         self.threshold, self.description = float(threshold), description
         self.fingerprint = fingerprint
@@ -221,6 +228,7 @@ class PipelineModels:
         self.calibration = calibration  # image score -> P(malignant) (plain JSON numbers), if shipped
         self.threshold_source = threshold_source
         self.findings = findings  # box-level P(true lesion) and P(malignant) maps (plain JSON numbers), if shipped
+        self.operating_curve = operating_curve  # OOF sensitivity / specificity per probability threshold, if shipped
 
     def probability(self, score: float) -> float | None:
         """The calibrated P(malignant) of an image score; None when the models ship no calibration map."""
@@ -243,7 +251,8 @@ class PipelineModels:
         info = bundle.classifier / "calibration.json"
         calibrated = bool(json.loads(info.read_text()).get("calibrated")) if info.is_file() else None
         return cls(detector, classifier, bundle.threshold, bundle.description, bundle_fingerprint(bundle), calibrated,
-                   bundle.info.get("stacker"), bundle.calibration, bundle.threshold_source, bundle.findings)
+                   bundle.info.get("stacker"), bundle.calibration, bundle.threshold_source, bundle.findings,
+                   bundle.operating_curve)
 
     def close(self) -> None:
         self.detector.close()

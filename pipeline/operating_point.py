@@ -322,6 +322,25 @@ def operating_curve(y, p, steps: int = CURVE_STEPS) -> dict:
             "n": int(len(y)), "n_positive": int(np.sum(y))}
 
 
+def check_curve(curve) -> dict | None:
+    """An operating curve as `operating_curve` writes it, checked, with None for an undefined figure (NaN is not
+    JSON a browser parses); None when absent. ValueError for one that is malformed (the slider would show
+    wrong numbers)."""
+    if not curve:
+        return None
+    p, sens, spec = (np.asarray(curve[k], dtype=float) for k in ("probability", "sensitivity", "specificity"))
+    if not (p.ndim == 1 and len(p) >= 2 and p.shape == sens.shape == spec.shape):
+        raise ValueError("operating curve: probability, sensitivity and specificity must be lists of one length")
+    if not (np.all(np.diff(p) > 0) and p[0] >= 0 and p[-1] <= 1):
+        raise ValueError("operating curve: probability thresholds must increase within [0, 1]")
+    for name, v in (("sensitivity", sens), ("specificity", spec)):
+        if not np.all((np.isnan(v)) | ((v >= 0) & (v <= 1))):
+            raise ValueError(f"operating curve: {name} outside [0, 1]")
+    return {"probability": p.tolist(), "sensitivity": [None if np.isnan(v) else v for v in sens.tolist()],
+            "specificity": [None if np.isnan(v) else v for v in spec.tolist()],
+            "n": int(curve.get("n", 0)), "n_positive": int(curve.get("n_positive", 0))}
+
+
 # --- shipping the choice ----------------------------------------------------------------------------------
 def read_operating_point(path) -> dict:
     """operating_point.json of a `pipeline cross-validate` run, checked (a clear error naming the file)."""

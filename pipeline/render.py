@@ -94,8 +94,26 @@ def _label(img, text: str, org, scale: float) -> None:
     cv2.putText(img, text, org, FONT, scale, (255, 255, 255), _thickness(scale), cv2.LINE_AA)
 
 
-def three_panels(image: np.ndarray, heat: np.ndarray, boxes, labels, threshold_text: str = "") -> np.ndarray:
-    """image: original grid float [0,1]; heat: any grid of the same aspect, [0,1]; boxes in original pixels."""
+DASH = 10  # pixels of a dashed box's dash and gap (panel pixels)
+LEGEND = "solid box: scores the image, dashed: other finding"
+
+
+def dashed_rectangle(img: np.ndarray, p1, p2, colour, thickness: int) -> None:
+    """A rectangle outlined in dashes (OpenCV draws only solid ones): a finding that does not score the image."""
+    (x1, y1), (x2, y2) = p1, p2
+    for a, b, fixed, horizontal in ((x1, x2, y1, True), (x1, x2, y2, True), (y1, y2, x1, False), (y1, y2, x2, False)):
+        for start in range(a, b, 2 * DASH):
+            end = min(start + DASH, b)
+            cv2.line(img, (start, fixed) if horizontal else (fixed, start), (end, fixed) if horizontal else (fixed, end),
+                     colour, thickness)
+
+
+def three_panels(image: np.ndarray, heat: np.ndarray, boxes, labels, threshold_text: str = "",
+                 dashed=None) -> np.ndarray:
+    """image: original grid float [0,1]; heat: any grid of the same aspect, [0,1]; boxes in original pixels.
+    `dashed`: per box, True for a finding that does not score the image (drawn dashed; the overlay's title then
+    carries the legend)."""
+    dashed = list(dashed) if dashed is not None else [False] * len(boxes)
     h, w = image.shape[:2]
     s = PANEL_HEIGHT / h
     size = (max(1, round(w * s)), PANEL_HEIGHT)
@@ -108,11 +126,12 @@ def three_panels(image: np.ndarray, heat: np.ndarray, boxes, labels, threshold_t
     overlay = (base * (1 - alpha) + heat_bgr * alpha).astype(np.uint8)
     for i, (box, label) in enumerate(zip(boxes, labels), start=1):
         x1, y1, x2, y2 = (int(round(v * s)) for v in box)
-        cv2.rectangle(overlay, (x1, y1), (x2, y2), (255, 255, 255), 2)
+        (dashed_rectangle if dashed[i - 1] else cv2.rectangle)(overlay, (x1, y1), (x2, y2), (255, 255, 255), 2)
         _label(overlay, f"{i}: {label}", (x1, max(18, y1 - 6)), 0.6)
     cam = np.concatenate([cam, colour_bar(PANEL_HEIGHT)], axis=1)
     panels = [base, cam, overlay]
-    titles = ["image", "Grad-CAM (malignant evidence, 0-1)", f"overlay {threshold_text}".strip()]
+    legend = f"; {LEGEND}" if any(dashed) else ""
+    titles = ["image", "Grad-CAM (malignant evidence, 0-1)", f"overlay {threshold_text}".strip() + legend]
     band_h, text_boxes = title_layout(titles, [p.shape[1] for p in panels])
     gap = np.full((PANEL_HEIGHT, GAP, 3), 255, np.uint8)
     body = np.concatenate([panels[0], gap, panels[1], gap, panels[2]], axis=1)

@@ -19,6 +19,9 @@ from mammo.atomic import atomic_write_text
 from mammo.config import AGGREGATES
 
 CSV_COLUMNS = ["image_id", "source", "probability", "score", "n_lesions", "status", "error"]
+# Beside the results when the models ship an out-of-fold operating curve (sensitivity and specificity per
+# probability threshold, pipeline.operating_point.operating_curve): what the review app's slider reads.
+CURVE_FILE = "operating_curve.json"
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """Train both stages on one patient-level split and package them as a model bundle, in one command.
 
 detector (export-dataset + train) -> classifier (train, calibrated on validation) -> the image-level operating
-threshold chosen on the validation images (max F-beta of the image score) -> bundle folder with pipeline.json.
+threshold chosen on the validation images (max F-beta of the image score), or the settings `cross-validate` chose
+out of fold (--operating-point) -> bundle folder with pipeline.json.
 The demo bundle (synthetic data) and the shipped MIAS bundle are both made here.
 """
 from __future__ import annotations
@@ -67,7 +68,8 @@ def train_all(cfg: Config, out_dir, work_dir, *, description: str, progress: boo
 
         print(f"== 3/{steps} single-stage baseline (whole breast)")
         extra["baseline"] = train_baseline(cfg_split, work_dir / "baseline", progress=progress)
-    print(f"== {steps}/{steps} operating threshold on the validation images")
+    print(f"== {steps}/{steps} operating threshold " + ("on the validation images" if operating_point is None else
+                                                         f"chosen on {operating_point['source']}"))
     summary = make_bundle(cfg_split, work_dir / "detector" / "weights" / "best.pt", work_dir / "classifier",
                           out_dir, description=description, progress=progress, extra=extra,
                           baseline_dir=work_dir / "baseline" if baseline else None,

@@ -293,8 +293,60 @@ def test_export_rois_decides_at_the_operating_threshold_in_force(tmp_path):
     rows = list(csv.DictReader(open(tmp_path / "review" / "rois.csv")))
     page = (tmp_path / "review" / "index.html").read_text()
     assert rows and all(float(r["malignancy"]) >= 0.2 for r in rows)
-    assert "operating threshold 0.20" in page
+    assert "operating threshold on the image score 0.2000" in page
+    assert all(r["image_decision"] == "malignant" for r in rows)  # every image's score (max malignancy) >= 0.2
     assert page.count('data-pred="malignant"') == len(rows) and 'data-pred="not-malignant"' not in page
+
+
+def test_export_rois_shows_what_infer_shows_with_both_probabilities(tmp_path):
+    """export-rois goes through infer's analyse_image: the same boxes, each marked (scores the image, finding)
+    with its P(lesion) and P(malignant), beside its image's score, probability and call; the true lesions are
+    rows of their own; no path in the CSV; the threshold on the sheet to 4 decimals, on both scales."""
+    from mammo.annotations import read_annotations
+    from mammo.calibration import apply_calibration
+    from mammo.config import DetectorConfig
+    from pipeline.export import ROI_COLUMNS, export_rois
+    from pipeline.infer import run_inference
+    from pipeline.results import read_results
+    from standins import blob_detector, bright_spot_classifier
+
+    data = write_synthetic_dataset(tmp_path / "data", 3, seed=9, n_lesions=2)
+    images = sorted((data.parent / "images").iterdir())
+    cal = {"method": "platt", "a": 0.5, "b": 1.0}
+    findings = {"p_lesion": {"method": "platt", "a": 2.0, "b": -1.0}, "p_malignant": {"method": "identity"}}
+    detector = blob_detector(DetectorConfig(imgsz=256, conf=0.01, max_det=1, findings_conf=0.01))
+    models = PipelineModels(detector, bright_spot_classifier(64), 0.0229, calibration=cal, findings=findings)
+    cfg = load_config()
+    export_rois(images, tmp_path / "review", models, cfg, progress=False)
+    run_inference(images, tmp_path / "infer", models, cfg, progress=False)
+    rows = list(csv.DictReader(open(tmp_path / "review" / "rois.csv")))
+    assert list(rows[0].keys()) == ROI_COLUMNS
+    inferred = {r.image_id: r for r in read_results(tmp_path / "infer")}
+    assert {r["image_id"] for r in rows} == set(inferred)
+    for image_id, result in inferred.items():
+        mine = [r for r in rows if r["image_id"] == image_id]
+        assert np.allclose(sorted((float(r["x1"]), float(r["y1"])) for r in mine),
+                           sorted((l.box[0], l.box[1]) for l in result.lesions), atol=0.1)
+        assert sum(r["scores_image"] == "yes" for r in mine) == 1  # max_det 1: one box scores the image
+        assert all(r["finding"] == "yes" for r in mine)
+        for r in mine:
+            assert float(r["image_score"]) == pytest.approx(result.score, abs=1e-5)
+            assert float(r["image_probability"]) == pytest.approx(result.probability, abs=1e-4)
+            assert r["image_decision"] == result.decision
+            d = float(r["detector_score"])
+            assert float(r["p_lesion"]) == pytest.approx(apply_calibration(findings["p_lesion"], [d])[0], abs=2e-4)
+            assert float(r["p_malignant"]) == pytest.approx(d * float(r["malignancy"]), abs=2e-4)
+    page = (tmp_path / "review" / "index.html").read_text()
+    assert "operating threshold on the image score 0.0229 (P(malignant) " in page
+    assert f"{apply_calibration(cal, [0.0229])[0]:.4f})" in page
+    assert str(tmp_path) not in (tmp_path / "review" / "rois.csv").read_text()
+    # with the truth: the annotated lesions as rows of kind 'true', numbers that do not apply left empty
+    truth = read_annotations("csv", data)
+    export_rois([], tmp_path / "truth", models, cfg, truth, progress=False)
+    true = [r for r in csv.DictReader(open(tmp_path / "truth" / "rois.csv")) if r["kind"] == "true"]
+    assert len(true) == sum(len(r.boxed_lesions) for r in truth.images)
+    assert all(r["detector_score"] == r["p_lesion"] == r["scores_image"] == r["finding"] == "" for r in true)
+    assert all(r["image_score"] != "" for r in true)
 
 
 def test_evaluate_with_a_trained_single_stage_baseline_side_by_side(tiny_bundle, tmp_path):

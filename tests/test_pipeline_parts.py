@@ -203,6 +203,25 @@ def test_evaluate_matches_sklearn_and_writes_reports(tmp_path):
     assert "| image | two-stage |" in (tmp_path / "eval" / "metrics.md").read_text()
 
 
+def test_evaluate_states_how_the_results_own_threshold_was_chosen(tmp_path):
+    """The threshold source is the one infer recorded in the results, never a guess ('chosen on validation'
+    was printed for a threshold chosen out of fold)."""
+    import dataclasses
+
+    records, results = _records_and_results(tmp_path, np.random.default_rng(1))
+    oof = "chosen on 5-fold patient-level cross-validation, out-of-fold predictions"
+    for i, r in enumerate(results):
+        write_result(tmp_path / "oof", dataclasses.replace(r, threshold_source=oof))
+        write_result(tmp_path / "mixed", dataclasses.replace(r, threshold_source=oof if i else "given"))
+    report = evaluate(tmp_path / "oof", records, tmp_path / "eval", n_boot=5)
+    assert report["threshold_source"] == oof
+    text = (tmp_path / "eval" / "metrics.md").read_text()
+    assert oof in text and "on validation" not in text and "validation split" not in text
+    mixed = evaluate(tmp_path / "mixed", records, tmp_path / "eval2", n_boot=5)["threshold_source"]
+    assert oof in mixed and "given" in mixed and "more than one way" in mixed
+    assert evaluate(tmp_path / "oof", records, tmp_path / "eval3", threshold=0.3, n_boot=5)["threshold_source"] == "given"
+
+
 def tiny_keras_model(path, compile_and_fit: bool = False):
     """A real (tiny) Keras model file: the bundle writer loads and re-saves classifiers."""
     import keras
@@ -265,6 +284,42 @@ def test_bundle_without_manifest_warns_and_shipped_requires_it(tmp_path, capsys)
         read_bundle(root, require_manifest=True)
 
 
+def test_infer_writes_the_models_operating_curve_beside_its_results(tmp_path):
+    """The slider's curve travels with the results it describes: infer's run plan writes the models' curve as
+    operating_curve.json (checked), and removes a stale one when the folder is redone with models without one;
+    a bundle with a malformed curve is refused."""
+    from types import SimpleNamespace
+
+    from mammo.config import load_config
+    from mammo.errors import WeightsError
+    from pipeline.infer import plan_run
+    from pipeline.models import read_bundle
+    from pipeline.operating_point import operating_curve
+    from pipeline.results import CURVE_FILE
+
+    image = tmp_path / "in" / "a.png"
+    image.parent.mkdir()
+    cv2.imwrite(str(image), np.zeros((40, 30), np.uint8))
+    curve = operating_curve(np.array([0, 1, 1, 0]), np.array([0.1, 0.7, 0.4, 0.3]))
+    models = SimpleNamespace(threshold=0.02, fingerprint="m", stacker=None, calibration=None, findings=None,
+                             operating_curve=curve)
+    plan_run([image], tmp_path / "out", models, load_config())
+    written = json.loads((tmp_path / "out" / CURVE_FILE).read_text())
+    assert written["sensitivity"] == curve["sensitivity"] and written["probability"] == curve["probability"]
+    plan_run([image], tmp_path / "out", SimpleNamespace(**{**vars(models), "operating_curve": None}), load_config(),
+             overwrite=True)
+    assert not (tmp_path / "out" / CURVE_FILE).exists()
+
+    root = _fake_bundle(tmp_path)
+    info = json.loads((root / "pipeline.json").read_text())
+    (root / "pipeline.json").write_text(json.dumps({**info, "operating_curve": {**curve, "sensitivity": [2.0] * 101}}))
+    (root / "MANIFEST.sha256").unlink()
+    with pytest.raises(WeightsError, match="sensitivity outside"):
+        read_bundle(root)
+    (root / "pipeline.json").write_text(json.dumps({**info, "operating_curve": curve}))
+    assert read_bundle(root).operating_curve == curve
+
+
 @pytest.mark.parametrize("package,commands", [
     ("pipeline", ["infer", "evaluate", "export-rois", "benchmark", "train-baseline", "train-all", "bundle"]),
     ("detector", ["export-dataset", "train", "predict", "evaluate"]),
@@ -282,6 +337,20 @@ def test_every_entry_point_explains_its_commands(package, commands):
     for command in commands:
         assert command in out.stdout
     assert "examples" in out.stdout
+
+
+def test_overlay_draws_the_scoring_box_solid_and_other_findings_dashed():
+    from pipeline.render import PANEL_HEIGHT, overlay_panel, three_panels
+
+    image, heat = np.zeros((PANEL_HEIGHT, 600), np.float32), np.zeros((64, 38), np.float32)
+    figure = three_panels(image, heat, [[100, 100, 300, 300], [100, 500, 300, 700]], ["0.9", "0.4"],
+                          dashed=[False, True])
+    panel = overlay_panel(figure)
+    solid, dashed = panel[100, 120:280].min(axis=1), panel[500, 120:280].min(axis=1)  # each box's top edge
+    assert (solid > 200).all()  # an unbroken white line
+    assert 0.4 < (dashed > 200).mean() < 0.8 and (dashed < 50).mean() > 0.2  # dashes (line caps widen them), gaps
+    plain = overlay_panel(three_panels(image, heat, [[100, 500, 300, 700]], ["0.4"]))
+    assert (plain[500, 120:280].min(axis=1) > 200).all()  # without `dashed`, every box solid as before
 
 
 def test_json_decision_stays_consistent_at_the_threshold(tmp_path):

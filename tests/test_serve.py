@@ -703,3 +703,96 @@ def test_verdicts_survive_restart_and_sigkill_mid_write(served, tiny_bundle, tmp
     assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     saved = {(r, c) for r, c in db.execute("SELECT reader, value FROM verdicts WHERE field = 'comment'")}
     assert set(acknowledged) <= saved
+
+
+# --- the threshold slider's scale and the API's probability fields -----------------------------------------------
+def test_fallback_scale_puts_the_shipped_threshold_at_the_middle_and_round_trips():
+    from types import SimpleNamespace
+
+    from pipeline.serve.scale import slider_scale, to_position, to_value
+
+    ranked = [SimpleNamespace(score=0.3, probability=None), SimpleNamespace(score=0.01, probability=0.1)]
+    scale = slider_scale(ranked, 0.0229, shipped_probability=0.2)  # one image without a probability: the score
+    assert scale["kind"] == "score" and scale["shipped_position"] == pytest.approx(0.5)
+    assert scale["shipped_value"] == 0.0229
+    values = np.r_[0.0, np.geomspace(1e-4, 1, 60)]
+    positions = [to_position(scale, v) for v in values]
+    assert np.all(np.diff(positions) > 0) and positions[0] == 0 and positions[-1] == 1  # strictly monotone
+    assert [to_value(scale, p) for p in positions] == pytest.approx(values, abs=1e-12)  # round trip
+    assert to_position(scale, 0.0228) < 0.5 < to_position(scale, 0.023)  # calls on either side keep their side
+    for edge in (0.0, 1.0):  # a threshold at an end: an increasing scale still, and its mark at the exact value
+        s = slider_scale(ranked, edge)
+        assert np.all(np.diff(s["values"]) > 0) and to_value(s, s["shipped_position"]) == edge
+
+
+def test_probability_scale_is_the_probability_itself():
+    from types import SimpleNamespace
+
+    from pipeline.serve.scale import result_value, slider_scale, to_position, to_value
+
+    results = [SimpleNamespace(score=0.04, probability=0.31), SimpleNamespace(score=0.001, probability=0.02)]
+    scale = slider_scale(results, 0.0229, shipped_probability=0.27)
+    assert scale["kind"] == "probability" and scale["shipped_position"] == pytest.approx(0.27)
+    assert to_position(scale, 0.62) == pytest.approx(0.62) and to_value(scale, 0.62) == pytest.approx(0.62)
+    assert [result_value(scale, r) for r in results] == [0.31, 0.02]
+    assert slider_scale(results, 0.0229)["kind"] == "score"  # no threshold on the probability: no such scale
+
+
+def write_probable(run: Path, curve: dict | None) -> None:
+    """Two results of models with a calibration map and a findings rule: a box that scores the image and a
+    finding beside it; `curve` is written as infer writes it beside them."""
+    from pipeline.results import CURVE_FILE
+
+    source = write_png(run.parent / "probable.png", 5, 1, shape=(200, 300))  # tiles need a real original
+    lesions = [LesionResult([10, 10, 40, 40], 0.6, 0.99, finding=True, scores_image=True, p_lesion=0.55,
+                            p_malignant=0.3),
+               LesionResult([100, 80, 130, 120], 0.3, 0.4, finding=True, scores_image=False, p_lesion=0.2,
+                            p_malignant=0.05)]
+    for image_id, score, p in (("prob_a", 0.594, 0.41), ("prob_b", 0.004, 0.03)):
+        write_result(run, ImageResult(image_id, str(source), 300, 200, score, 0.0229,
+                                      "malignant" if score >= 0.0229 else "not malignant",
+                                      lesions if image_id == "prob_a" else [], probability=p,
+                                      probability_threshold=0.12,
+                                      threshold_source="chosen on 5-fold cross-validation OOF predictions"))
+    if curve is not None:
+        (run / CURVE_FILE).write_text(json.dumps(curve))
+
+
+def test_api_carries_the_probability_the_findings_and_the_curve(tmp_path):
+    from pipeline.operating_point import operating_curve
+
+    run = tmp_path / "run"
+    curve = operating_curve(np.array([0, 0, 1, 1, 0, 1]), np.array([0.05, 0.2, 0.3, 0.8, 0.5, 0.9]))
+    write_probable(run, curve)
+    client = TestClient(create_app([run]), base_url=LOCAL)
+    listing = client.get("/api/images").json()
+    assert listing["scale"]["kind"] == "probability" and listing["scale"]["shipped_position"] == pytest.approx(0.12)
+    assert listing["operating_curve"]["sensitivity"] == curve["sensitivity"]
+    assert [(r["image_id"], r["value"]) for r in listing["images"]] == [("prob_a", 0.41), ("prob_b", 0.03)]
+    info = client.get("/api/images/0/prob_a").json()
+    assert (info["probability"], info["probability_threshold"], info["value"]) == (0.41, 0.12, 0.41)
+    assert info["threshold_source"] == "chosen on 5-fold cross-validation OOF predictions"
+    assert [(l["finding"], l["scores_image"], l["p_lesion"], l["p_malignant"]) for l in info["lesions"]] == [
+        (True, True, 0.55, 0.3), (True, False, 0.2, 0.05)]
+    page = client.get("/").text
+    assert "threshold on P(malignant)" in page and 'style="left: 12.0000%"' in page  # the shipped mark
+    assert "P(malignant)</th>" in page and 'data-value="0.41000000"' in page
+    # without the curve file the page says so, and a scale without a probability has no curve either
+    (run / "operating_curve.json").unlink()
+    bare = TestClient(create_app([run]), base_url=LOCAL)
+    assert bare.get("/api/images").json()["operating_curve"] is None
+    assert "no out-of-fold curve for these models" in bare.get("/view/0/prob_a").text
+    write_result(run, ImageResult("old", "/nowhere/b.png", 30, 20, 0.5, 0.0229, "malignant"))  # no probability
+    write_probable(run, curve)
+    mixed = TestClient(create_app([run]), base_url=LOCAL).get("/api/images").json()
+    assert mixed["scale"]["kind"] == "score" and mixed["operating_curve"] is None
+    assert mixed["scale"]["shipped_position"] == pytest.approx(0.5)
+
+
+def test_a_malformed_curve_file_is_an_error_naming_it(tmp_path):
+    from mammo.errors import MammoError
+
+    run = tmp_path / "run"
+    write_probable(run, {"probability": [0, 1], "sensitivity": [1.0], "specificity": [0.0, 1.0]})
+    with pytest.raises(MammoError, match="operating_curve.json"):
+        create_app([run])

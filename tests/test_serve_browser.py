@@ -3,6 +3,7 @@ through worklist -> viewer -> heatmap -> threshold -> verdict -> CSV export. Ski
 playwright (fails under CI: tests/ci.py)."""
 import mammo.runtime  # noqa: F401  (must stay the first import)
 
+import contextlib
 import csv
 import shutil
 import socket
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from ci import unavailable
-from test_serve import KNOWN, served  # noqa: F401  (the module fixture: run folder, models, app)
+from test_serve import KNOWN, served, write_probable  # noqa: F401  (the module fixture: run folder, models, app)
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
@@ -27,26 +28,46 @@ def chromium() -> str:
     return path
 
 
-@pytest.fixture()
-def live_server(served):  # noqa: F811
+@contextlib.contextmanager
+def running(app):
+    """`app` under uvicorn on a free port; yields its base URL."""
     import uvicorn
-
-    client, run, models, cfg, _ = served
-    from pipeline.serve.app import create_app
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app([run], models, cfg, models.threshold), host="127.0.0.1",
-                                           port=port, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     end = time.time() + 30
     while not server.started and time.time() < end:
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", run
-    server.should_exit = True
-    thread.join(timeout=30)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+@pytest.fixture()
+def live_server(served):  # noqa: F811
+    client, run, models, cfg, _ = served
+    from pipeline.serve.app import create_app
+
+    with running(create_app([run], models, cfg, models.threshold)) as base:
+        yield base, run
+
+
+def browser_page(p, errors):
+    """A headless Debian chromium page that records page errors (skips without chromium or playwright)."""
+    browser = p.chromium.launch(executable_path=chromium(), args=CHROMIUM_ARGS)
+    page = browser.new_page(viewport={"width": 1400, "height": 860}, accept_downloads=True)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    return browser, page
+
+
+def slide(page, selector, value):  # what dragging a range input does: set the value, fire 'input'
+    page.eval_on_selector(selector, "(s, v) => { s.value = v; s.dispatchEvent(new Event('input')); }", value)
 
 
 @pytest.mark.slow
@@ -55,17 +76,15 @@ def test_review_in_a_real_browser(live_server, tmp_path):
         from playwright import sync_api as playwright
     except ImportError:
         unavailable("the playwright package is not installed (requirements-test.txt)")
-    executable = chromium()
+    chromium()
     base, run = live_server
     errors = []
     with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 860}, accept_downloads=True)
-        page.on("pageerror", lambda e: errors.append(str(e)))
-
-        def slide(selector, value):  # what dragging a range input does: set the value, fire 'input'
-            page.eval_on_selector(selector, "(s, v) => { s.value = v; s.dispatchEvent(new Event('input')); }", value)
+        browser, page = browser_page(p, errors)
         page.goto(base + "/")
+        # these models have no calibration map: the slider runs on the score, the shipped threshold at its middle
+        assert page.inner_text("#oof") == "no out-of-fold curve for these models"
+        assert page.get_attribute("#shipped-pin", "style") == "left: 50.0000%"
         rows = page.locator("#worklist tbody tr")
         assert rows.count() >= 4 and "of" in page.inner_text("#count")
         # filters and keyboard: 'not reviewed' keeps our image; j moves the cursor
@@ -82,14 +101,17 @@ def test_review_in_a_real_browser(live_server, tmp_path):
         assert page.evaluate("heatItem.getOpacity()") == 0
         page.check("#show-heatmap")
         assert page.evaluate("heatItem.getOpacity()") > 0
-        # the threshold below, then above the image's score (0.8) and its boxes' malignancy (0.8, 0.5)
-        slide("#threshold", 0.45)
+        # the threshold below, then above the image's score (0.8), at the slider positions the page's scale gives
+        from pipeline.serve.scale import to_position
+
+        low, high = (to_position(page.evaluate("window.mammoScale"), v) for v in (0.45, 0.95))
+        slide(page, "#threshold", low)
         assert page.inner_text("#decision") == "malignant" and page.locator(".box.pos").count() == 2
-        slide("#threshold", 0.95)
+        slide(page, "#threshold", high)
         assert page.inner_text("#decision") == "not malignant"
         assert page.locator(".box.pos").count() == 0
         # window/level: new tiles load
-        slide("#win-width", 0.5)
+        slide(page, "#win-width", 0.5)
         page.wait_for_selector("body[data-tiles-loaded='1']", state="attached", timeout=60_000)
         # a verdict on box 1 and on the image
         page.fill("#reader", "Dr Browser")
@@ -107,7 +129,7 @@ def test_review_in_a_real_browser(live_server, tmp_path):
 
         # back to the worklist: the threshold carried over, the image is reviewed, the CSV has the verdict
         page.click("#back")
-        assert page.input_value("#threshold") == "0.95"
+        assert float(page.input_value("#threshold")) == pytest.approx(high)
         row = page.locator(f"tr[data-id='{KNOWN}']")
         assert row.get_attribute("data-reviewed") == "yes" and row.locator(".decision").inner_text() == "not malignant"
         with page.expect_download() as download:
@@ -121,3 +143,62 @@ def test_review_in_a_real_browser(live_server, tmp_path):
     assert (box["image_id"], box["lesion"], box["pathology"]) == (KNOWN, "true lesion", "malignant")
     image = next(r for r in rows if r["reader"] == "Dr Browser" and r["box"] == "")
     assert (image["agreement"], image["comment"]) == ("disagree", "threshold too low for this one")
+
+
+@pytest.mark.slow
+def test_slider_on_the_probability_shows_the_out_of_fold_curve(tmp_path):
+    """Results with a probability and the curve infer wrote beside them: the slider runs on P(malignant), the
+    shipped point stays marked, the header reads the curve's sensitivity and specificity at the slider's
+    position and changes as it moves; the box that scores the image is solid, the other finding dashed."""
+    try:
+        from playwright import sync_api as playwright
+    except ImportError:
+        unavailable("the playwright package is not installed (requirements-test.txt)")
+    import numpy as np
+
+    from pipeline.operating_point import operating_curve
+    from pipeline.serve.app import create_app
+
+    run = tmp_path / "run"
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 200)
+    curve = operating_curve(y, np.clip(0.35 * y + rng.uniform(0, 0.65, 200), 0, 1))
+    write_probable(run, curve)
+    errors = []
+    with running(create_app([run])) as base, playwright.sync_playwright() as p:
+        browser, page = browser_page(p, errors)
+        page.goto(base + "/view/0/prob_a")
+        page.wait_for_selector("body[data-tiles-loaded='1']", state="attached", timeout=60_000)
+
+        def reads(i):  # the header's words for the curve's i-th threshold
+            return (f"out of fold at {curve['probability'][i]:.2f}: sensitivity {curve['sensitivity'][i]:.2f}, "
+                    f"specificity {curve['specificity'][i]:.2f}")
+        assert page.get_attribute("#shipped-pin", "style") == "left: 12.0000%"  # the shipped point, marked
+        assert page.get_attribute("#shipped-mark option", "value") == "0.120000"
+        assert page.inner_text("#oof") == reads(12) and "P \u2265 0.120" in page.inner_text("#threshold-value")
+        assert page.inner_text("#decision") == "malignant"  # P 0.41 >= 0.12
+        slide(page, "#threshold", 0.6)
+        assert page.inner_text("#oof") == reads(60) != reads(12)
+        assert page.inner_text("#decision") == "not malignant"
+        assert page.locator(".box.pos").count() == 0
+        slide(page, "#threshold", 0.3)
+        assert page.inner_text("#oof") == reads(30) and page.inner_text("#decision") == "malignant"
+        assert page.locator(".box.scoring.pos").count() == 1  # red: it scores an image called malignant
+        style = "e => getComputedStyle(e).borderTopStyle"
+        assert page.eval_on_selector(".box.scoring", style) == "solid"
+        assert page.eval_on_selector(".box.finding-only", style) == "dashed"
+        assert "scores the image" in page.inner_text("#summary") and "other finding" in page.inner_text("#summary")
+        assert "P(malignant) 0.30" in page.inner_text("#box-0")
+        screenshot = tmp_path / "serve-probability.png"
+        page.screenshot(path=str(screenshot))
+        if NOTES_SCREENSHOT.parent.is_dir():
+            shutil.copyfile(screenshot, NOTES_SCREENSHOT.with_name("serve-probability-slider.png"))
+        page.click("#threshold-reset")
+        assert page.inner_text("#oof") == reads(12)
+        # the worklist shares the position and calls each image on its probability
+        page.goto(base + "/")
+        assert page.input_value("#threshold") == "0.12"
+        calls = {r: page.locator(f"tr[data-id='{r}'] .decision").inner_text() for r in ("prob_a", "prob_b")}
+        assert calls == {"prob_a": "malignant", "prob_b": "not malignant"}
+        browser.close()
+    assert not errors, errors

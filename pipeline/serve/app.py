@@ -23,6 +23,7 @@ from mammo.errors import ImageReadError
 from mammo.imaging import MAX_PIXELS
 from pipeline.serve.files import NotFound, RunSet, safe_file
 from pipeline.serve.jobs import MAX_UPLOAD_BYTES, RETRY_AFTER_SECONDS, Busy, UploadError, Uploads
+from pipeline.serve.scale import NO_CURVE, app_curve, result_value, slider_scale
 from pipeline.serve.security import AccessMiddleware
 from pipeline.serve.tiles import PyramidCache, encode_jpeg, heatmap_rgba, max_level, thumbnail, TILE
 from pipeline.serve.verdicts import VerdictError, VerdictStore
@@ -50,7 +51,7 @@ async def bounded_body(request: Request, limit: int) -> bytes:
 def create_app(run_dirs, models=None, cfg=None, threshold: float | None = None, token: str | None = None) -> FastAPI:
     """`run_dirs`: folders written by `pipeline infer` (created when missing; uploads go to the first);
     `models`/`cfg`: loaded PipelineModels and their config, for uploads (None: uploads are refused);
-    `threshold`: the shipped operating point marked on the threshold control."""
+    `threshold`: the shipped operating point marked on the threshold control (on the image score)."""
     from pipeline.ids import resolve_salt
 
     runs = RunSet(run_dirs, resolve_salt(cfg.pipeline.id_salt) if cfg is not None else None)
@@ -60,8 +61,19 @@ def create_app(run_dirs, models=None, cfg=None, threshold: float | None = None, 
     max_pixels = cfg.run.max_pixels if cfg is not None else MAX_PIXELS  # tiles decode within the same limit
     pyramids = PyramidCache(max_pixels=max_pixels)
     uploads = Uploads(runs, models, cfg, threshold) if models is not None else None
+    results = [r for run in runs.runs for r in run.results.values()]
     if threshold is None:
-        threshold = next((r.threshold for run in runs.runs for r in run.results.values()), 0.5)
+        threshold = next((r.threshold for r in results), 0.5)
+    if hasattr(models, "probability"):  # loaded models (tests hand in stand-ins without one)
+        shipped_probability = models.probability(threshold)
+    else:  # the threshold on the probability, as the results state it
+        shipped_probability = next((r.probability_threshold for r in results if r.threshold == threshold
+                                    and r.probability_threshold is not None), None)
+    # the slider's scale and the out-of-fold curve it reads, fixed for the server's life: uploads are analysed
+    # by the same models (the folder's fingerprint refuses others), so they add images on the same scale
+    scale = slider_scale(results, threshold, shipped_probability)
+    curve = app_curve(runs.runs, models) if scale["kind"] == "probability" else None
+    page = {"threshold": threshold, "scale": scale, "curve": curve, "no_curve": NO_CURVE}
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -93,9 +105,10 @@ def create_app(run_dirs, models=None, cfg=None, threshold: float | None = None, 
         for run, store in zip(runs.runs, stores):
             reviewed = store.reviewed_images()
             for r in sorted(run.results.values(), key=lambda r: -r.score):
-                out.append({"run": run.index, "image_id": r.image_id, "score": r.score, "threshold": r.threshold,
-                            "decision": r.decision, "n_boxes": len(r.lesions), "reviewed": r.image_id in reviewed,
-                            "width": r.width, "height": r.height})
+                out.append({"run": run.index, "image_id": r.image_id, "score": r.score,
+                            "probability": r.probability, "value": result_value(scale, r),
+                            "threshold": r.threshold, "decision": r.decision, "n_boxes": len(r.lesions),
+                            "reviewed": r.image_id in reviewed, "width": r.width, "height": r.height})
         return out
 
     @app.get("/favicon.ico")
@@ -105,27 +118,29 @@ def create_app(run_dirs, models=None, cfg=None, threshold: float | None = None, 
     @app.get("/", response_class=HTMLResponse)
     def worklist(request: Request):
         return templates.TemplateResponse(request, "worklist.html", {
-            "rows": rows(), "runs": runs.runs, "threshold": threshold, "can_upload": uploads is not None})
+            **page, "rows": rows(), "runs": runs.runs, "can_upload": uploads is not None})
 
     @app.get("/view/{run}/{image_id}", response_class=HTMLResponse)
     def viewer(request: Request, run: int, image_id: str):
         runs.result(run, image_id)
-        return templates.TemplateResponse(request, "viewer.html", {
-            "run": run, "image_id": image_id, "threshold": threshold})
+        return templates.TemplateResponse(request, "viewer.html", {**page, "run": run, "image_id": image_id})
 
     @app.get("/api/images")
     def list_images():
-        return {"threshold": threshold, "images": rows()}
+        return {"threshold": threshold, "scale": scale, "operating_curve": curve, "images": rows()}
 
     @app.get("/api/images/{run}/{image_id}")
     def image_info(run: int, image_id: str):
         r = runs.result(run, image_id)[1]
         return {"run": run, "image_id": r.image_id, "width": r.width, "height": r.height, "score": r.score,
-                "threshold": r.threshold, "shipped_threshold": threshold, "decision": r.decision,
+                "probability": r.probability, "probability_threshold": r.probability_threshold,
+                "threshold": r.threshold, "threshold_source": r.threshold_source, "value": result_value(scale, r),
+                "shipped_threshold": threshold, "decision": r.decision,
                 "aggregate": r.aggregate, "has_heatmap": bool(r.heatmap), "tile_size": TILE,
                 "max_level": max_level(r.width, r.height),
-                "lesions": [{"box": l.box, "detector_score": l.detector_score, "malignancy": l.malignancy}
-                            for l in r.lesions],
+                "lesions": [{"box": l.box, "detector_score": l.detector_score, "malignancy": l.malignancy,
+                             "finding": l.finding, "scores_image": l.scores_image, "p_lesion": l.p_lesion,
+                             "p_malignant": l.p_malignant} for l in r.lesions],
                 "verdicts": stores[run].current(image_id)}
 
     @app.get("/api/tiles/{run}/{image_id}/{level}/{col}_{row}.jpg")

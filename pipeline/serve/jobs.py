@@ -31,7 +31,7 @@ from mammo.errors import ImageReadError, MammoError
 from mammo.imaging import IMAGE_SUFFIXES, RASTER_SUFFIXES, check_size, raster_header_size, read_mammogram
 from pipeline.ids import IdAllocator
 from pipeline.infer import (FINGERPRINT_FILE, StepTimer, check_fingerprint, done_row, infer_image,
-                            output_fingerprint)
+                            output_fingerprint, write_operating_curve)
 from pipeline.results import write_predictions_csv
 
 MAX_UPLOAD_BYTES = 200 * 1024 * 1024  # a full-field DICOM is 20-60 MB uncompressed
@@ -187,6 +187,7 @@ class Uploads:
                 fingerprint = output_fingerprint(self.models, self.cfg, self.threshold)
                 check_fingerprint(run.root, fingerprint, bool(run.results))
                 atomic_write_text(run.root / FINGERPRINT_FILE, json.dumps(fingerprint, indent=2))
+                write_operating_curve(run.root, self.models)
                 allocate = IdAllocator(self.cfg.pipeline.image_id, self.cfg.pipeline.id_salt)
                 allocate.reserve(run.results.values())
                 meta = mammogram.meta

@@ -16,7 +16,23 @@ function tileSource() {
   };
 }
 
-function boxClass(lesion) { return lesion.malignancy >= window.mammoThreshold() ? 'pos' : 'neg'; }
+// The box that scores the image is red when the image is called malignant at the slider's threshold; the other
+// findings (shown by their own, lesion-level operating point) are dashed and never coloured by that call.
+function boxClass(lesion) {
+  return lesion.scores_image && decisionFor(info.value) === 'malignant' ? 'pos' : 'neg';
+}
+
+function boxKind(lesion) { return lesion.scores_image ? 'scoring' : 'finding-only'; }
+
+// A box's numbers: its calibrated P(malignant lesion) and P(true lesion) when the models have those maps, else
+// the crop classifier's malignancy and the detector's score.
+function boxNumbers(l) {
+  if (l.p_malignant !== null && l.p_malignant !== undefined) {
+    return `P(malignant) ${l.p_malignant.toFixed(2)}` +
+      (l.p_lesion !== null ? ` <small>P(lesion) ${l.p_lesion.toFixed(2)}</small>` : '');
+  }
+  return `${l.malignancy.toFixed(2)} <small>det ${l.detector_score.toFixed(2)}</small>`;
+}
 
 function drawBoxes() {
   viewer.clearOverlays();
@@ -25,9 +41,9 @@ function drawBoxes() {
   info.lesions.forEach((l, i) => {
     const [x1, y1, x2, y2] = l.box;
     const el = document.createElement('div');
-    el.className = 'box ' + boxClass(l) + (i % 2 ? ' below' : '');  // alternate labels: nested boxes stay legible
+    el.className = `box ${boxKind(l)} ${boxClass(l)}` + (i % 2 ? ' below' : '');  // alternate: nested stay legible
     el.id = 'box-' + i;
-    el.innerHTML = `<span>${i + 1}: ${l.malignancy.toFixed(2)} <small>det ${l.detector_score.toFixed(2)}</small></span>`;
+    el.innerHTML = `<span>${i + 1}: ${boxNumbers(l)}</span>`;
     el.addEventListener('click', () => document.getElementById('verdict-box-' + i).scrollIntoView());
     viewer.addOverlay({element: el, location: item.imageToViewportRectangle(x1, y1, x2 - x1, y2 - y1)});
   });
@@ -42,11 +58,18 @@ function zoomToBox(i, margin = 3) {
 }
 
 function summarize() {
-  const d = decisionFor(info.score);
-  $('summary').innerHTML = `score <b>${info.score.toFixed(3)}</b> &middot; at threshold ` +
-    `${window.mammoThreshold().toFixed(3)}: <b class="${d === 'malignant' ? 'pos' : 'neg'}" id="decision">${d}</b>` +
+  const d = decisionFor(info.value);
+  const number = info.probability !== null
+    ? `P(malignant) <b>${info.probability.toFixed(3)}</b> <small>(score ${info.score.toFixed(4)})</small>`
+    : `score <b>${info.score.toFixed(4)}</b>`;
+  const scoring = info.lesions.filter(l => l.scores_image).length;
+  $('summary').innerHTML = `${number} &middot; at threshold ${window.mammoFormat(window.mammoThreshold())}: ` +
+    `<b class="${d === 'malignant' ? 'pos' : 'neg'}" id="decision">${d}</b>` +
     ` &middot; ${info.lesions.length} box${info.lesions.length === 1 ? '' : 'es'} &middot; ` +
-    `${info.width} x ${info.height} px`;
+    `${info.width} x ${info.height} px` +
+    (info.threshold_source ? `<br><small>threshold ${info.threshold_source}</small>` : '') +
+    (info.lesions.length > scoring ? '<br><small class="legend"><span class="solid"></span> scores the image ' +
+      '<span class="dashed"></span> other finding</small>' : '');
   document.querySelectorAll('.box').forEach((el, i) => {
     el.classList.toggle('pos', boxClass(info.lesions[i]) === 'pos');
     el.classList.toggle('neg', boxClass(info.lesions[i]) === 'neg');
@@ -88,7 +111,10 @@ function buildVerdictForm() {
     const div = document.createElement('div');
     div.className = 'box-verdict';
     div.id = 'verdict-box-' + i;
-    div.innerHTML = `<b>box ${i + 1}</b> malignancy ${l.malignancy.toFixed(2)}, detector ${l.detector_score.toFixed(2)}` +
+    div.innerHTML = `<b>box ${i + 1}</b> ${l.scores_image ? '(scores the image)' : '(finding)'} ` +
+      `malignancy ${l.malignancy.toFixed(2)}, detector ${l.detector_score.toFixed(2)}` +
+      (l.p_malignant !== null ? `, P(malignant) ${l.p_malignant.toFixed(2)}` : '') +
+      (l.p_lesion !== null ? `, P(lesion) ${l.p_lesion.toFixed(2)}` : '') +
       `<br>${radios('lesion', ['true lesion', 'false positive', 'unsure'], i)}` +
       `<br>${radios('pathology', ['benign', 'malignant'], i)} <button type="button" class="zoom">zoom</button>`;
     div.querySelector('.zoom').addEventListener('click', () => zoomToBox(i));

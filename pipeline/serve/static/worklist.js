@@ -8,7 +8,7 @@ function visibleRows() { return allRows.filter(r => !r.hidden); }
 
 function recolour() {
   for (const r of allRows) {
-    const d = decisionFor(parseFloat(r.dataset.score));
+    const d = decisionFor(parseFloat(r.dataset.value));
     r.dataset.decision = d;
     const cell = r.querySelector('.decision');
     cell.textContent = d;
@@ -24,13 +24,13 @@ function applyFilters() {
   const hi = parseFloat(document.getElementById('f-max').value || '1');
   const sort = document.getElementById('f-sort').value;
   const key = {
-    'score-desc': r => -parseFloat(r.dataset.score), 'score-asc': r => parseFloat(r.dataset.score),
+    'score-desc': r => -parseFloat(r.dataset.value), 'score-asc': r => parseFloat(r.dataset.value),
     'boxes-desc': r => -parseInt(r.dataset.boxes), 'id': r => r.dataset.id,
-    'unreviewed': r => (r.dataset.reviewed === 'yes' ? 1 : 0) - parseFloat(r.dataset.score) / 2,
+    'unreviewed': r => (r.dataset.reviewed === 'yes' ? 1 : 0) - parseFloat(r.dataset.value) / 2,
   }[sort];
   allRows.sort((a, b) => (key(a) < key(b) ? -1 : key(a) > key(b) ? 1 : 0));
   for (const r of allRows) {
-    const s = parseFloat(r.dataset.score);
+    const s = parseFloat(r.dataset.value);
     r.hidden = (decision && r.dataset.decision !== decision) || (reviewed && r.dataset.reviewed !== reviewed)
       || s < lo || s > hi;
     tbody.appendChild(r);
