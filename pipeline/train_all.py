@@ -101,7 +101,7 @@ def make_bundle(cfg: Config, detector_weights, classifier_dir, out_dir, *, descr
         threshold = chosen["threshold"]
         figures = {"image_level_oof_cross_fitted": chosen["operating_point"]["figures"]["cross_fitted"],
                    "operating_point": chosen["operating_point"]}
-        info = {key: chosen[key] for key in ("stacker", "calibration", "operating_curve", "operating_point")}
+        info = {key: chosen[key] for key in ("stacker", "calibration", "operating_curve", "findings", "operating_point")}
     summary = {**(extra or {}), "threshold": threshold, **figures}
     atomic_write_text(Path(out_dir) / "training_summary.json", json.dumps(summary, indent=2, default=float))
     write_bundle(out_dir, detector_weights, classifier_dir, threshold, bundled_overrides(cfg), description,

@@ -277,6 +277,9 @@ def test_bundle_records_settings_from_kfold_oof_and_infer_uses_the_stacker(tmp_p
     op = choose_operating_point(_oof(), n_boot=5)
     op["settings"].update({"pipeline.aggregate": "stacker", "detector.conf": 0.05, "detector.max_det": 5,
                            "stacker": fit_stacker(np.random.default_rng(0).random((20, 4)), [0, 1] * 10)})
+    op["findings"] = {"detector.findings_conf": 0.02, "detector.findings_max": 4, "max_fp_per_image": 1.0,
+                      "rule": "r", "p_lesion": {"method": "platt", "a": 1.0, "b": 0.5},
+                      "p_malignant": {"method": "identity"}, "cross_fitted": {"figures": {"sensitivity": 0.5}}}
     (tmp_path / "op.json").write_text(json.dumps(op, default=float))
     op = read_operating_point(tmp_path / "op.json")
     (tmp_path / "det.pt").write_bytes(b"detector weights")
@@ -288,6 +291,9 @@ def test_bundle_records_settings_from_kfold_oof_and_infer_uses_the_stacker(tmp_p
     assert recorded["k"] == 4 and "out-of-fold" in recorded["source"] and "cross_fitted" in recorded["figures"]
     assert bundle.threshold == op["settings"]["threshold"]
     assert {"detector.conf=0.05", "detector.max_det=5", "pipeline.aggregate=stacker"} <= set(bundle.config_overrides)
+    # the findings rule travels too: its thresholds as overrides, its box maps in pipeline.json
+    assert {"detector.findings_conf=0.02", "detector.findings_max=4"} <= set(bundle.config_overrides)
+    assert bundle.findings["p_lesion"] == {"method": "platt", "a": 1.0, "b": 0.5}
     models = PipelineModels(None, None, bundle.threshold, stacker=bundle.info["stacker"])
     assert 0 < aggregate_scores([], "stacker", models.stacker) < 1
     bad = dict(op, settings={**op["settings"], "detector.max_det": 10_000})
