@@ -96,7 +96,7 @@ def cmd_predict(cfg, run_dir: Path, args) -> int:
     from classifier.inference import MalignancyClassifier
 
     model = args.model or mammo.runtime.RUN_ROOT / "classifier" / "train" / cfg.run.name
-    mammo.runtime.use_keras_backend(cfg.classifier.inference_backend)  # inference only: torch spares TensorFlow
+    mammo.runtime.keras_backend_for_inference(cfg.classifier.inference_backend)  # inference only: torch spares TensorFlow
     clf = MalignancyClassifier.load(model, cfg.run.threads)
     s = clf.input_size
     rows, crops = [], []

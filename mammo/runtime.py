@@ -134,6 +134,18 @@ def use_keras_backend(name: str) -> str:
     return name
 
 
+def keras_backend_for_inference(wanted: str) -> str:
+    """The backend inference runs on: `wanted`, unless keras already runs on the other one in this process (a
+    notebook or a test session that trained first), where switching is impossible and running there costs nothing
+    more (both give the same numbers within 1e-5: tests/test_backends.py). Said on stderr, not silently."""
+    current = keras_backend()
+    if current is not None and current != wanted:
+        print(f"note: keras already runs on {current} in this process; the classifier runs there instead of "
+              f"classifier.inference_backend={wanted} (a fresh process uses {wanted})", file=sys.stderr)
+        wanted = current
+    return use_keras_backend(wanted)
+
+
 def seed_everything(seed: int) -> None:
     """Seed python, numpy and whichever of torch / tensorflow is already loaded (importing neither)."""
     import numpy as np

@@ -248,7 +248,7 @@ class PipelineModels:
         # The detector first: its checkpoint is judged before anything else of the bundle is trusted, whatever
         # this process's keras can do. It imports no keras, so the backend is still free to choose after it.
         detector = LesionDetector.load(bundle.detector, cfg.detector, device=cfg.run.device, threads=cfg.run.threads)
-        runtime.use_keras_backend(cfg.classifier.inference_backend)  # before anything imports keras
+        runtime.keras_backend_for_inference(cfg.classifier.inference_backend)  # before anything imports keras
         classifier = _load_classifier(bundle.classifier, cfg.run.threads)
         info = bundle.classifier / "calibration.json"
         calibrated = bool(json.loads(info.read_text()).get("calibrated")) if info.is_file() else None

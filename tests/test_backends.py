@@ -46,6 +46,18 @@ def test_a_keras_already_on_another_backend_is_refused_by_name():
         use_keras_backend("jax")
 
 
+def test_inference_in_a_process_whose_keras_runs_elsewhere_says_so_and_runs_there(capsys):
+    """A test session or notebook that trained first has keras on TensorFlow; inference there runs on it, and says so."""
+    import keras
+
+    from mammo.runtime import keras_backend_for_inference
+
+    assert keras.backend.backend() == "tensorflow"
+    assert keras_backend_for_inference("torch") == "tensorflow"
+    assert "keras already runs on tensorflow" in capsys.readouterr().err
+    assert keras_backend_for_inference("tensorflow") == "tensorflow" and capsys.readouterr().err == ""
+
+
 def test_bundle_settings_leave_the_backend_to_the_user(tmp_path):
     """A classifier's training config records the backend of its day; it must not override the user's choice."""
     from pipeline.models import Bundle

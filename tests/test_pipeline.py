@@ -386,7 +386,7 @@ def test_bundle_with_a_baseline_and_the_benchmark_measures_both(tiny_bundle, tmp
     bundle = read_bundle(tmp_path / "bundle", require_manifest=True)
     assert bundle.baseline is not None and (bundle.baseline / "config.yaml").is_file()
     result = run_cli("benchmark", "--quick", "--models", tmp_path / "bundle", "--data", csv_path, "--format", "csv",
-                     "--folder-sizes", "--out", tmp_path / "bench", *data, env=env)
+                     "--folder-sizes", "--backends", "torch", "--out", tmp_path / "bench", *data, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "bench" / "benchmark.json").read_text())
     quality = report["quality"]
