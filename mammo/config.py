@@ -203,6 +203,23 @@ class TuningConfig(_Checked):
 
 
 @dataclass(frozen=True)
+class GlobalBranchConfig(_Checked):
+    """The whole-image branch learned from image labels (classifier/global_branch.py, pipeline/digital/)."""
+
+    size: int = bounded(512, 32, 1024)  # the whole image is squashed to size x size
+    # candidate shares of grid positions pooled (1.0 = global average); each fold picks one by inner CV
+    top_fractions: tuple[float, ...] = bounded((1.0, 0.1, 0.02), 0.001, 1.0)
+    weight_decay: float = bounded(1e-3, 0.0, 1.0)
+    epochs: int = bounded(30, 1, 1000)
+    learning_rate: float = bounded(1e-3, 1e-6, 1.0)
+    batch_size: int = bounded(64, 1, 4096)
+    folds: int = bounded(5, 2, 20)  # woman-level folds of `pipeline digital-cv`
+    inner_folds: int = bounded(3, 2, 20)  # the folds inside each training part that choose top_fraction
+    batch_images: int = bounded(16, 1, 1024)  # images per forward pass when extracting features
+    max_images: int = bounded(20000, 1, 1_000_000)  # a dataset larger than this is refused (feature cache size)
+
+
+@dataclass(frozen=True)
 class Config(_Checked):
     run: RunConfig = field(default_factory=RunConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -211,6 +228,7 @@ class Config(_Checked):
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     tuning: TuningConfig = field(default_factory=TuningConfig)
+    global_branch: GlobalBranchConfig = field(default_factory=GlobalBranchConfig)
 
 
 @functools.cache

@@ -321,6 +321,33 @@ def cmd_cross_validate(args, overrides, inputs) -> int:
     return 0
 
 
+def cmd_digital_cv(args, overrides, inputs) -> int:
+    from pipeline.digital.cross_validate import run_digital_cv
+    from pipeline.digital.report import print_summary
+
+    cfg = load_config(args.config, overrides)
+    out = make_run_dir("pipeline", "digital-cv", cfg.run.name, args.out)
+    start_run(cfg, out)
+    summary = run_digital_cv(cfg, out, only_fold=args.fold, feature_cache=args.features)
+    if summary is None:
+        print(f"fold {args.fold} done; run without --fold (or the other folds) for the out-of-fold figures")
+        return 0
+    print_summary(summary, out)
+    return 0
+
+
+def cmd_digital_train(args, overrides, inputs) -> int:
+    from pipeline.digital.train import train_global_branch
+
+    cfg = load_config(args.config, overrides)
+    out = make_run_dir("pipeline", "digital-train", cfg.run.name, args.out)
+    start_run(cfg, out)
+    folder = train_global_branch(cfg, args.cv, out, feature_cache=args.features)
+    print(f"global branch: {folder} (ship it with `python -m pipeline bundle-digital --global-branch {folder} "
+          f"--cv {args.cv} --out weights/`)")
+    return 0
+
+
 def _backend(text: str) -> str:
     allowed = choices("classifier.inference_backend")
     if text not in allowed:
@@ -414,6 +441,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--predict-max-det", type=in_range(1, MAX_PREDICT_BOXES), default=50,
                    help=f"boxes per image in the fold predictions (default %(default)s, at most {MAX_PREDICT_BOXES})")
     p.add_argument("--baseline", action="store_true", help="also train and score the single-stage baseline per fold")
+    p = add("digital-cv", cmd_digital_cv, "woman-level k-fold cross-validation of the global branch on an "
+            "image-labelled digital set (configs/rsna_ffdm.yaml): pooling, calibration and threshold chosen out of "
+            "fold, figures with CIs (resumable fold by fold)")
+    p.add_argument("--fold", type=in_range(0, MAX_FOLDS - 1), help="run only this fold (0 .. global_branch.folds-1)")
+    p.add_argument("--features", help="feature cache folder (default: RUN/features; a few GB)")
+    p.add_argument("--out", help="run folder (default: runs/pipeline/digital-cv/<run.name>)")
+    p = add("digital-train", cmd_digital_train, "fit the global branch on every image with the settings "
+            "`digital-cv` chose, as a model folder for the bundle")
+    p.add_argument("--cv", required=True, help="the run folder of `pipeline digital-cv` (its summary.json)")
+    p.add_argument("--features", help="feature cache folder (default: the --cv run's features/)")
+    p.add_argument("--out", help="run folder (default: runs/pipeline/digital-train/<run.name>)")
     p = add("train-baseline", cmd_train_baseline, "train the single-stage baseline (one classifier on the whole "
             "breast) on the config's train/val split")
     p.add_argument("--out", help="run folder (default: runs/pipeline/baseline/<run.name>)")

@@ -1,0 +1,267 @@
+"""The global branch: one look at the whole breast, learned from image labels only (digital mammograms).
+
+The film-trained detector is blind on digital mammograms and the 2,518 digital training images carry no boxes, so
+this branch needs none. A frozen ImageNet MobileNetV2 (the project's torchvision twin) turns the whole image,
+squashed to a square as the training images were, into a grid of 1280-d feature vectors. A linear scorer gives
+every grid position a malignancy logit; the image logit is the mean of the k highest positions. That is
+multiple-instance learning with the image as the bag and the positions as instances: a cancer image needs a few
+positions that look malignant, a cancer-free image has none anywhere, so every position of a negative image is a
+hard negative for free. k = every position is plain global average pooling (a linear model on the image's mean
+feature); small k looks for a local lesion.
+
+The position logits are the branch's saliency map (a class activation map: exact for a linear scorer, no gradient
+needed), mapped back to the original pixel grid by the recorded resize.
+
+The head is trained here in numpy on cached features: full-batch-free minibatch Adam on a weighted binary
+cross-entropy, a few seconds per fold, deterministic for a seed. Frozen features make a 5-fold cross-validation of
+2,518 images cost one feature extraction instead of five trainings of a network (2 CPU cores here).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import cv2
+import numpy as np
+
+from mammo.geometry import Transform
+
+MAX_SIZE = 1024  # input side; the feature map grows with its square
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """How a head is fitted. top_fraction: share of grid positions pooled (1.0 = global average)."""
+
+    top_fraction: float = 0.1
+    weight_decay: float = 1e-3
+    epochs: int = 40
+    learning_rate: float = 1e-3
+    batch_size: int = 64
+    seed: int = 0
+
+    def __post_init__(self):
+        checks = {"top_fraction": 0 < self.top_fraction <= 1, "weight_decay": 0 <= self.weight_decay <= 1,
+                  "epochs": 1 <= self.epochs <= 1000, "learning_rate": 0 < self.learning_rate <= 1,
+                  "batch_size": 1 <= self.batch_size <= 4096}
+        bad = [k for k, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError(f"global branch head: out of range: {', '.join(f'{k}={getattr(self, k)!r}' for k in bad)}")
+
+
+@dataclass
+class MilHead:
+    """Standardize each feature channel, score every position linearly, pool the top k."""
+
+    mean: np.ndarray  # (C,)
+    scale: np.ndarray  # (C,)
+    weight: np.ndarray  # (C,)
+    bias: float
+    top_fraction: float
+
+    def k(self, positions: int) -> int:
+        return top_k(self.top_fraction, positions)
+
+    def position_logits(self, feats: np.ndarray) -> np.ndarray:
+        """(..., h, w, C) feature maps -> (..., h, w) logits."""
+        z = (np.asarray(feats, np.float32) - self.mean) / self.scale
+        return z @ self.weight.astype(np.float32) + np.float32(self.bias)
+
+    def image_logit(self, feats: np.ndarray) -> np.ndarray:
+        """(..., h, w, C) -> (...) image logits: mean of the top-k position logits."""
+        s = self.position_logits(feats)
+        return pool_top_k(s.reshape(s.shape[:-2] + (-1,)), self.k(s.shape[-2] * s.shape[-1]))
+
+    def to_dict(self) -> dict:
+        return {"mean": self.mean.tolist(), "scale": self.scale.tolist(), "weight": self.weight.tolist(),
+                "bias": float(self.bias), "top_fraction": float(self.top_fraction)}
+
+    @classmethod
+    def from_dict(cls, d: dict, channels: int | None = None) -> "MilHead":
+        arrays = [np.asarray(d[key], np.float32) for key in ("mean", "scale", "weight")]
+        n = arrays[0].shape
+        if len(n) != 1 or any(a.shape != n for a in arrays) or (channels is not None and n[0] != channels):
+            raise ValueError(f"global branch head: mean/scale/weight must be vectors of the feature channels "
+                             f"({channels}), got {[a.shape for a in arrays]}")
+        if not all(np.isfinite(a).all() for a in arrays) or not (arrays[1] > 0).all():
+            raise ValueError("global branch head: non-finite numbers or a non-positive scale")
+        frac, bias = float(d["top_fraction"]), float(d["bias"])
+        if not (0 < frac <= 1) or not np.isfinite(bias):
+            raise ValueError(f"global branch head: top_fraction {frac} must be in (0, 1], bias finite")
+        return cls(*arrays, bias, frac)
+
+
+def top_k(fraction: float, positions: int) -> int:
+    return max(1, min(positions, int(round(fraction * positions))))
+
+
+def pool_top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Mean of the k largest values along the last axis."""
+    return np.mean(np.sort(scores, axis=-1)[..., -k:], axis=-1)
+
+
+def bag_loss_and_gradient(head: MilHead, z: np.ndarray, y: np.ndarray, pos_weight: float):
+    """Weighted binary cross-entropy of the top-k pooled bags and its gradient in (weight, bias).
+
+    z: standardized features (B, P, C) of B bags of P positions; y: (B,) labels. Positives weigh pos_weight.
+    The pooled logit is linear in the k selected positions, so d logit / d weight is their mean feature."""
+    k = head.k(z.shape[1])
+    s = z @ head.weight + head.bias  # (B, P)
+    top = np.argsort(s, axis=1)[:, -k:]
+    logit = np.take_along_axis(s, top, axis=1).mean(axis=1)
+    p = 1.0 / (1.0 + np.exp(-logit))
+    w = np.where(y > 0, pos_weight, 1.0)
+    loss = float(np.mean(w * np.logaddexp(0.0, np.where(y > 0, -logit, logit))))  # stable -log p / -log(1-p)
+    g = w * (p - y) / len(y)  # d loss / d logit
+    pooled = np.take_along_axis(z, top[..., None], axis=1).mean(axis=1)  # (B, C)
+    return loss, g @ pooled, float(g.sum())
+
+
+def fit_mil_head(feats: np.ndarray, y, spec: HeadSpec = HeadSpec(), progress=None) -> MilHead:
+    """Fit a head on feature maps (N, V, h, w, C): N images, V views of each (e.g. the image and its mirror;
+    each view is a bag with the image's label). Deterministic for spec.seed."""
+    feats = np.asarray(feats)
+    if feats.ndim != 5:
+        raise ValueError(f"features must be (images, views, h, w, channels), got shape {feats.shape}")
+    y = np.asarray(y, np.float64)
+    n, v, h, w, c = feats.shape
+    if len(y) != n or not set(np.unique(y)) <= {0.0, 1.0} or y.min() == y.max():
+        raise ValueError("labels: one 0/1 label per image, both classes present")
+    flat = feats.reshape(n * v, h * w, c)
+    labels = np.repeat(y, v)
+    mean = np.zeros(c, np.float64)
+    sq = np.zeros(c, np.float64)
+    for i in range(0, len(flat), 256):  # in chunks: the features may be a memory map of several GB
+        chunk = flat[i:i + 256].astype(np.float64)
+        mean += chunk.sum(axis=(0, 1))
+        sq += (chunk ** 2).sum(axis=(0, 1))
+    count = len(flat) * h * w
+    mean /= count
+    scale = np.sqrt(np.maximum(sq / count - mean ** 2, 0)) + 1e-3
+    head = MilHead(mean.astype(np.float32), scale.astype(np.float32), np.zeros(c, np.float32), 0.0,
+                   spec.top_fraction)
+    pos_weight = float((labels == 0).sum() / max((labels == 1).sum(), 1))
+    rng = np.random.default_rng(spec.seed)
+    head.weight = rng.normal(0, 0.01, c).astype(np.float32)
+    m_w, v_w, m_b, v_b, step = np.zeros(c), np.zeros(c), 0.0, 0.0, 0
+    b1, b2, eps = 0.9, 0.999, 1e-8
+    for epoch in range(spec.epochs):
+        order = rng.permutation(len(flat))
+        for i in range(0, len(order), spec.batch_size):
+            idx = np.sort(order[i:i + spec.batch_size])
+            z = (flat[idx].astype(np.float32) - head.mean) / head.scale
+            _, g_w, g_b = bag_loss_and_gradient(head, z, labels[idx], pos_weight)
+            g_w = g_w + spec.weight_decay * head.weight  # decoupled from the loss value, as AdamW's L2 term
+            step += 1
+            m_w = b1 * m_w + (1 - b1) * g_w
+            v_w = b2 * v_w + (1 - b2) * g_w ** 2
+            m_b = b1 * m_b + (1 - b1) * g_b
+            v_b = b2 * v_b + (1 - b2) * g_b ** 2
+            corr = np.sqrt(1 - b2 ** step) / (1 - b1 ** step)
+            head.weight = (head.weight - spec.learning_rate * corr * m_w / (np.sqrt(v_w) + eps)).astype(np.float32)
+            head.bias = float(head.bias - spec.learning_rate * corr * m_b / (np.sqrt(v_b) + eps))
+        if progress is not None:
+            progress(epoch)
+    return head
+
+
+def to_square(pixels: np.ndarray, size: int) -> tuple[np.ndarray, Transform]:
+    """The whole image squashed to size x size, as the training images were (area averaging when shrinking);
+    returns it and the recorded transform original -> square."""
+    if not 32 <= int(size) <= MAX_SIZE:
+        raise ValueError(f"global branch input size {size} must be in [32, {MAX_SIZE}]")
+    h, w = pixels.shape[:2]
+    shrink = size < h or size < w
+    square = cv2.resize(np.asarray(pixels, np.float32), (int(size), int(size)),
+                        interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+    return square, Transform.resize((h, w), (int(size), int(size)))
+
+
+def spec_dict(spec: HeadSpec) -> dict:
+    return asdict(spec)
+
+
+# --- the network: frozen backbone + the head as layers, saved as one .keras file -------------------------------
+def build_feature_extractor(size: int, weights_path="imagenet-offline"):
+    """Grey (size, size, 1) in [0, 1] -> the 1280-channel feature map of the ImageNet MobileNetV2 twin, with the
+    ImageNet normalization as layers (so a saved model carries it)."""
+    import keras
+
+    from classifier.imagenet_mobilenet import build_mobilenet_v2_torchvision_compatible, imagenet_input_layers
+
+    backbone = build_mobilenet_v2_torchvision_compatible((size, size, 3), weights_path=weights_path)
+    inp = keras.Input((size, size, 1), name="grey")
+    return keras.Model(inp, backbone(imagenet_input_layers(inp)), name="global_features")
+
+
+def build_global_model(extractor, head: MilHead):
+    """The extractor followed by the head as built-in layers: feature standardization, then a 1x1 convolution
+    whose output is the map of position logits. Pooling stays outside (numpy: `pool_top_k`)."""
+    import keras
+    from keras import layers
+
+    channels = int(extractor.outputs[0].shape[-1])
+    x = layers.Normalization(mean=head.mean.tolist(), variance=(head.scale ** 2).tolist(),
+                             name="feature_standardize")(extractor.outputs[0])
+    scorer = layers.Conv2D(1, 1, name="position_logits")
+    out = scorer(x)
+    scorer.set_weights([head.weight.reshape(1, 1, channels, 1), np.array([head.bias], np.float32)])
+    return keras.Model(extractor.inputs, out, name="global_branch")
+
+
+class GlobalBranch:
+    """The trained branch for inference: a whole image in, its logit and its saliency map on the original grid out.
+
+        branch = GlobalBranch.load("weights/global")
+        logit, saliency = branch.analyse(mammogram.pixels)   # saliency: position logits, original (H, W)
+    """
+
+    def __init__(self, model, top_fraction: float, source: str = ""):
+        self.model = model
+        self.size = int(model.inputs[0].shape[1])
+        self.top_fraction = float(top_fraction)
+        self.source = source
+
+    @classmethod
+    def load(cls, folder, threads: int | None = None) -> "GlobalBranch":
+        import json
+        from pathlib import Path
+
+        import mammo.runtime as runtime
+        from mammo.errors import WeightsError
+
+        folder = Path(folder)
+        model_path, info_path = folder / "model.keras", folder / "head.json"
+        for path in (model_path, info_path):
+            if not path.is_file():
+                raise WeightsError(path, "the global branch needs model.keras and head.json here")
+        info = json.loads(info_path.read_text())
+        frac = float(info.get("top_fraction", 0))
+        if not 0 < frac <= 1:
+            raise WeightsError(info_path, f"top_fraction {frac!r} must be in (0, 1]")
+        import keras
+
+        runtime.configure_keras(threads)
+        model = keras.models.load_model(model_path, compile=False)  # safe_mode: built-in layers only
+        shape = tuple(model.inputs[0].shape[1:])
+        if len(shape) != 3 or shape[0] != shape[1] or shape[2] != 1 or not 32 <= shape[0] <= MAX_SIZE:
+            raise WeightsError(model_path, f"input shape {shape}: expected a grey square of 32..{MAX_SIZE}")
+        return cls(model, frac, str(model_path))
+
+    def position_logits(self, squares: np.ndarray) -> np.ndarray:
+        """(N, size, size) grey squares -> (N, h, w) position logits."""
+        x = np.asarray(squares, np.float32)[..., None]
+        out = self.model(x, training=False)
+        return np.asarray(out.detach().cpu().numpy() if hasattr(out, "detach") else out)[..., 0]
+
+    def analyse(self, pixels: np.ndarray, mirror: bool = True) -> tuple[float, np.ndarray, Transform]:
+        """The image logit (mean over the image and its mirror, as in training and cross-validation), the
+        saliency grid (position logits, averaged likewise) and the recorded transform original -> grid (its
+        inverse warps the grid onto the original pixels)."""
+        square, to_square_t = to_square(pixels, self.size)
+        batch = np.stack([square, square[:, ::-1]]) if mirror else square[None]
+        maps = self.position_logits(batch)
+        k = top_k(self.top_fraction, maps.shape[1] * maps.shape[2])
+        logit = float(np.mean(pool_top_k(maps.reshape(len(maps), -1), k)))
+        grid = maps[0] if not mirror else (maps[0] + maps[1][:, ::-1]) / 2
+        h, w = grid.shape
+        return logit, grid.astype(np.float32), to_square_t.then(Transform.resize((self.size, self.size), (h, w)))

@@ -1,0 +1,125 @@
+"""What a digital cross-validation says, to read and to look at: metrics.md, ROC/PR with bootstrap bands, the
+reliability plot, and a contact sheet of out-of-fold true and false positives and negatives with the fold
+model's saliency map over each image (where does it look? masses, or clips, skin markers, the pectoral muscle?).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from mammo.atomic import atomic_path, atomic_write_text
+from mammo.imaging import read_mammogram
+
+SHEET_PER_GROUP = 6
+SHEET_TILE = 220
+
+
+def _fmt(entry) -> str:
+    if isinstance(entry, dict):
+        return f"{entry['value']:.3f} [{entry['low']:.3f}, {entry['high']:.3f}]"
+    if isinstance(entry, (list, tuple)):
+        return f"{entry[0]:.3f} [{entry[1]:.3f}, {entry[2]:.3f}]"
+    return f"{entry:.3f}"
+
+
+def metrics_markdown(summary: dict) -> str:
+    f = summary["figures"]
+    cf, prob = f["cross_fitted"], f["cross_fitted_probability"]
+    lines = [f"# Global branch, {summary['source']}",
+             f"{summary['n_images']} images of {summary['n_women']} women, {summary['n_positive']} with cancer. "
+             "95 % CIs from a bootstrap over women. Cross-fitted: each fold calibrated and thresholded by what the "
+             "other folds chose.", "",
+             "| figure | value |", "| --- | --- |",
+             f"| auROC (image logit, pooled out of fold) | {_fmt(f['logit_auroc'])} |",
+             f"| auROC / auPR (cross-fitted probability) | {_fmt(cf['auroc'])} / {_fmt(cf['aupr'])} |",
+             f"| sensitivity / specificity at each fold's threshold | {_fmt(cf['sensitivity'])} / "
+             f"{_fmt(cf['specificity'])} |",
+             f"| sensitivity at specificity 0.8 (pooled logits) | {f['sensitivity_at_specificity_0.8']:.3f} |",
+             f"| ECE / Brier / Brier of the base rate | {_fmt(prob['ece'])} / {_fmt(prob['brier'])} / "
+             f"{_fmt(prob['brier_base_rate'])} |",
+             f"| per-fold auROC (mean {f['per_fold']['mean_auroc']:.3f}) | "
+             + ", ".join(f"{v['auroc']:.3f} (k={v['chosen_top_fraction']})" for k, v in f["per_fold"].items()
+                         if k != "mean_auroc") + " |", "",
+             "Every pooling tried, scored on the held-out folds (reported, not used to choose):", "",
+             "| top fraction | auROC | auPR | sensitivity at specificity 0.8 |", "| --- | --- | --- | --- |"]
+    for frac, v in f["every_candidate (held-out folds, not used to choose)"].items():
+        lines.append(f"| {frac} | {v['auroc']:.3f} | {v['aupr']:.3f} | {v['sensitivity_at_specificity_0.8']:.3f} |")
+    s = summary["settings"]
+    lines += ["", f"Shipped: top fraction {s['top_fraction']}, calibration {s['calibration']['method']}, "
+                  f"probability threshold {s['probability_threshold']:.4f} (F{summary['beta']:g} at specificity >= "
+                  f"{summary['min_specificity']})."]
+    return "\n".join(lines) + "\n"
+
+
+def print_summary(summary: dict, out: Path) -> None:
+    text = metrics_markdown(summary)
+    print(text)
+    print(f"written: {out}/summary.json, {out}/folds/, {out}/folds.csv")
+
+
+def write_report(summary: dict, out: Path, n_boot: int = 300, seed: int = 0) -> list[str]:
+    """metrics.md, roc.png / pr.png, reliability.png into out/evaluation."""
+    from pipeline.evaluate import plot_curves, plot_reliability
+
+    ev = Path(out) / "evaluation"
+    ev.mkdir(parents=True, exist_ok=True)
+    oof = summary["oof"]
+    y = np.array(oof["label"])
+    groups = np.array(oof["woman"])
+    atomic_write_text(ev / "metrics.md", metrics_markdown(summary))
+    written = ["metrics.md"]
+    written += plot_curves({"global branch, out of fold": (y, np.array(oof["probability_cross_fitted"]), groups)},
+                           ev, n_boot, seed)
+    written.append(plot_reliability(summary["figures"]["cross_fitted_probability"], y,
+                                    np.array(oof["probability_cross_fitted"]), ev))
+    return written
+
+
+def contact_sheet(records, feats, folds_done: list[dict], summary: dict, path: Path,
+                  per_group: int = SHEET_PER_GROUP) -> Path:
+    """The most confident out-of-fold true positives, false positives, false negatives and true negatives, each
+    image with its own fold model's saliency (position logits, red = malignant-looking) laid over it."""
+    from classifier.global_branch import MilHead
+
+    oof = summary["oof"]
+    y = np.array(oof["label"])
+    p = np.array(oof["probability_cross_fitted"])
+    thr = summary["settings"]["probability_threshold"]
+    head_of_row = {}
+    for d in folds_done:
+        head = MilHead.from_dict(d["head"])
+        for row in d["held_out_rows"]:
+            head_of_row[row] = head
+    order = np.argsort(-p)
+    groups = {"true positives": [i for i in order if y[i] == 1 and p[i] >= thr][:per_group],
+              "false positives": [i for i in order if y[i] == 0 and p[i] >= thr][:per_group],
+              "false negatives": [i for i in order[::-1] if y[i] == 1 and p[i] < thr][:per_group],
+              "true negatives": [i for i in order[::-1] if y[i] == 0 and p[i] < thr][:per_group]}
+    rows = []
+    for name, idx in groups.items():
+        tiles = [_tile(records[i], head_of_row[i], feats[i, 0], p[i]) for i in idx]
+        tiles += [np.full((SHEET_TILE, SHEET_TILE, 3), 255, np.uint8)] * (per_group - len(tiles))
+        label = np.full((28, SHEET_TILE * per_group, 3), 255, np.uint8)
+        cv2.putText(label, f"{name} (out of fold, threshold P {thr:.2f})", (6, 20), cv2.FONT_HERSHEY_SIMPLEX,
+                    0.6, (0, 0, 0), 1, cv2.LINE_AA)
+        rows += [label, np.concatenate(tiles, axis=1)]
+    sheet = np.concatenate(rows, axis=0)
+    with atomic_path(path) as tmp:
+        cv2.imwrite(str(tmp), sheet)
+    return path
+
+
+def _tile(record, head, feats, probability: float) -> np.ndarray:
+    """The image squashed to a tile, its saliency as a translucent colour map (upsampled from the grid)."""
+    pixels = read_mammogram(record.path).pixels
+    grey = cv2.resize((pixels * 255).astype(np.uint8), (SHEET_TILE, SHEET_TILE), interpolation=cv2.INTER_AREA)
+    logits = head.position_logits(np.asarray(feats, np.float32))
+    heat = 1.0 / (1.0 + np.exp(-logits))
+    heat = cv2.resize(heat.astype(np.float32), (SHEET_TILE, SHEET_TILE), interpolation=cv2.INTER_CUBIC)
+    colour = cv2.applyColorMap((np.clip(heat, 0, 1) * 255).astype(np.uint8), cv2.COLORMAP_JET)
+    tile = cv2.addWeighted(cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR), 0.6, colour, 0.4, 0)
+    cv2.putText(tile, f"P {probability:.2f}", (6, SHEET_TILE - 8), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1,
+                cv2.LINE_AA)
+    return tile

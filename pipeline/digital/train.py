@@ -1,0 +1,56 @@
+"""The shipped global branch: the head fitted on every image of the set with the pooling cross-validation chose,
+joined to the frozen backbone as one Keras model (built-in layers only: it loads in safe mode).
+
+The folder records what it was fitted on (every image id, and their SHA-256 as one digest) so anyone holding
+other images can show they are disjoint from the training data.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+
+from mammo.atomic import atomic_path, atomic_write_text
+from mammo.config import Config
+from mammo.errors import MammoError
+from pipeline.digital.cross_validate import dataset_records, head_spec
+from pipeline.digital.features import backbone_identity, extract_features
+
+
+def ids_digest(image_ids) -> str:
+    return hashlib.sha256("\n".join(sorted(image_ids)).encode()).hexdigest()
+
+
+def train_global_branch(cfg: Config, cv_dir, out, feature_cache=None, extractor=None) -> Path:
+    from classifier.global_branch import build_feature_extractor, build_global_model, fit_mil_head
+
+    cv_dir, out = Path(cv_dir), Path(out)
+    summary_path = cv_dir / "summary.json"
+    if not summary_path.is_file():
+        raise MammoError(f"{summary_path}: missing; finish `python -m pipeline digital-cv` first")
+    summary = json.loads(summary_path.read_text())
+    fraction = float(summary["settings"]["top_fraction"])
+    records = dataset_records(cfg)
+    cv_ids = summary["oof"]["image_id"]
+    if [r.image_id for r in records] != cv_ids:
+        raise MammoError(f"{summary_path}: cross-validated other images than the config's data section")
+    feats = extract_features(records, cfg, feature_cache or cv_dir / "features", extractor=extractor)
+    y = np.array([r.label for r in records])
+    head = fit_mil_head(feats, y, head_spec(cfg, fraction))
+    folder = out / "global"
+    folder.mkdir(parents=True, exist_ok=True)
+    model = build_global_model(extractor or build_feature_extractor(cfg.global_branch.size), head)
+    with atomic_path(folder / "model.keras") as tmp:
+        model.save(tmp)
+    info = {"top_fraction": fraction, "size": cfg.global_branch.size, "head": head.to_dict(),
+            "spec": {k: v for k, v in head_spec(cfg, fraction).__dict__.items()},
+            "backbone": "ImageNet MobileNetV2 (torchvision IMAGENET1K_V1), frozen",
+            "backbone_sha256": backbone_identity() if extractor is None else f"stand-in:{extractor.name}",
+            "trained_on": {"dataset": cfg.data.format, "n_images": len(records), "n_positive": int(y.sum()),
+                           "n_women": len({r.patient_id for r in records}),
+                           "image_ids_sha256": ids_digest(cv_ids)}}
+    atomic_write_text(folder / "head.json", json.dumps(info, indent=1))
+    atomic_write_text(folder / "trained_on.txt", "\n".join(sorted(cv_ids)) + "\n")
+    return folder

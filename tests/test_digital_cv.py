@@ -1,0 +1,169 @@
+"""Cross-validation of the global branch (pipeline/digital): folds by woman, every choice blind to the held-out
+fold's labels, resume of killed runs, the feature cache's identity. A stand-in feature extractor of known output
+(block means and maxima of the image) replaces the ImageNet network, so nothing here depends on how a network
+converges."""
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from mammo.config import Config, GlobalBranchConfig, replace
+from mammo.errors import MammoError
+from mammo.records import ImageRecord, Lesion
+from pipeline.digital import cross_validate as dcv
+from pipeline.digital.features import extract_features
+
+SIZE = 32
+
+
+class BlockFeatures:
+    """(2n, S, S, 1) -> (2n, 4, 4, 2): each 8x8 block's mean and max. Counts its calls."""
+
+    name = "blocks"
+
+    def __init__(self):
+        self.images = 0
+
+    def predict_on_batch(self, x):
+        n = x.shape[0]
+        self.images += n // 2
+        b = x[..., 0].reshape(n, 4, SIZE // 4, 4, SIZE // 4)
+        return np.stack([b.mean(axis=(2, 4)), b.max(axis=(2, 4))], axis=-1)
+
+
+def cancer(image_id, woman):
+    """An image-level label: malignant, no box."""
+    return (Lesion(image_id, woman, None, "other", "malignant", "test"),)
+
+
+def make_records(tmp_path, n_women=12, per_woman=2, seed=0):
+    rng = np.random.default_rng(seed)
+    records = []
+    for w in range(n_women):
+        for i in range(per_woman):
+            malignant = (w + i) % 3 == 0
+            img = (rng.random((40, 36)) * 80).astype(np.uint8)
+            if malignant:
+                r, c = rng.integers(4, 30, 2)
+                img[r:r + 5, c:c + 5] = 255
+            path = tmp_path / f"{w}_{i}.png"
+            cv2.imwrite(str(path), img)
+            records.append(ImageRecord(f"{w}_{i}", str(w), path, cancer(f"{w}_{i}", str(w)) if malignant else ()))
+    return records
+
+
+def tiny_config(**g):
+    gb = dict(size=SIZE, top_fractions=(1.0, 0.125), epochs=5, batch_size=8, folds=3, inner_folds=2,
+              batch_images=4) | g
+    return replace(Config(), global_branch=GlobalBranchConfig(**gb))
+
+
+@pytest.fixture
+def dataset(tmp_path, monkeypatch):
+    (tmp_path / "images").mkdir()
+    records = make_records(tmp_path / "images")
+    monkeypatch.setattr(dcv, "dataset_records", lambda cfg: records)
+    return records
+
+
+def test_folds_resume_and_summary(dataset, tmp_path):
+    cfg, extractor, out = tiny_config(), BlockFeatures(), tmp_path / "cv"
+    assert dcv.run_digital_cv(cfg, out, only_fold=1, progress=False, extractor=extractor, n_boot=20) is None
+    assert extractor.images == len(dataset)  # the whole cache, once
+    assert [p.parent.name for p in (out / "folds").glob("*/DONE.json")] == ["fold1"]
+    summary = dcv.run_digital_cv(cfg, out, progress=False, extractor=extractor, n_boot=20)
+    assert extractor.images == len(dataset)  # resumed from the cache, not recomputed
+    oof = summary["oof"]
+    assert len(oof["logit"]) == len(dataset) and np.isfinite(oof["logit"]).all()
+    folds = np.array(oof["fold"])
+    women = np.array([r.patient_id for r in dataset])
+    for w in set(women):
+        assert len(set(folds[women == w])) == 1  # a woman is in one fold only
+    p = np.array(oof["probability_cross_fitted"])
+    assert ((p >= 0) & (p <= 1)).all()
+    assert set(summary["settings"]) == {"top_fraction", "calibration", "probability_threshold"}
+    assert summary["settings"]["top_fraction"] in (1.0, 0.125)
+    cand = summary["figures"]["every_candidate (held-out folds, not used to choose)"]
+    assert set(cand) == {"1.0", "0.125"}
+    for name in ("metrics.md", "roc.png", "pr.png", "reliability.png", "contact_sheet.png"):
+        assert (out / "evaluation" / name).stat().st_size > 0
+    assert "auROC" in (out / "evaluation" / "metrics.md").read_text()
+    before = (out / "folds" / "fold0" / "DONE.json").read_text()
+    (out / "folds" / "fold2" / "DONE.json").unlink()  # a run killed in fold 2
+    again = dcv.run_digital_cv(cfg, out, progress=False, extractor=extractor, n_boot=20)
+    assert (out / "folds" / "fold0" / "DONE.json").read_text() == before  # not redone
+    assert again["oof"]["logit"] == summary["oof"]["logit"]  # fixed seeds: the same fold 2 again
+
+
+def test_a_folds_results_never_read_its_own_labels(dataset, tmp_path, monkeypatch):
+    cfg = tiny_config()
+    dcv.run_digital_cv(cfg, tmp_path / "a", only_fold=0, progress=False, extractor=BlockFeatures())
+    folds = {}
+    for line in (tmp_path / "a" / "folds.csv").read_text().splitlines()[1:]:
+        image_id, _, k = line.split(",")
+        folds[image_id] = int(k)
+    monkeypatch.setattr(dcv, "outer_folds", lambda records, cfg: folds)  # the same folds, other labels
+    flipped = [ImageRecord(r.image_id, r.patient_id, r.path, () if r.label else cancer(r.image_id, r.patient_id))
+               if folds[r.image_id] == 0 else r for r in dataset]
+    monkeypatch.setattr(dcv, "dataset_records", lambda cfg: flipped)
+    dcv.run_digital_cv(cfg, tmp_path / "b", only_fold=0, progress=False, extractor=BlockFeatures())
+    a = json.loads((tmp_path / "a" / "folds" / "fold0" / "DONE.json").read_text())
+    b = json.loads((tmp_path / "b" / "folds" / "fold0" / "DONE.json").read_text())
+    a.pop("seconds"), b.pop("seconds")
+    assert a == b
+
+
+def test_run_fold_fits_on_training_rows_only(dataset):
+    """The held-out rows' labels are -1 (unknown) when run_fold is called: a fit that read them would fail on a
+    label outside {0, 1}."""
+    cfg = tiny_config()
+    feats = np.random.default_rng(0).normal(size=(len(dataset), 2, 4, 4, 2)).astype(np.float16)
+    y = np.array([r.label for r in dataset])
+    women = np.array([r.patient_id for r in dataset])
+    train = np.arange(len(y)) % 3 != 0
+    out = dcv.run_fold(feats, np.where(train, y, -1), women, train, 0, cfg)
+    assert len(out["logits"]) == (~train).sum()
+
+
+def test_feature_cache_refuses_other_images_or_size(dataset, tmp_path):
+    cfg = tiny_config()
+    extract_features(dataset, cfg, tmp_path / "cache", progress=False, extractor=BlockFeatures())
+    with pytest.raises(MammoError, match="other images"):
+        extract_features(dataset[:-1], cfg, tmp_path / "cache", progress=False, extractor=BlockFeatures())
+    with pytest.raises(MammoError, match="input size"):
+        extract_features(dataset, tiny_config(size=64), tmp_path / "cache", progress=False,
+                         extractor=BlockFeatures())
+
+
+def test_feature_cache_resumes_a_killed_extraction(tmp_path, monkeypatch):
+    import pipeline.digital.features as features
+
+    monkeypatch.setattr(features, "CHUNK", 4)
+    records = make_records(tmp_path, n_women=5)
+    cfg = tiny_config()
+
+    class Dies(BlockFeatures):
+        def predict_on_batch(self, x):
+            if self.images >= 4:
+                raise KeyboardInterrupt
+            return super().predict_on_batch(x)
+
+    with pytest.raises(KeyboardInterrupt):
+        extract_features(records, cfg, tmp_path / "cache", progress=False, extractor=Dies())
+    assert len(list((tmp_path / "cache" / "chunks").glob("*.npy"))) == 1
+    second = BlockFeatures()
+    feats = extract_features(records, cfg, tmp_path / "cache", progress=False, extractor=second)
+    assert second.images == len(records) - 4  # the first chunk was kept
+    fresh = extract_features(records, cfg, tmp_path / "fresh", progress=False, extractor=BlockFeatures())
+    assert np.array_equal(np.asarray(feats), np.asarray(fresh))
+    assert feats.shape == (len(records), 2, 4, 4, 2)
+    # the mirror view is the mirrored image's features
+    assert np.allclose(np.asarray(feats[:, 1, :, ::-1]), np.asarray(feats[:, 0]), atol=1e-2)
+
+
+def test_sensitivity_at_specificity_by_hand():
+    y = np.array([0, 0, 0, 0, 0, 1, 1, 1, 1])
+    s = np.array([0.1, 0.2, 0.3, 0.4, 0.9, 0.35, 0.5, 0.95, 0.05])
+    # specificity 0.8 of 5 negatives: threshold at the 4th lowest negative (0.4); positives above: 0.5, 0.95
+    assert dcv.sensitivity_at_specificity(y, s, 0.8) == 0.5

@@ -1,0 +1,97 @@
+"""The global branch's multiple-instance head: pooling, bag loss and its gradient by hand, fitting on a stand-in
+whose answer is known, the recorded resize, and the head's bounds at load."""
+import numpy as np
+import pytest
+
+from classifier.global_branch import (HeadSpec, MilHead, bag_loss_and_gradient, fit_mil_head, pool_top_k, to_square,
+                                      top_k)
+
+
+def test_top_k_pooling_by_hand():
+    s = np.array([[1.0, 5.0, 3.0, -2.0], [0.0, 0.0, 0.0, 4.0]])
+    assert pool_top_k(s, 1).tolist() == [5.0, 4.0]
+    assert pool_top_k(s, 2).tolist() == [4.0, 2.0]
+    assert pool_top_k(s, 4).tolist() == [1.75, 1.0]  # k = every position: the plain mean
+    assert [top_k(f, 256) for f in (1.0, 0.1, 0.001)] == [256, 26, 1]
+
+
+def test_bag_loss_and_gradient_by_hand():
+    # One bag of two positions, one channel: scores 2*z + 0.5 = [2.5, -1.5]; top 1 -> logit 2.5.
+    head = MilHead(np.zeros(1, np.float32), np.ones(1, np.float32), np.array([2.0]), 0.5, top_fraction=0.5)
+    z = np.array([[[1.0], [-1.0]]])
+    loss, g_w, g_b = bag_loss_and_gradient(head, z, np.array([1.0]), pos_weight=3.0)
+    p = 1 / (1 + np.exp(-2.5))
+    assert loss == pytest.approx(-3.0 * np.log(p), rel=1e-6)
+    assert g_b == pytest.approx(3.0 * (p - 1.0))
+    assert g_w[0] == pytest.approx(3.0 * (p - 1.0) * 1.0)  # only the selected position's feature counts
+    _, g_w0, g_b0 = bag_loss_and_gradient(head, z, np.array([0.0]), pos_weight=3.0)
+    assert g_b0 == pytest.approx(p) and g_w0[0] == pytest.approx(p)  # negatives weigh 1
+
+
+@pytest.mark.parametrize("fraction", [1.0, 0.25, 1 / 16])
+def test_gradient_matches_finite_differences(fraction):
+    rng = np.random.default_rng(1)
+    z, y = rng.normal(size=(6, 16, 5)), np.array([0, 1, 0, 1, 1, 0.0])
+    head = MilHead(np.zeros(5, np.float32), np.ones(5, np.float32), rng.normal(size=5), 0.1, fraction)
+    _, g_w, g_b = bag_loss_and_gradient(head, z, y, pos_weight=2.0)
+    for i in range(5):
+        e = np.zeros(5)
+        e[i] = 1e-6
+        up = MilHead(head.mean, head.scale, head.weight + e, head.bias, fraction)
+        down = MilHead(head.mean, head.scale, head.weight - e, head.bias, fraction)
+        numeric = (bag_loss_and_gradient(up, z, y, 2.0)[0] - bag_loss_and_gradient(down, z, y, 2.0)[0]) / 2e-6
+        assert g_w[i] == pytest.approx(numeric, rel=1e-4, abs=1e-7)
+
+
+def stand_in_features(n=40, seed=0):
+    """Cancer images have one hot position on channel 0; everything else is noise: the answer is known."""
+    rng = np.random.default_rng(seed)
+    feats = rng.normal(size=(n, 2, 4, 4, 3)).astype(np.float32)
+    y = np.arange(n) % 2
+    for i in np.flatnonzero(y):
+        r, c = rng.integers(0, 4, 2)
+        feats[i, :, r, c, 0] += 6.0
+    return feats, y
+
+
+def test_fitted_head_finds_the_planted_position_and_is_reproducible():
+    feats, y = stand_in_features()
+    spec = HeadSpec(top_fraction=1 / 16, epochs=60, learning_rate=0.05, batch_size=8)
+    head = fit_mil_head(feats, y, spec)
+    assert np.argmax(np.abs(head.weight)) == 0 and head.weight[0] > 0
+    logits = head.image_logit(feats[:, 0])
+    assert logits[y == 1].min() > logits[y == 0].max()  # separable by construction: the planted position
+    again = fit_mil_head(feats, y, spec)
+    assert np.array_equal(again.weight, head.weight) and again.bias == head.bias
+    maps = head.position_logits(feats[:, 0])
+    assert maps.shape == (40, 4, 4)
+    hot = np.unravel_index(np.argmax(maps[1]), (4, 4))
+    assert feats[1, 0][hot][0] > 3  # the map's peak is where the lesion was planted
+
+
+def test_head_round_trip_and_bounds():
+    feats, y = stand_in_features()
+    head = fit_mil_head(feats, y, HeadSpec(epochs=2))
+    back = MilHead.from_dict(head.to_dict(), channels=3)
+    assert np.allclose(back.image_logit(feats[:, 0]), head.image_logit(feats[:, 0]))
+    bad = head.to_dict() | {"scale": [1.0, 0.0, 1.0]}
+    with pytest.raises(ValueError, match="scale"):
+        MilHead.from_dict(bad)
+    with pytest.raises(ValueError, match="channels"):
+        MilHead.from_dict(head.to_dict(), channels=1280)
+    with pytest.raises(ValueError, match="top_fraction"):
+        MilHead.from_dict(head.to_dict() | {"top_fraction": 0.0})
+    with pytest.raises(ValueError, match="epochs"):
+        HeadSpec(epochs=0)
+
+
+@pytest.mark.parametrize("shape", [(640, 640), (4000, 3000), (100, 60)])
+def test_square_input_records_its_resize(shape):
+    pixels = np.random.default_rng(0).random(shape).astype(np.float32)
+    square, t = to_square(pixels, 256)
+    assert square.shape == (256, 256)
+    h, w = shape
+    corners = t.inverse().apply([[0, 0], [256, 256]])
+    assert np.allclose(corners, [[0, 0], [w, h]])  # the square's corners are the original's
+    with pytest.raises(ValueError, match="size"):
+        to_square(pixels, 4096)
