@@ -169,3 +169,105 @@ def test_the_real_rsna_ffdm_folder():
     for name, ims in split_by_patient(ds.images, {"train": 0.8, "val": 0.2}, seed=0).items():
         for im in ims:
             assert side.setdefault(im.patient_id, name) == name
+
+
+# --- the CSV's box-less rows --------------------------------------------------------------------------------------
+def boxless_csv(tmp_path, n=16):
+    """A synthetic boxed set plus two women with image labels only: 'bad' (cancer, box-less) and 'ok' (no cancer,
+    box-less benign label), two images each."""
+    from mammo.synthetic import write_synthetic_dataset
+
+    csv_path = write_synthetic_dataset(tmp_path / "syn", n, seed=2, shape=(128, 96), n_lesions=1)
+    rows = []
+    for woman, label in (("bad", "malignant"), ("ok", "benign")):
+        for i in range(2):
+            rel = f"images/{woman}{i}.png"
+            write_image(csv_path.parent / rel, seed=50 + i, shape=(128, 96))
+            rows.append(f"{rel},{woman},,,,,{label}")
+    csv_path.write_text(csv_path.read_text() + "\n".join(rows) + "\n")
+    return csv_path
+
+
+def test_csv_rows_without_a_box_are_image_labels(tmp_path):
+    ds = read_annotations("csv", boxless_csv(tmp_path), aspect_squashed=True)
+    ims = {r.image_id: r for r in ds.images}
+    for woman, label in (("bad", 1), ("ok", 0)):
+        for i in range(2):
+            r = ims[f"images/{woman}{i}"]
+            assert r.patient_id == woman and r.label == label and r.aspect_squashed
+            assert [l.box for l in r.lesions] == [None]
+            assert any(r.image_id in line and "without a box" in line for line in ds.report)
+
+
+# --- what each stage may learn from box-less images ---------------------------------------------------------------
+@pytest.mark.parametrize("fraction", [1.0, 0.0])
+def test_detector_data_leaves_out_boxless_cancers_and_keeps_boxless_cancer_free_as_negatives(tmp_path, capsys,
+                                                                                            fraction):
+    import json
+
+    from detector.dataset import export_from_config
+
+    csv_path = boxless_csv(tmp_path)
+    cfg = load_config(None, ["data.format=csv", f"data.annotations={csv_path}", "detector.imgsz=64",
+                             "data.split_fractions={train: 0.5, val: 0.5}", f"detector.train_negatives={fraction}"])
+    result = export_from_config(cfg, tmp_path / "out")
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    skipped = {e["image_id"]: e["reason"] for e in manifest["skipped"]}
+    written = {e["image_id"]: e for e in manifest["images"]}
+    for i in range(2):
+        assert "location is unknown" in skipped[f"images/bad{i}"] and f"images/bad{i}" not in written
+    split = {row.split(",")[0]: row.split(",")[2] for row in (tmp_path / "out" / "split.csv").read_text().split()[1:]}
+    for i in range(2):  # cancer-free: written as a negative (an empty label file), or left out like any normal one
+        iid = f"images/ok{i}"
+        if fraction == 0.0 and split[iid] == "train":
+            assert "train_negatives" in skipped[iid]
+        else:
+            entry = written[iid]
+            assert entry["lesions"] == []
+            assert (tmp_path / "out" / entry["file"].replace("images/", "labels/", 1)).with_suffix(".txt") \
+                .read_text() == ""
+    assert sum(c["boxless_cancer_excluded"] for c in result.counts.values()) == 2
+    assert sum(c["boxless_negatives"] for c in result.counts.values()) == sum(i.startswith("images/ok")
+                                                                              for i in written)
+    assert manifest["counts"] == result.counts
+    assert "left out (location unknown)" in capsys.readouterr().out
+
+
+def test_crops_take_nothing_from_boxless_cancers_and_negatives_from_boxless_cancer_free(tmp_path):
+    from classifier import data as D
+    from mammo.config import ClassifierConfig
+    from mammo.records import Detection
+
+    ann = read_annotations("csv", boxless_csv(tmp_path, n=4))
+    cfg = ClassifierConfig(input_size=16, crops_per_lesion=1, negatives_per_image=3)
+    anywhere = [Detection((10.0, 30.0, 40.0, 60.0), 0.9), Detection((5.0, 5.0, 20.0, 20.0), 0.3)]
+    dets = {f"images/{w}{i}": anywhere for w in ("bad", "ok") for i in range(2)}
+    crops = D.build_crops(ann.images, cfg, seed=0, detections=dets, cache_dir=tmp_path / "cache", progress=False)
+    m = crops.manifest
+    for i in range(2):
+        assert not (m["image_id"] == f"images/bad{i}").any()  # no lesion crop, no background, no detection
+        ok = m[m["image_id"] == f"images/ok{i}"]
+        assert sorted(ok["kind"]) == ["background"] * 3 + ["detection_background"] * 2
+        assert (ok["label"] == 0).all()
+    assert any("location is unknown" in line and "images/bad0" in line for line in crops.report)
+    assert any("2 cancer-free image(s)" in line for line in crops.report)
+
+
+def test_the_whole_image_baseline_takes_every_labelled_image(tmp_path, monkeypatch):
+    import classifier.train
+    from pipeline import baseline
+
+    root = write_folders(tmp_path / "set", SMALL)
+    seen = {}
+
+    def fake_train(cfg, run_dir, crops):  # the data handed to training, without training
+        seen["crops"] = crops
+        return {}
+
+    monkeypatch.setattr(classifier.train, "train", fake_train)
+    cfg = load_config(None, ["data.format=folders", f"data.annotations={root}", "classifier.input_size=32",
+                             "data.split_fractions={train: 0.5, val: 0.5}"])
+    baseline.train_baseline(cfg, tmp_path / "run", progress=False)
+    crops = seen["crops"]
+    assert len(crops) == len(SMALL) and sorted(crops.labels) == [0, 0, 0, 1, 1, 1]
+    assert set(crops.manifest["split"]) == {"train", "val"}
