@@ -155,6 +155,19 @@ def test_a_woman_never_sits_on_two_sides_of_a_split(tmp_path):
         assert sum(len(v) for v in splits.values()) == ann.n_images == len(files)
 
 
+def test_cross_validation_folds_keep_a_woman_in_one_fold(tmp_path):
+    from pipeline.cross_validate import assign_folds
+
+    files = [f"{'malignant' if w % 3 == 0 else 'benign'}/{w}_{100 * w + i}.png" for w in range(1, 13)
+             for i in range(1 + w % 3)]
+    records = read_annotations("folders", write_folders(tmp_path / "set", files)).images
+    folds = assign_folds(records, 3, seed=0)
+    fold_of = {}
+    for r in records:
+        assert fold_of.setdefault(r.patient_id, folds[r.image_id]) == folds[r.image_id]
+    assert set(folds.values()) == {0, 1, 2}
+
+
 # --- the real folder ------------------------------------------------------------------------------------------
 def test_the_real_rsna_ffdm_folder():
     if not (RSNA_DIR / "malignant").is_dir():
