@@ -8,9 +8,11 @@ Kinds of crops (the `kind` column of the manifest), all made by `mammo.crops.cro
   the detector's false positives look like this, so the classifier should score them low.
 - 'detection' / 'detection_background': detector boxes, labelled by overlap with the truth (IoU >= 0.3: the
   lesion's pathology; IoU < 0.1: background; in between: ambiguous, not used).
-Label 1 = malignant, 0 = benign lesion or normal tissue. Lesions without a box (MIAS '*NOTE 3*') give no crop,
-and detections on images that have such a lesion are not used (they cannot be labelled); both are counted in
-the report. The cache key covers the image files (path, size, mtime), the truth, the detections and every
+Label 1 = malignant, 0 = benign lesion or normal tissue. Lesions without a box (MIAS '*NOTE 3*', image-level
+labels of the folders format or box-less CSV rows) give no crop. What else such an image gives depends on its
+label: a cancer image without a box for every lesion gives nothing at all (its cancer is somewhere unknown: no
+crop of it can be labelled); a cancer-free image without any box is a negative like a normal one (background
+crops, and every detection on it is a 'detection_background', label 0). Both are counted in the report. The cache key covers the image files (path, size, mtime), the truth, the detections and every
 crop setting, so a stale cache is never reused.
 """
 from __future__ import annotations
@@ -35,7 +37,7 @@ from mammo.imaging import read_mammogram
 from mammo.preprocess import breast_mask
 from mammo.records import Detection, ImageRecord
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: box-less cancer-free images give negatives
 POS_IOU, NEG_IOU = 0.3, 0.1  # detection labelling thresholds
 TEXT_COLUMNS = ("image_id", "patient_id", "source", "kind", "pathology")
 MANIFEST_COLUMNS = ["crop", "image_id", "patient_id", "source", "kind", "label", "pathology", "lesion",
@@ -158,11 +160,15 @@ def _crops_of_image(rec: ImageRecord, cfg: ClassifierConfig, seed: int, sizes, d
         add(les.box, "truth", les.malignant, les.pathology, i)
         for _ in range(cfg.crops_per_lesion):
             add(jitter_box(les.box, rng, cfg.jitter), "jitter", les.malignant, les.pathology, i)
-    if not rec.lesions:
+    cancer_free_unboxed = not rec.label and not rec.boxed_lesions  # normal, or a box-less 'no cancer' label
+    if cancer_free_unboxed:
         for box in _background_boxes(pixels, cfg.negatives_per_image, sizes, rng):
-            add(box, "background", 0, "normal")
+            add(box, "background", 0, "normal" if not rec.lesions else "benign")
     dets = detections.get(rec.image_id, []) if detections else []
-    if dets and len(rec.boxed_lesions) == len(rec.lesions):  # an unboxed lesion would make labels unreliable
+    if dets and cancer_free_unboxed and rec.lesions:  # whatever a box there hits, it is no cancer
+        for d in dets:
+            add(d.box, "detection_background", 0, "benign")
+    elif dets and len(rec.boxed_lesions) == len(rec.lesions):  # an unboxed lesion would make labels unreliable
         truth = [l for l in rec.lesions]
         iou = box_iou([d.box for d in dets], [l.box for l in truth]) if truth else np.zeros((len(dets), 0))
         for d, row in zip(dets, iou):
@@ -207,13 +213,17 @@ def build_crops(records, cfg: ClassifierConfig, *, seed: int = 0, detections: di
 
 
 def _report(records, detections) -> list[str]:
-    unboxed = [r.image_id for r in records for l in r.lesions if l.box is None]
+    unboxed = [r for r in records if len(r.boxed_lesions) < len(r.lesions)]
+    unknown = [r.image_id for r in unboxed if r.label or r.boxed_lesions]
     out = []
-    if unboxed:
-        out.append(f"{len(unboxed)} lesion(s) without a box give no crop (image-level labels only): "
-                   f"{', '.join(sorted(set(unboxed)))}")
+    if unknown:
+        out.append(f"{len(unknown)} image(s) with a lesion without a box give no crop of it and no negative "
+                   f"(its location is unknown): {', '.join(sorted(unknown)[:20])}{' ...' if len(unknown) > 20 else ''}")
         if detections:
             out.append("detections on those images are not used: they cannot be labelled against the truth")
+    if len(unknown) < len(unboxed):
+        out.append(f"{len(unboxed) - len(unknown)} cancer-free image(s) labelled without a box give negatives "
+                   "only (background crops, detections as background)")
     return out
 
 

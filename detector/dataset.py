@@ -64,8 +64,12 @@ def export_dataset(splits: dict[str, Sequence[ImageRecord]], out_dir, *, imgsz: 
 
     `train_negatives` keeps that fraction of the lesion-free training images (chosen with `seed`); other
     splits keep all of theirs, since false positives are counted on them. Images with a lesion that has no
-    box (MIAS '*NOTE 3*') are left out of every split and listed in the manifest: they are neither a clean
-    negative nor a usable positive. `source` names the annotation file in errors.
+    box are judged by their label (`_boxless_role`): a cancer-free image without any box (an image-level
+    'benign' label: the folders format, a CSV row without coordinates) is a background negative like a normal
+    one; a cancer image without a box for every lesion (MIAS '*NOTE 3*', image-labelled cancers) has a lesion
+    somewhere unknown, so it is neither a clean negative nor a usable positive: left out of every split, listed
+    in the manifest and counted (counts[split]['boxless_cancer_excluded']). `source` names the annotation file
+    in errors.
     """
     out = Path(out_dir)
     if not any(splits.values()):
@@ -81,20 +85,26 @@ def export_dataset(splits: dict[str, Sequence[ImageRecord]], out_dir, *, imgsz: 
     counts = {}
     rng = np.random.default_rng(seed)
     for split, records in splits.items():
-        kept = []
+        kept, n_excluded = [], 0
         for r in records:
-            if not _all_boxed(r):
+            why = _boxless_role(r)
+            if why == "excluded":
+                n_excluded += 1
                 skipped.append({"image_id": r.image_id, "source": str(r.path), "split": split,
-                                "reason": "a lesion without coordinates (image-level label only)"})
+                                "reason": "a lesion without coordinates (image-level label only) in a cancer image "
+                                          "or beside boxed lesions: its location is unknown, so the image is "
+                                          "neither a clean negative nor a usable positive"})
             else:
                 kept.append(r)
+        n_boxless_negatives = sum(_boxless_role(r) == "negative" for r in kept)
         if split == "train" and train_negatives < 1.0:
-            negatives = [i for i, r in enumerate(kept) if not r.lesions]
+            negatives = [i for i, r in enumerate(kept) if not r.boxed_lesions]
             n_keep = round(len(negatives) * max(train_negatives, 0.0))
             drop = set(np.asarray(negatives)[rng.permutation(len(negatives))[n_keep:]].tolist())
             for i in sorted(drop):
                 skipped.append({"image_id": kept[i].image_id, "source": str(kept[i].path), "split": split,
                                 "reason": f"normal image left out (detector.train_negatives={train_negatives})"})
+            n_boxless_negatives -= sum(_boxless_role(kept[i]) == "negative" for i in drop)
             kept = [r for i, r in enumerate(kept) if i not in drop]
         (out / "images" / split).mkdir(parents=True, exist_ok=True)
         (out / "labels" / split).mkdir(parents=True, exist_ok=True)
@@ -105,7 +115,11 @@ def export_dataset(splits: dict[str, Sequence[ImageRecord]], out_dir, *, imgsz: 
             labelled = sum("note" not in lesion for lesion in entry["lesions"])
             n_pos += bool(labelled)
             n_les += labelled
-        counts[split] = {"images": len(kept), "positives": n_pos, "lesions": n_les}
+        counts[split] = {"images": len(kept), "positives": n_pos, "lesions": n_les,
+                         "boxless_negatives": n_boxless_negatives, "boxless_cancer_excluded": n_excluded}
+        if n_excluded or n_boxless_negatives:
+            print(f"detector data, {split}: {n_excluded} image(s) with a lesion but no box left out (location "
+                  f"unknown), {n_boxless_negatives} box-less cancer-free image(s) used as background negatives")
 
     names = list(classes)
     # An evaluation export has only 'val'; ultralytics insists on a 'train' key, so it points at the same images.
@@ -123,12 +137,22 @@ def _all_boxed(rec: ImageRecord) -> bool:
     return all(lesion.box is not None for lesion in rec.lesions)
 
 
+def _boxless_role(rec: ImageRecord) -> str:
+    """'boxed' (every lesion has a box, or it has none), 'negative' (cancer-free and no box at all: mostly a
+    normal screening view; a benign finding it may hold is taught as background, the price of learning from
+    such images) or 'excluded' (a cancer without a box, or an unboxed lesion beside boxed ones: a detector
+    taught that its unknown location is background would learn to miss it)."""
+    if _all_boxed(rec):
+        return "boxed"
+    return "negative" if not rec.label and not rec.boxed_lesions else "excluded"
+
+
 def _export_one(rec: ImageRecord, out: Path, split: str, stem: str, imgsz: int, classes, pp_cfg) -> dict:
     mammogram = read_mammogram(rec.path)  # ImageReadError names the file
     model_input = letterbox_input(preprocess(mammogram, pp_cfg), imgsz)
     to_input = model_input.transform
     lesions, lines = [], []
-    for lesion in rec.lesions:
+    for lesion in rec.boxed_lesions:  # a box-less cancer-free image is written as a negative (no label lines)
         box = clip_to_shape(to_input.apply_boxes([lesion.box]), (imgsz, imgsz))[0]
         entry = {"box_original": [round(v, 2) for v in lesion.box], "box_image": np.round(box, 2).tolist(),
                  "class": classes[class_index(lesion, classes)], "abnormality": lesion.abnormality,

@@ -36,7 +36,7 @@ IMAGE_ID_MODES = ("auto", "name", "hash")  # pipeline/ids.py says what each mean
 SOURCE_PATH_MODES = ("full", "hashed", "none")
 MAX_FOLDS = 20  # k of a cross-validation: each fold trains both stages, so more is days of CPU
 MAX_PREDICT_BOXES = 100  # boxes per image in cross-validation's fold predictions: the most a chosen max_det can be
-DATA_FORMATS = ("mias", "cbis-ddsm", "inbreast", "vindr", "csv")
+DATA_FORMATS = ("mias", "cbis-ddsm", "inbreast", "vindr", "csv", "folders")
 BACKBONES = ("small_cnn", "mobilenet_v2", "densenet121", "resnet50", "vgg16", "efficientnet_b0")
 CALIBRATIONS = ("temperature", "platt", "isotonic", "none")
 KERAS_BACKENDS = ("torch", "tensorflow")  # mammo.runtime.use_keras_backend
@@ -88,6 +88,9 @@ class DataConfig(_Checked):
     seed: int = bounded(0, 0, 2**32 - 1)
     # DDSM scans and some PNG exports carry no pixel spacing; this fallback (mm) is used where one is needed.
     fallback_pixel_spacing_mm: float = bounded(0.2, 0.001, 10.0)
+    # The images are raster exports resized to other proportions than the breast's (square 640 x 640 exports):
+    # recorded on every image (ImageRecord.aspect_squashed); only the csv and folders formats may say so.
+    aspect_squashed: bool = False
 
 
 @dataclass(frozen=True)

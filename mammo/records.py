@@ -100,7 +100,11 @@ class Lesion:
 
 @dataclass(frozen=True)
 class ImageRecord:
-    """One image of an annotated dataset: where it is, whose it is, and its findings (empty = negative)."""
+    """One image of an annotated dataset: where it is, whose it is, and its findings (empty = negative).
+
+    `shape` is the file's (height, width) where the reader reads it (None: not read). `aspect_squashed` says the
+    raster was resized to proportions other than the breast's (data.aspect_squashed), as in square exports.
+    """
 
     image_id: str
     patient_id: str
@@ -109,6 +113,8 @@ class ImageRecord:
     laterality: str | None = None
     view: str | None = None
     source: str = ""
+    shape: tuple[int, int] | None = None
+    aspect_squashed: bool = False
 
     @property
     def label(self) -> int:

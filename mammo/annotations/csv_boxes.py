@@ -5,7 +5,10 @@
 - Boxes are in original pixels, top-left origin, corner convention (x2 is one past the last column).
 - `label`: benign / malignant or 0 / 1. A row with blank coordinates marks an image with no box: it is a negative
   when its label is blank, 0, 'normal' or 'negative'; with 'benign' / 'malignant' / 1 it is kept as an
-  image-level finding (box None) and reported.
+  image-level finding (box None) and reported. Each stage decides what such an image can teach it: a box-less
+  malignant image is never a detector negative (detector/dataset.py, classifier/data.py).
+- `aspect_squashed` (data.aspect_squashed) is recorded on every image: the rasters were resized to other
+  proportions than the breast's.
 """
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ LABELS = {"benign": "benign", "0": "benign", "malignant": "malignant", "1": "mal
 NEGATIVE = {"", "0", "normal", "negative"}  # only for rows without a box
 
 
-def read_csv_boxes(path, images_root=None) -> AnnotationSet:
+def read_csv_boxes(path, images_root=None, aspect_squashed: bool = False) -> AnnotationSet:
     path = Path(path)
     if not path.is_file():
         raise AnnotationError(path, "CSV file not found")
@@ -65,6 +68,7 @@ def read_csv_boxes(path, images_root=None) -> AnnotationSet:
         else:
             report.append(f"csv {iid}: {LABELS[label]} finding without a box (row {rowno}); kept as image-level label")
         lesions[iid].append(Lesion(iid, pid, box, abn, LABELS[label], "csv", detail))
-    records = [ImageRecord(i, r.patient_id, r.path, tuple(lesions[i]), source="csv") for i, r in images.items()]
+    records = [ImageRecord(i, r.patient_id, r.path, tuple(lesions[i]), source="csv", aspect_squashed=aspect_squashed)
+               for i, r in images.items()]
     records = keep_existing(records, report, "csv")
     return AnnotationSet(tuple(records), tuple(report), "csv")
