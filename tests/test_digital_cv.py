@@ -54,7 +54,7 @@ def make_records(tmp_path, n_women=12, per_woman=2, seed=0):
 
 
 def tiny_config(**g):
-    gb = dict(size=SIZE, top_fractions=(1.0, 0.125), epochs=5, batch_size=8, folds=3, inner_folds=2,
+    gb = dict(size=SIZE, top_fractions=(1.0, 0.25), weight_decays=(0.01, 0.1), grid=2, epochs=5, batch_size=8, folds=3, inner_folds=2,
               batch_images=4) | g
     return replace(Config(), global_branch=GlobalBranchConfig(**gb))
 
@@ -82,10 +82,17 @@ def test_folds_resume_and_summary(dataset, tmp_path):
         assert len(set(folds[women == w])) == 1  # a woman is in one fold only
     p = np.array(oof["probability_cross_fitted"])
     assert ((p >= 0) & (p <= 1)).all()
-    assert set(summary["settings"]) == {"top_fraction", "calibration", "probability_threshold"}
-    assert summary["settings"]["top_fraction"] in (1.0, 0.125)
+    settings = summary["settings"]
+    assert (settings["top_fraction"], settings["weight_decay"]) in {(1.0, 0.01), (1.0, 0.1), (0.25, 0.01), (0.25, 0.1)}
+    assert settings["grid"] == 2
     cand = summary["figures"]["every_candidate (held-out folds, not used to choose)"]
-    assert set(cand) == {"1.0", "0.125"}
+    assert set(cand) == {"top1_wd0.01", "top1_wd0.1", "top0.25_wd0.01", "top0.25_wd0.1"}
+    # the score threshold and the probability threshold make the same calls on the out-of-fold scores
+    from pipeline.digital.cross_validate import sigmoid
+    from mammo.calibration import apply_calibration
+    s = sigmoid(np.array(oof["logit"]))
+    assert np.array_equal(s >= settings["score_threshold"],
+                          apply_calibration(settings["calibration"], s) >= settings["probability_threshold"])
     for name in ("metrics.md", "roc.png", "pr.png", "reliability.png", "contact_sheet.png"):
         assert (out / "evaluation" / name).stat().st_size > 0
     assert "auROC" in (out / "evaluation" / "metrics.md").read_text()

@@ -4,7 +4,8 @@
 
 1. Women are spread over k folds, stratified by label (pipeline.cross_validate.assign_folds, as for film).
 2. Features of every image and its mirror are extracted once (pipeline.digital.features; resumable).
-3. For each fold: its training part chooses the pooling (global_branch.top_fractions) by an inner woman-level
+3. For each fold: its training part chooses the pooling and the L2 strength (global_branch.top_fractions x
+   weight_decays) by an inner woman-level
    cross-validation, then fits the head on the whole training part and scores the held-out fold. Only the
    training part's labels are handed to the choice and the fit. Each candidate is also fitted and scored on the
    held-out fold, so every method tried is reported, but the held-out scores do not choose anything.
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from classifier.global_branch import HeadSpec, fit_mil_head
+from classifier.global_branch import HeadSpec, fit_mil_head, pool_grid
 from mammo import metrics
 from mammo.annotations import read_annotations
 from mammo.atomic import atomic_write_text
@@ -48,10 +49,19 @@ def outer_folds(records, cfg: Config) -> dict[str, int]:
     return assign_folds(records, cfg.global_branch.folds, cfg.data.seed)
 
 
-def head_spec(cfg: Config, top_fraction: float) -> HeadSpec:
+def head_spec(cfg: Config, candidate: tuple[float, float]) -> HeadSpec:
     g = cfg.global_branch
-    return HeadSpec(top_fraction=top_fraction, weight_decay=g.weight_decay, epochs=g.epochs,
+    return HeadSpec(top_fraction=candidate[0], weight_decay=candidate[1], epochs=g.epochs,
                     learning_rate=g.learning_rate, batch_size=g.batch_size, seed=cfg.run.seed)
+
+
+def candidates(cfg: Config) -> list[tuple[float, float]]:
+    """(top fraction, weight decay) pairs, in config order."""
+    return [(f, wd) for f in cfg.global_branch.top_fractions for wd in cfg.global_branch.weight_decays]
+
+
+def name_of(candidate) -> str:
+    return f"top{candidate[0]:g}_wd{candidate[1]:g}"
 
 
 def image_logits(head, feats) -> np.ndarray:
@@ -59,22 +69,23 @@ def image_logits(head, feats) -> np.ndarray:
     return np.mean([head.image_logit(np.asarray(feats[:, v], np.float32)) for v in range(feats.shape[1])], axis=0)
 
 
-def choose_fraction(feats, y, women, cfg: Config) -> tuple[float, dict]:
-    """The pooling whose inner woman-level cross-validation (on these images only) gives the highest pooled
-    auROC; ties go to the earlier candidate."""
+def choose_candidate(feats, y, women, cfg: Config) -> tuple[tuple[float, float], dict]:
+    """The (pooling, weight decay) whose inner woman-level cross-validation (on these images only) gives the
+    highest pooled auROC; ties go to the earlier candidate."""
     inner_records = [_Rec(str(i), str(w), int(t)) for i, (w, t) in enumerate(zip(women, y))]
     inner = assign_folds(inner_records, cfg.global_branch.inner_folds, cfg.data.seed + 1)
     inner_fold = np.array([inner[r.image_id] for r in inner_records])
     scores = {}
-    for frac in cfg.global_branch.top_fractions:
+    for cand in candidates(cfg):
         oof = np.zeros(len(y))
         for j in range(cfg.global_branch.inner_folds):
             tr, te = inner_fold != j, inner_fold == j
-            head = fit_mil_head(feats[tr], y[tr], head_spec(cfg, frac))
+            head = fit_mil_head(feats[tr], y[tr], head_spec(cfg, cand))
             oof[te] = image_logits(head, feats[te])
-        scores[str(frac)] = metrics.auroc(y, oof)
-    best = max(cfg.global_branch.top_fractions, key=lambda f: (scores[str(f)], -cfg.global_branch.top_fractions.index(f)))
-    return float(best), scores
+        scores[name_of(cand)] = metrics.auroc(y, oof)
+    order = candidates(cfg)
+    best = max(order, key=lambda c: (scores[name_of(c)], -order.index(c)))
+    return best, scores
 
 
 class _Rec:  # what assign_folds reads of a record
@@ -88,15 +99,15 @@ def run_fold(feats, y, women, train: np.ndarray, k: int, cfg: Config) -> dict:
     t0 = time.perf_counter()
     tr = np.flatnonzero(train)
     te = np.flatnonzero(~train)
-    chosen, inner = choose_fraction(feats[tr], y[tr], women[tr], cfg)
+    chosen, inner = choose_candidate(feats[tr], y[tr], women[tr], cfg)
     held_feats = feats[te]
-    candidates, heads = {}, {}
-    for frac in cfg.global_branch.top_fractions:
-        heads[str(frac)] = fit_mil_head(feats[tr], y[tr], head_spec(cfg, frac))
-        candidates[str(frac)] = image_logits(heads[str(frac)], held_feats).tolist()
-    return {"fold": k, "chosen_top_fraction": chosen, "inner_auroc": inner, "held_out_rows": te.tolist(),
-            "logits": candidates[str(chosen)], "candidates": candidates,
-            "head": heads[str(chosen)].to_dict(),  # the fold's model: its out-of-fold saliency maps
+    scored, heads = {}, {}
+    for cand in candidates(cfg):
+        heads[name_of(cand)] = fit_mil_head(feats[tr], y[tr], head_spec(cfg, cand))
+        scored[name_of(cand)] = image_logits(heads[name_of(cand)], held_feats).tolist()
+    return {"fold": k, "chosen": {"top_fraction": chosen[0], "weight_decay": chosen[1]}, "inner_auroc": inner,
+            "held_out_rows": te.tolist(), "logits": scored[name_of(chosen)], "candidates": scored,
+            "head": heads[name_of(chosen)].to_dict(),  # the fold's model: its out-of-fold saliency maps
             "seconds": round(time.perf_counter() - t0, 1)}
 
 
@@ -134,7 +145,7 @@ def _groups(women, n: int = CALIBRATION_GROUPS) -> np.ndarray:
 def summarize(records, y, women, fold, folds_done: list[dict], cfg: Config, n_boot: int = 1000) -> dict:
     n = len(y)
     logits = np.full(n, np.nan)
-    per_candidate = {str(f): np.full(n, np.nan) for f in cfg.global_branch.top_fractions}
+    per_candidate = {name_of(c): np.full(n, np.nan) for c in candidates(cfg)}
     for d in folds_done:
         rows = np.array(d["held_out_rows"])
         logits[rows] = d["logits"]
@@ -150,7 +161,7 @@ def summarize(records, y, women, fold, folds_done: list[dict], cfg: Config, n_bo
         "sensitivity_at_specificity_0.8": sensitivity_at_specificity(y, logits, MIN_SPECIFICITY),
         "per_fold": {str(d["fold"]): {"n": len(d["held_out_rows"]),
                                       "auroc": metrics.auroc(y[d["held_out_rows"]], np.array(d["logits"])),
-                                      "chosen_top_fraction": d["chosen_top_fraction"]} for d in folds_done},
+                                      "chosen": name_of(tuple(d["chosen"].values()))} for d in folds_done},
         "every_candidate (held-out folds, not used to choose)": {
             f: {"auroc": metrics.auroc(y, v), "aupr": metrics.aupr(y, v),
                 "sensitivity_at_specificity_0.8": sensitivity_at_specificity(y, v, MIN_SPECIFICITY)}
@@ -162,16 +173,28 @@ def summarize(records, y, women, fold, folds_done: list[dict], cfg: Config, n_bo
     calibration = choose_calibration(scores, y, _groups(women))
     p_all = apply_calibration(calibration, scores)
     threshold, _ = metrics.best_threshold(y, p_all, beta=BETA, min_specificity=MIN_SPECIFICITY)
-    fractions = [d["chosen_top_fraction"] for d in folds_done]
+    # the final fit's setting: the one the folds chose most often (ties: the earlier candidate)
+    chosen = [tuple(d["chosen"].values()) for d in folds_done]
+    final = max(candidates(cfg), key=lambda c: (chosen.count(c), -candidates(cfg).index(c)))
     return {"source": f"{len(folds_done)}-fold woman-level cross-validation, out-of-fold predictions",
             "n_images": int(n), "n_positive": int(y.sum()), "n_women": int(len(set(women.tolist()))),
             "beta": BETA, "min_specificity": MIN_SPECIFICITY,
-            "settings": {"top_fraction": max(set(fractions), key=fractions.count), "calibration": calibration,
-                         "probability_threshold": float(threshold)},
+            "settings": {"top_fraction": final[0], "weight_decay": final[1], "grid": cfg.global_branch.grid,
+                         "size": cfg.global_branch.size, "calibration": calibration,
+                         "probability_threshold": float(threshold),
+                         # the same operating point on the score (sigmoid of the logit) the results carry
+                         "score_threshold": score_threshold(scores, p_all, threshold)},
             "per_fold_choices": per_fold_choice, "figures": figures,
             "oof": {"image_id": [r.image_id for r in records], "fold": fold.tolist(), "label": y.tolist(),
                     "woman": woman_index(women),  # for bootstraps over women; an index, not the dataset's id
                     "logit": logits.tolist(), "probability_cross_fitted": prob.tolist()}}
+
+
+def score_threshold(scores, probabilities, probability_threshold: float) -> float:
+    """The lowest score whose calibrated probability reaches the threshold: score >= it <=> called malignant
+    (the calibration maps are non-decreasing)."""
+    above = np.asarray(scores)[np.asarray(probabilities) >= probability_threshold]
+    return float(above.min()) if len(above) else float(np.nextafter(np.max(scores), np.inf))
 
 
 def woman_index(women) -> list[int]:
@@ -200,8 +223,8 @@ def run_digital_cv(cfg: Config, out, *, only_fold: int | None = None, progress: 
         raise MammoError(f"--fold {only_fold}: expected 0 to {k - 1}")
     folds = outer_folds(records, cfg)
     write_folds_file(out / "folds.csv", records, folds)
-    feats = extract_features(records, cfg, feature_cache or out / "features", progress=progress,
-                             extractor=extractor)
+    feats = pool_grid(extract_features(records, cfg, feature_cache or out / "features", progress=progress,
+                                       extractor=extractor), cfg.global_branch.grid)
     y = np.array([r.label for r in records])
     women = np.array([r.patient_id for r in records])
     fold = np.array([folds[r.image_id] for r in records])
@@ -214,7 +237,7 @@ def run_digital_cv(cfg: Config, out, *, only_fold: int | None = None, progress: 
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, json.dumps(result))
         if progress:
-            print(f"fold {j}: top_fraction {result['chosen_top_fraction']} (inner auROC {result['inner_auroc']}), "
+            print(f"fold {j}: chose {result['chosen']} (inner auROC {result['inner_auroc']}), "
                   f"held-out auROC {metrics.auroc(y[fold == j], np.array(result['logits'])):.3f}, "
                   f"{result['seconds']} s", flush=True)
     done = [json.loads(fold_file(out, j).read_text()) for j in range(k) if fold_file(out, j).is_file()]

@@ -40,14 +40,15 @@ def metrics_markdown(summary: dict) -> str:
              f"| ECE / Brier / Brier of the base rate | {_fmt(prob['ece'])} / {_fmt(prob['brier'])} / "
              f"{_fmt(prob['brier_base_rate'])} |",
              f"| per-fold auROC (mean {f['per_fold']['mean_auroc']:.3f}) | "
-             + ", ".join(f"{v['auroc']:.3f} (k={v['chosen_top_fraction']})" for k, v in f["per_fold"].items()
+             + ", ".join(f"{v['auroc']:.3f} ({v['chosen']})" for k, v in f["per_fold"].items()
                          if k != "mean_auroc") + " |", "",
              "Every pooling tried, scored on the held-out folds (reported, not used to choose):", "",
-             "| top fraction | auROC | auPR | sensitivity at specificity 0.8 |", "| --- | --- | --- | --- |"]
+             "| pooling, weight decay | auROC | auPR | sensitivity at specificity 0.8 |", "| --- | --- | --- | --- |"]
     for frac, v in f["every_candidate (held-out folds, not used to choose)"].items():
         lines.append(f"| {frac} | {v['auroc']:.3f} | {v['aupr']:.3f} | {v['sensitivity_at_specificity_0.8']:.3f} |")
     s = summary["settings"]
-    lines += ["", f"Shipped: top fraction {s['top_fraction']}, calibration {s['calibration']['method']}, "
+    lines += ["", f"Shipped: top fraction {s['top_fraction']} of a {s['grid']} x {s['grid']} grid, weight decay "
+                  f"{s['weight_decay']}, calibration {s['calibration']['method']}, "
                   f"probability threshold {s['probability_threshold']:.4f} (F{summary['beta']:g} at specificity >= "
                   f"{summary['min_specificity']})."]
     return "\n".join(lines) + "\n"

@@ -24,28 +24,33 @@ def ids_digest(image_ids) -> str:
 
 
 def train_global_branch(cfg: Config, cv_dir, out, feature_cache=None, extractor=None) -> Path:
-    from classifier.global_branch import build_feature_extractor, build_global_model, fit_mil_head
+    from classifier.global_branch import build_feature_extractor, build_global_model, fit_mil_head, pool_grid
 
     cv_dir, out = Path(cv_dir), Path(out)
     summary_path = cv_dir / "summary.json"
     if not summary_path.is_file():
         raise MammoError(f"{summary_path}: missing; finish `python -m pipeline digital-cv` first")
     summary = json.loads(summary_path.read_text())
-    fraction = float(summary["settings"]["top_fraction"])
+    settings = summary["settings"]
+    candidate = (float(settings["top_fraction"]), float(settings["weight_decay"]))
+    grid = int(settings["grid"])
+    if grid != cfg.global_branch.grid or int(settings["size"]) != cfg.global_branch.size:
+        raise MammoError(f"{summary_path}: cross-validated at size {settings['size']}, grid {grid}; this config "
+                         f"says {cfg.global_branch.size}, {cfg.global_branch.grid}")
     records = dataset_records(cfg)
     cv_ids = summary["oof"]["image_id"]
     if [r.image_id for r in records] != cv_ids:
         raise MammoError(f"{summary_path}: cross-validated other images than the config's data section")
-    feats = extract_features(records, cfg, feature_cache or cv_dir / "features", extractor=extractor)
+    feats = pool_grid(extract_features(records, cfg, feature_cache or cv_dir / "features", extractor=extractor), grid)
     y = np.array([r.label for r in records])
-    head = fit_mil_head(feats, y, head_spec(cfg, fraction))
+    head = fit_mil_head(feats, y, head_spec(cfg, candidate))
     folder = out / "global"
     folder.mkdir(parents=True, exist_ok=True)
-    model = build_global_model(extractor or build_feature_extractor(cfg.global_branch.size), head)
+    model = build_global_model(extractor or build_feature_extractor(cfg.global_branch.size), head, grid)
     with atomic_path(folder / "model.keras") as tmp:
         model.save(tmp)
-    info = {"top_fraction": fraction, "size": cfg.global_branch.size, "head": head.to_dict(),
-            "spec": {k: v for k, v in head_spec(cfg, fraction).__dict__.items()},
+    info = {"top_fraction": candidate[0], "size": cfg.global_branch.size, "grid": grid, "head": head.to_dict(),
+            "spec": {k: v for k, v in head_spec(cfg, candidate).__dict__.items()},
             "backbone": "ImageNet MobileNetV2 (torchvision IMAGENET1K_V1), frozen",
             "backbone_sha256": backbone_identity() if extractor is None else f"stand-in:{extractor.name}",
             "trained_on": {"dataset": cfg.data.format, "n_images": len(records), "n_positive": int(y.sum()),
