@@ -213,7 +213,7 @@ class GlobalBranchConfig(_Checked):
     # candidate shares of grid positions pooled (1.0 = global average); each fold picks one by inner CV
     top_fractions: tuple[float, ...] = bounded((1.0, 0.1), 0.001, 1.0)
     # candidate L2 strengths on the standardized weights; each fold picks one (with top_fractions) by inner CV
-    weight_decays: tuple[float, ...] = bounded((0.01, 0.1, 0.3), 0.0, 10.0)
+    weight_decays: tuple[float, ...] = bounded((0.1, 0.3, 1.0), 0.0, 10.0)
     grid: int = bounded(8, 1, 64)  # the feature map averaged down to grid x grid positions (must divide it)
     epochs: int = bounded(30, 1, 1000)
     learning_rate: float = bounded(1e-3, 1e-6, 1.0)
