@@ -230,7 +230,7 @@ def build_global_model(extractor, head: MilHead, grid: int):
     scorer = layers.Conv2D(1, 1, name="position_logits")
     out = scorer(x)
     scorer.set_weights([head.weight.reshape(1, 1, channels, 1), np.array([head.bias], np.float32)])
-    return keras.Model(extractor.inputs, out, name="global_branch")
+    return keras.Model(extractor.inputs[0], out, name="global_branch")
 
 
 class GlobalBranch:

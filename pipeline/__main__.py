@@ -348,6 +348,15 @@ def cmd_digital_train(args, overrides, inputs) -> int:
     return 0
 
 
+def cmd_bundle_digital(args, overrides, inputs) -> int:
+    from pipeline.models import add_domain
+
+    summary = json.loads((Path(args.cv) / "summary.json").read_text())
+    path = add_domain(args.out, "digital", args.global_branch, summary, args.description or "")
+    print(f"{path}: domains.digital added (global branch, threshold and calibration chosen out of fold)")
+    return 0
+
+
 def _backend(text: str) -> str:
     allowed = choices("classifier.inference_backend")
     if text not in allowed:
@@ -452,6 +461,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cv", required=True, help="the run folder of `pipeline digital-cv` (its summary.json)")
     p.add_argument("--features", help="feature cache folder (default: the --cv run's features/)")
     p.add_argument("--out", help="run folder (default: runs/pipeline/digital-train/<run.name>)")
+    p = add("bundle-digital", cmd_bundle_digital, "add the global branch (digital mammograms) to a bundle, with "
+            "the operating point its cross-validation chose")
+    p.add_argument("--global-branch", required=True, help="the global/ folder `pipeline digital-train` wrote")
+    p.add_argument("--cv", required=True, help="the run folder of `pipeline digital-cv` (its summary.json)")
+    p.add_argument("--out", required=True, help="the bundle folder to add it to (e.g. weights/)")
+    p.add_argument("--description", help="what this branch is, stored in the bundle")
     p = add("train-baseline", cmd_train_baseline, "train the single-stage baseline (one classifier on the whole "
             "breast) on the config's train/val split")
     p.add_argument("--out", help="run folder (default: runs/pipeline/baseline/<run.name>)")

@@ -7,12 +7,17 @@
     classifier/          model.keras + calibration.json + config.yaml (its training run's resolved config)
     baseline/            optional: the single-stage baseline (whole-breast classifier) trained on the same split,
                          so anyone can measure the two-stage design against it (`pipeline benchmark --data`)
+    global/              optional: the global branch for digital mammograms (model.keras + head.json +
+                         trained_on.txt), named by pipeline.json's `domains.digital`
 
 `config_overrides` are the settings the models were trained with (input size, preprocessing); they sit under
 the user's own command-line overrides. `threshold` is the image-level operating point on the image score:
 chosen on out-of-fold predictions when pipeline.json has `operating_point` (its `source` says how), else on the
 validation split. `calibration` (optional, plain numbers, mammo.calibration) maps the image score to
 P(malignant); `operating_curve` is its out-of-fold sensitivity and specificity per probability threshold.
+Those are film's. `domains` (optional) holds what another domain runs with instead: today `digital`, the global
+branch (`global_branch` folder) with its own score threshold, calibration and operating curve, all chosen out of
+fold on digital images (`pipeline digital-cv`).
 """
 from __future__ import annotations
 
@@ -108,6 +113,11 @@ class Bundle:
         op = self.info.get("operating_point") or {}
         return f"chosen on {op['source']}" if op.get("source") else "chosen on the validation split"
 
+    @property
+    def domains(self) -> dict:
+        """{domain: its section of pipeline.json} for the domains with models of their own (not film)."""
+        return self.info.get("domains") or {}
+
     def settings(self) -> list[str]:
         """Config overrides that say what these models run with: the training settings of `config_overrides`,
         the classifier section of the classifier's own training run (its backbone, input size, margin ...) and
@@ -140,9 +150,12 @@ def read_bundle(root, require_manifest: bool = False) -> Bundle:
         if bundle.findings is not None:
             check_findings(bundle.findings)
         check_curve(bundle.operating_curve)
+        for name, section in bundle.domains.items():
+            check_domain_section(name, section)
     except (KeyError, ValueError, TypeError, ConfigError) as exc:
         raise WeightsError(path, f"malformed bundle file ({type(exc).__name__}: {exc})") from None
-    for part in filter(None, (bundle.detector, bundle.classifier, bundle.baseline)):
+    branches = [root / section["global_branch"] for section in bundle.domains.values()]
+    for part in filter(None, (bundle.detector, bundle.classifier, bundle.baseline, *branches)):
         if not part.resolve().is_relative_to(root.resolve()):  # the manifest covers the bundle folder only
             raise WeightsError(part, "named in pipeline.json but outside the bundle folder; refusing the bundle")
         if not part.exists():
@@ -155,6 +168,45 @@ def read_bundle(root, require_manifest: bool = False) -> Bundle:
         manifest = WITH_MANIFEST if (root / MANIFEST).is_file() else WITHOUT_MANIFEST
         print(OTHER_MODELS_NOTE.format(path=root, manifest=manifest), file=sys.stderr)
     return bundle
+
+
+DOMAINS_WITH_MODELS = ("digital",)
+
+
+def check_domain_section(name: str, section: dict) -> None:
+    """A domain's entry of pipeline.json: its global branch folder, score threshold, calibration and curve."""
+    if name not in DOMAINS_WITH_MODELS:
+        raise ValueError(f"domains.{name}: unknown domain (known: {', '.join(DOMAINS_WITH_MODELS)})")
+    if not isinstance(section.get("global_branch"), str) or not section["global_branch"]:
+        raise ValueError(f"domains.{name}.global_branch: the folder of its model, relative to the bundle")
+    check_setting("pipeline.threshold", section["threshold"])
+    check_calibration(section["calibration"])
+    check_curve(section.get("operating_curve"))
+
+
+def add_domain(root, name: str, branch_dir, cv_summary: dict, description: str = "") -> Path:
+    """Copy a trained global branch into the bundle at `root` and describe it under pipeline.json's
+    `domains.<name>` with the operating point its cross-validation chose; the manifest is rewritten."""
+    root, branch_dir = Path(root), Path(branch_dir)
+    for file in ("model.keras", "head.json", "trained_on.txt"):
+        if not (branch_dir / file).is_file():
+            raise WeightsError(branch_dir / file, "missing: not a global branch folder of `pipeline digital-train`")
+        _copy(branch_dir / file, root / "global" / file)
+    data = json.loads((root / BUNDLE_FILE).read_text())
+    s, f = cv_summary["settings"], cv_summary["figures"]
+    section = {"global_branch": "global", "threshold": s["score_threshold"], "calibration": s["calibration"],
+               "probability_threshold": s["probability_threshold"], "operating_curve": f["operating_curve"],
+               "description": description,
+               "operating_point": {"source": cv_summary["source"], "beta": cv_summary["beta"],
+                                   "min_specificity": cv_summary["min_specificity"],
+                                   "settings": {k: s[k] for k in ("top_fraction", "weight_decay", "grid", "size")},
+                                   "figures": {k: f[k] for k in ("cross_fitted", "cross_fitted_probability",
+                                                                 "logit_auroc", "per_fold")}}}
+    check_domain_section(name, section)
+    data.setdefault("domains", {})[name] = section
+    atomic_write_text(root / BUNDLE_FILE, json.dumps(data, indent=2))
+    write_manifest(root)
+    return root / BUNDLE_FILE
 
 
 def write_bundle(root, detector_weights, classifier_dir, threshold: float, config_overrides=(),
@@ -213,6 +265,21 @@ def bundle_fingerprint(bundle: Bundle) -> str:
     return hashlib.sha256("".join(sha256(p) for p in parts).encode()).hexdigest()
 
 
+@dataclass
+class DomainModels:
+    """What a domain with models of its own runs with: the global branch and its operating point."""
+
+    name: str
+    branch: object  # classifier.global_branch.GlobalBranch
+    threshold: float  # on the score (sigmoid of the branch's logit)
+    calibration: dict
+    operating_curve: dict | None
+    threshold_source: str
+
+    def probability(self, score: float) -> float:
+        return float(apply_calibration(self.calibration, [score])[0])
+
+
 class PipelineModels:
     """Detector + classifier + operating threshold, loaded once; a context manager frees them. `fingerprint`
     identifies the model files, so an output folder is never resumed with other models."""
@@ -229,6 +296,7 @@ class PipelineModels:
         self.threshold_source = threshold_source
         self.findings = findings  # box-level P(true lesion) and P(malignant) maps (plain JSON numbers), if shipped
         self.operating_curve = operating_curve  # OOF sensitivity / specificity per probability threshold, if shipped
+        self.domains: dict[str, DomainModels] = {}  # models of a domain other than film (digital), if shipped
 
     def probability(self, score: float) -> float | None:
         """The calibrated P(malignant) of an image score; None when the models ship no calibration map."""
@@ -252,13 +320,23 @@ class PipelineModels:
         classifier = _load_classifier(bundle.classifier, cfg.run.threads)
         info = bundle.classifier / "calibration.json"
         calibrated = bool(json.loads(info.read_text()).get("calibrated")) if info.is_file() else None
-        return cls(detector, classifier, bundle.threshold, bundle.description, bundle_fingerprint(bundle), calibrated,
-                   bundle.info.get("stacker"), bundle.calibration, bundle.threshold_source, bundle.findings,
-                   bundle.operating_curve)
+        models = cls(detector, classifier, bundle.threshold, bundle.description, bundle_fingerprint(bundle),
+                     calibrated, bundle.info.get("stacker"), bundle.calibration, bundle.threshold_source,
+                     bundle.findings, bundle.operating_curve)
+        from classifier.global_branch import GlobalBranch
+
+        for name, section in bundle.domains.items():
+            op = section.get("operating_point") or {}
+            models.domains[name] = DomainModels(
+                name, GlobalBranch.load(bundle.root / section["global_branch"], threads=cfg.run.threads),
+                float(section["threshold"]), section["calibration"], section.get("operating_curve"),
+                f"chosen on {op['source']} of {name} images" if op.get("source") else "shipped with the models")
+        return models
 
     def close(self) -> None:
         self.detector.close()
         self.classifier = None
+        self.domains = {}
 
     def __enter__(self) -> "PipelineModels":
         return self

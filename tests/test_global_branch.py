@@ -3,8 +3,8 @@ whose answer is known, the recorded resize, and the head's bounds at load."""
 import numpy as np
 import pytest
 
-from classifier.global_branch import (HeadSpec, MilHead, bag_loss_and_gradient, fit_mil_head, pool_top_k, to_square,
-                                      top_k)
+from classifier.global_branch import (HeadSpec, MilHead, bag_loss_and_gradient, fit_mil_head, pool_grid, pool_top_k,
+                                      to_square, top_k)
 
 
 def test_top_k_pooling_by_hand():
@@ -95,3 +95,55 @@ def test_square_input_records_its_resize(shape):
     assert np.allclose(corners, [[0, 0], [w, h]])  # the square's corners are the original's
     with pytest.raises(ValueError, match="size"):
         to_square(pixels, 4096)
+
+
+def test_pool_grid_by_hand():
+    feats = np.arange(16, dtype=np.float32).reshape(1, 4, 4, 1)
+    pooled = pool_grid(feats, 2)
+    assert pooled[0, :, :, 0].tolist() == [[2.5, 4.5], [10.5, 12.5]]
+    assert np.array_equal(pool_grid(feats, 4), feats)
+    with pytest.raises(ValueError, match="divide"):
+        pool_grid(feats, 3)
+
+
+def stand_in_extractor():
+    """Grey (32, 32, 1) -> (8, 8, 2): 4x4 block means, and their negatives. Built-in layers: saves and loads."""
+    import keras
+    from keras import layers
+
+    inp = keras.Input((32, 32, 1))
+    conv = layers.Conv2D(2, 1, use_bias=False)
+    model = keras.Model(inp, conv(layers.AveragePooling2D(4)(inp)), name="stand_in")
+    conv.set_weights([np.array([[[[1.0, -1.0]]]], np.float32)])
+    return model
+
+
+def test_saved_global_branch_scores_as_its_head_and_maps_back_to_the_original(tmp_path):
+    import json
+
+    from classifier.global_branch import GlobalBranch, build_global_model
+
+    head = MilHead(np.array([0.2, -0.2], np.float32), np.array([0.1, 0.1], np.float32),
+                   np.array([2.0, -1.0], np.float32), 0.3, top_fraction=0.25)
+    folder = tmp_path / "global"
+    folder.mkdir()
+    build_global_model(stand_in_extractor(), head, grid=4).save(folder / "model.keras")
+    (folder / "head.json").write_text(json.dumps({"top_fraction": 0.25}))
+    branch = GlobalBranch.load(folder)
+    rng = np.random.default_rng(0)
+    pixels = rng.random((50, 40)).astype(np.float32) * 0.3
+    pixels[5:15, 25:35] = 1.0  # a bright lesion in the top right
+    logit, grid, to_grid = branch.analyse(pixels)
+    # by hand: squash, 4x4 block means (8 x 8), average to 4 x 4, standardize, linear, top 4 of 16, both views
+    square, _ = to_square(pixels, 32)
+    expected = []
+    for view in (square, square[:, ::-1]):
+        blocks = view.reshape(8, 4, 8, 4).mean(axis=(1, 3))
+        feats = pool_grid(np.stack([blocks, -blocks], axis=-1)[None], 4)[0]
+        expected.append(head.image_logit(feats))
+    assert logit == pytest.approx(float(np.mean(expected)), abs=1e-4)
+    assert grid.shape == (4, 4)
+    assert np.allclose(to_grid.inverse().apply([[0, 0], [4, 4]]), [[0, 0], [40, 50]])
+    hot = np.unravel_index(np.argmax(grid), grid.shape)
+    centre = to_grid.inverse().apply([[hot[1] + 0.5, hot[0] + 0.5]])[0]
+    assert 20 <= centre[0] <= 40 and centre[1] <= 20  # the map's peak maps back onto the lesion's quarter
