@@ -1,8 +1,10 @@
 """Film or digital (mammo.domain, issue 24): each DICOM header rule on hand-made datasets, their precedence when
 tags disagree, the real sample DICOMs and pydicom-data's radiographs, rasters with and without a setting, the
-refusal naming the file."""
+refusal naming the file, and the fields every result, predictions.csv and the fingerprint carry."""
 from __future__ import annotations
 
+import csv
+import json
 from importlib import resources
 from pathlib import Path
 
@@ -233,3 +235,100 @@ def test_pydicom_data_radiographs(name, domain, words):
 def test_shipped_configs(name, fallback):
     cfg = load_config(f"configs/{name}.yaml")
     assert (cfg.pipeline.domain, cfg.pipeline.domain_fallback) == ("auto", fallback)
+
+
+# ------------------------------------------------------------------------------------------------ outputs
+
+
+@pytest.fixture
+def standin_models():
+    from mammo.config import DetectorConfig
+    from pipeline.models import PipelineModels
+    from standins import blob_detector, bright_spot_classifier
+
+    return PipelineModels(blob_detector(DetectorConfig(imgsz=256, conf=0.01)), bright_spot_classifier(64), 0.5,
+                          fingerprint="stand-in")
+
+
+@pytest.fixture
+def inputs(tmp_path):
+    """A PNG (no header) and a digital-mammography DICOM of the same synthetic breast."""
+    from mammo.synthetic import synthetic_mammogram
+
+    mammogram, _ = synthetic_mammogram(1002, n_lesions=1, side="left", radius=(16, 20))
+    folder = tmp_path / "in"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "a.png"), np.round(mammogram.pixels * 255).astype(np.uint8))
+    write_dicom(folder / "b.dcm", np.round(mammogram.pixels * 4095).astype(np.uint16), bits_stored=12)
+    return folder
+
+
+def test_every_result_and_predictions_csv_say_the_domain_and_why(standin_models, inputs, tmp_path):
+    from pipeline.infer import run_inference
+    from pipeline.results import read_results
+
+    out = tmp_path / "out"
+    summary = run_inference([inputs], out, standin_models, load_config(), progress=False)
+    assert summary["done"] == 2 and summary["domain_by_setting"] == {"film": 1}
+    results = {Path(r.source).name: r for r in read_results(out)}
+    png, dcm = results["a.png"], results["b.dcm"]
+    assert (png.domain, png.domain_source) == ("film", "setting")
+    assert png.domain_reason == "pipeline.domain_fallback=film: a PNG image file without a DICOM header"
+    assert (dcm.domain, dcm.domain_source) == ("digital", "dicom-header") and "(0008,0016)" in dcm.domain_reason
+    data = json.loads((out / f"{png.image_id}.json").read_text())
+    assert (data["domain"], data["domain_source"]) == ("film", "setting") and data["domain_reason"]
+    rows = {Path(r["source"]).name: r for r in csv.DictReader(open(out / "predictions.csv"))}
+    assert rows["a.png"]["domain"] == "film" and rows["b.dcm"]["domain"] == "digital"
+
+
+def test_an_image_nothing_places_is_a_failed_row_naming_it_and_the_rest_run(standin_models, inputs, tmp_path):
+    from pipeline.infer import run_inference
+
+    out = tmp_path / "out"
+    cfg = load_config(overrides=["pipeline.domain_fallback=refuse"])
+    summary = run_inference([inputs], out, standin_models, cfg, progress=False)
+    rows = {Path(r["source"]).name: r for r in csv.DictReader(open(out / "predictions.csv"))}
+    assert rows["b.dcm"]["status"] == "done" and rows["b.dcm"]["domain"] == "digital"
+    failed = rows["a.png"]
+    assert failed["status"] == "failed" and failed["domain"] == "" and summary["failed"] == 1
+    assert str(inputs / "a.png") in failed["error"] and "pipeline.domain_fallback=film or =digital" in failed["error"]
+    assert not list(out.glob("a*.json"))  # no result was written for it
+
+
+def test_a_folder_scored_with_another_domain_setting_is_not_resumed(standin_models, inputs, tmp_path):
+    from mammo.errors import MammoError
+    from pipeline.infer import run_inference
+
+    out = tmp_path / "out"
+    run_inference([inputs], out, standin_models, load_config(), progress=False)
+    with pytest.raises(MammoError, match="pipeline.domain_fallback"):
+        run_inference([inputs], out, standin_models, load_config(overrides=["pipeline.domain_fallback=digital"]),
+                      progress=False)
+    with pytest.raises(MammoError, match="pipeline.domain"):
+        run_inference([inputs], out, standin_models, load_config(overrides=["pipeline.domain=film"]), progress=False)
+    again = run_inference([inputs], out, standin_models, load_config(), progress=False)
+    assert again["resumed"] == 2 and again["domain_by_setting"] == {"film": 1}  # resumed rows keep their domain
+
+
+def test_the_decision_reaches_analyse_image(standin_models, inputs, monkeypatch):
+    """infer hands the decision to analyse_image, where per-domain models will be chosen."""
+    import pipeline.infer as infer
+
+    seen = []
+    real = infer.analyse_image
+    monkeypatch.setattr(infer, "analyse_image", lambda *a, **k: seen.append(k["domain"]) or real(*a, **k))
+    mammogram = read_mammogram(inputs / "b.dcm")
+    infer.infer_image(mammogram, "b", inputs / "b.dcm", standin_models, load_config(), 0.5, inputs,
+                      infer.StepTimer())
+    assert [d.domain for d in seen] == ["digital"] and seen[0].source == "dicom-header"
+
+
+def test_export_rois_rows_carry_the_image_domain(standin_models, inputs, tmp_path):
+    from pipeline.export import export_rois
+
+    summary = export_rois([inputs], tmp_path / "review", standin_models,
+                          load_config(overrides=["pipeline.domain_fallback=refuse"]), progress=False)
+    rows = list(csv.DictReader(open(tmp_path / "review" / "rois.csv")))
+    assert rows and {r["image_domain"] for r in rows} == {"digital"}  # the PNG is refused, the DICOM is not
+    assert summary["failed"] == 1 and "a.png" in summary["failures"][0]
+    assert ", digital" in (tmp_path / "review" / "index.html").read_text()
