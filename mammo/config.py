@@ -41,6 +41,9 @@ BACKBONES = ("small_cnn", "mobilenet_v2", "densenet121", "resnet50", "vgg16", "e
 CALIBRATIONS = ("temperature", "platt", "isotonic", "none")
 KERAS_BACKENDS = ("torch", "tensorflow")  # mammo.runtime.use_keras_backend
 MERGES = ("nms", "wbf")
+DOMAINS = ("film", "digital")  # what an image is treated as (mammo/domain.py)
+DOMAIN_SETTINGS = ("auto", *DOMAINS)
+DOMAIN_FALLBACKS = (*DOMAINS, "refuse")
 DEVICE = (r"cpu|mps|cuda(:\d+)?|\d+(,\d+)*", "cpu, mps, cuda, cuda:N or GPU indices such as 0 or 0,1")
 
 
@@ -186,6 +189,13 @@ class PipelineConfig(_Checked):
     # cross-validate's findings rule: the highest out-of-fold lesion sensitivity at <= this many false positives
     # per image (pipeline/findings.py)
     findings_max_fp: float = bounded(1.0, 0.01, 10.0)
+    # Film or digital, recorded in every result (mammo/domain.py): auto = the DICOM header says (Conversion Type,
+    # Detector Type, SOP class, Presentation Intent); film | digital = every input is treated as that.
+    domain: Literal[DOMAIN_SETTINGS] = "auto"
+    # What `auto` uses when the file does not say (PNG/JPEG/PGM, a silent header); refuse = a failed row naming the
+    # file. film by default: the shipped models know film only, and the README's sample DICOMs (CBIS-DDSM film
+    # scans) are Secondary Captures whose header does not say; each result records that the setting decided.
+    domain_fallback: Literal[DOMAIN_FALLBACKS] = "film"
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 
+from mammo.domain import DomainTags
 from mammo.errors import ImageReadError
 from mammo.records import ImageMeta, Mammogram
 
@@ -573,6 +574,7 @@ def read_dicom(path, *, window_index: int = 0, max_pixels: int | None = None) ->
             bits_stored=int(ds.BitsStored) if "BitsStored" in ds else None,
             extra=extra,
             identifiers=identifying_values(ds),
+            domain_tags=DomainTags.from_dataset(ds),
         )
     except ImageReadError:
         raise

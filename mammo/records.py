@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mammo.domain import DomainTags
+
 LATERALITIES = ("L", "R")
 PATHOLOGIES = ("benign", "malignant")
 
@@ -36,6 +38,8 @@ class ImageMeta:
     # Every identifying value the file carries (patient name in its forms, IDs, accession number, birth date...):
     # compared with file names so that none reaches an output name; never exported itself.
     identifiers: tuple[str, ...] = ()
+    # The header attributes that say film or digital (mammo.domain); None for a file without a DICOM header.
+    domain_tags: DomainTags | None = None
 
     @property
     def is_dicom(self) -> bool:

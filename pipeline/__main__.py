@@ -119,6 +119,10 @@ def cmd_infer(args, overrides, inputs) -> int:
     atomic_write_text(out / "run_summary.json", json.dumps(summary, indent=2, default=float))
     print(f"{summary['done']} done ({summary['resumed']} from an earlier run), {summary['failed']} failed, "
           f"{summary['skipped_not_images']} non-image files skipped -> {out}/predictions.csv")
+    if summary.get("domain_by_setting"):  # not the files but a setting said film or digital: say so
+        counts = ", ".join(f"{n} as {d}" for d, n in sorted(summary["domain_by_setting"].items()))
+        key = "pipeline.domain" if cfg.pipeline.domain != "auto" else "pipeline.domain_fallback"
+        print(f"domain: {counts} by the setting {key}, not by the files (domain_reason in each JSON says why)")
     return 1 if summary["failed"] else 0
 
 

@@ -198,7 +198,7 @@ def write_oof(out, oof: OofSet, results: dict, op: dict) -> Path:
         write_result(target, out_res)
         rows.append({"image_id": res.image_id, "source": res.source, "score": f"{score:.5f}",
                      "probability": "" if prob is None else f"{prob:.5f}",
-                     "n_lesions": len(out_res.lesions), "status": "done", "error": ""})
+                     "n_lesions": len(out_res.lesions), "domain": res.domain, "status": "done", "error": ""})
     write_predictions_csv(target, rows)
     return target
 

@@ -26,14 +26,14 @@ from mammo.froc import hit_matrix
 from mammo.imaging import read_mammogram
 from pipeline.heatmap import HeatmapCanvas
 from pipeline.ids import IdAllocator
-from pipeline.infer import StepTimer, analyse_image, image_score, operating_threshold
+from pipeline.infer import StepTimer, analyse_image, image_domain, image_score, operating_threshold
 from pipeline.inputs import discover
 from pipeline.render import colorize, three_panels
 from pipeline.results import decide
 
 ROI_COLUMNS = ["roi_id", "image_id", "kind", "x1", "y1", "x2", "y2", "detector_score", "malignancy", "p_lesion",
                "p_malignant", "scores_image", "finding", "image_score", "image_probability", "image_decision",
-               "true_label", "review_label"]
+               "image_domain", "true_label", "review_label"]
 TILE = 192  # pixels per half of a review tile (crop | crop with Grad-CAM)
 
 
@@ -96,6 +96,7 @@ def _export_locked(inputs, out_dir: Path, models, cfg: Config, annotations, over
         truth = truth_by_path.get(str(path.resolve()))
         try:
             mammogram = read_mammogram(path, max_pixels=cfg.run.max_pixels)
+            domain = image_domain(mammogram, cfg)  # as infer decides it: refused when nothing says
         except Exception as exc:  # recorded, the batch goes on
             failures.append(str(exc))
             continue
@@ -106,12 +107,12 @@ def _export_locked(inputs, out_dir: Path, models, cfg: Config, annotations, over
         if marker.exists() and not overwrite:
             continue
         tiles = []
-        lesions, canvas, below_conf = analyse_image(mammogram, models, cfg, StepTimer(), tiles)
+        lesions, canvas, below_conf = analyse_image(mammogram, models, cfg, StepTimer(), tiles, domain=domain)
         score = image_score(lesions, below_conf, models, cfg)
         probability = models.probability(score)
         image = {"image_id": image_id, "image_score": round(score, 5),
                  "image_probability": "" if probability is None else round(probability, 4),
-                 "image_decision": decide(score, threshold), "review_label": ""}
+                 "image_decision": decide(score, threshold), "image_domain": domain.domain, "review_label": ""}
         # per region: kind, box, its numbers, crop and Grad-CAM for the review tile, true label
         numbers = ("detector_score", "malignancy", "p_lesion", "p_malignant", "scores_image", "finding")
         rois = [("detected", l.box, {k: getattr(l, k) for k in numbers}, crop, cam, _true_label(l.box, truth, cfg))
@@ -165,7 +166,8 @@ def contact_sheet(rows, threshold: float, probability_threshold: float | None = 
                                                                          ("p_lesion", "P(lesion)")) if r.get(key, "") != "")
         role = {"yes": " · scores the image", "no": " · finding"}.get(r.get("scores_image", ""), "")
         image_p = "" if r.get("image_probability", "") == "" else f"P(malignant) {float(r['image_probability']):.2f}, "
-        image_text = f"image: {image_p}score {r.get('image_score', '')}, {predicted.replace('-', ' ')}"
+        domain = f", {html.escape(r['image_domain'])}" if r.get("image_domain") else ""
+        image_text = f"image: {image_p}score {r.get('image_score', '')}, {predicted.replace('-', ' ')}{domain}"
         roi, image = html.escape(r["roi_id"]), html.escape(r["image_id"])
         cards.append(
             f'<figure class="card" data-pred="{predicted}" data-truth="{html.escape(truth)}" '

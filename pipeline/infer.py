@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from mammo.atomic import atomic_path, atomic_write_text, folder_lock, remove_stale_partials
 from mammo.config import Config
+from mammo.domain import DomainDecision, decide_domain
 from mammo.errors import MammoError
 from mammo.imaging import read_mammogram
 from mammo.preprocess import preprocess
@@ -63,12 +64,21 @@ class StepTimer:
         self._current = {}
 
 
-def analyse_image(mammogram, models, cfg: Config, timer: StepTimer, tiles: list | None = None):
+def image_domain(mammogram, cfg: Config) -> DomainDecision:
+    """Film or digital for this image, from its header or the settings (DomainError when neither says)."""
+    return decide_domain(mammogram.meta, cfg.pipeline.domain, cfg.pipeline.domain_fallback)
+
+
+def analyse_image(mammogram, models, cfg: Config, timer: StepTimer, tiles: list | None = None,
+                  domain: DomainDecision | None = None):
     """The two stages and Grad-CAM on one image; returns (lesions, heatmap canvas, below_conf). `lesions` are
     the boxes a reader is shown, classified and under Grad-CAM: the findings and the kept boxes that score the
     image, each marked (`finding`, `scores_image`). When no box was kept, `below_conf` is the strongest candidate
     under detector.conf, classified: what scores the image, not shown, so no Grad-CAM (else None).
-    `tiles`: a list that receives each lesion's (crop, Grad-CAM at crop size), in `lesions` order (export-rois)."""
+    `tiles`: a list that receives each lesion's (crop, Grad-CAM at crop size), in `lesions` order (export-rois).
+    `domain`: what the caller decided the image is (`image_domain`; infer, serve and export-rois pass it, None
+    where a dataset is scored for training): `domain.domain` is what per-domain models and thresholds will be
+    chosen by. Today one set of models runs for film and digital alike."""
     with timer.step("preprocess"):
         frame = preprocess(mammogram, cfg.preprocess)
     with timer.step("detect"):
@@ -166,8 +176,10 @@ def title_numbers(result: ImageResult) -> str:
 def infer_image(mammogram, image_id: str, source, models, cfg: Config, threshold: float, out_dir: Path,
                 timer: StepTimer, writer: OutputWriter | None = None) -> ImageResult:
     """One read image through both stages, its score and decision, and its files written (by `writer` in its
-    thread when given, else here)."""
-    lesions, canvas, below_conf = analyse_image(mammogram, models, cfg, timer)
+    thread when given, else here). Its domain is decided first: an image no setting or header places is refused
+    (DomainError) before any model runs."""
+    domain = image_domain(mammogram, cfg)
+    lesions, canvas, below_conf = analyse_image(mammogram, models, cfg, timer, domain=domain)
     score = image_score(lesions, below_conf, models, cfg)
     h, w = mammogram.shape
     salt = resolve_salt(cfg.pipeline.id_salt)
@@ -178,7 +190,8 @@ def infer_image(mammogram, image_id: str, source, models, cfg: Config, threshold
                          aggregate=cfg.pipeline.aggregate, calibrated=models.calibrated,
                          heatmap_downscale=cfg.pipeline.heatmap_downscale, below_conf=below_conf,
                          probability=models.probability(score), probability_threshold=models.probability(threshold),
-                         threshold_source=threshold_source(cfg, models))
+                         threshold_source=threshold_source(cfg, models), domain=domain.domain,
+                         domain_source=domain.source, domain_reason=domain.reason)
     job = partial(write_outputs, out_dir, image_id, mammogram, lesions, canvas, result)
     with timer.step("write"):
         if writer is None:
@@ -212,6 +225,9 @@ def output_fingerprint(models, cfg: Config, threshold: float) -> dict:
                              "heatmap_downscale": pipe.heatmap_downscale, "image_id": pipe.image_id,
                              "source_paths": pipe.source_paths, "max_pixels": cfg.run.max_pixels,
                              "no_box_score": NO_BOX_SCORE,
+                             # per-domain models and thresholds will read it: a folder scored with another
+                             # domain setting is never resumed into
+                             "domain": pipe.domain, "domain_fallback": pipe.domain_fallback,
                              "calibration": getattr(models, "calibration", None),
                              "findings": getattr(models, "findings", None)}}
     return {"models": getattr(models, "fingerprint", ""), "settings": settings}
@@ -249,7 +265,8 @@ def done_row(result: ImageResult) -> dict:
     probability = "" if result.probability is None else f"{result.probability:.5f}"
     return {"image_id": result.image_id, "source": result.source, "score": f"{result.score:.5f}",
             "probability": probability,
-            "n_lesions": len(result.lesions), "status": "done", "error": ""}
+            "n_lesions": len(result.lesions), "domain": result.domain, "domain_source": result.domain_source,
+            "status": "done", "error": ""}
 
 
 def process_one(path, allocate, models, cfg: Config, threshold: float, out_dir: Path, timer: StepTimer,
@@ -320,10 +337,15 @@ def finish_run(plan: RunPlan, timer: StepTimer, started: float) -> dict:
     """Write predictions.csv and failures.json (found order, failures last); returns the run's summary."""
     rows = [r for r in plan.rows if r is not None and r["status"] == "done"]
     failures = plan.missing + [r for r in plan.rows if r is not None and r["status"] == "failed"]
+    by_setting = defaultdict(int)  # images whose domain a setting gave (their files do not say): reported
+    for r in rows:
+        if r.get("domain_source") == "setting":
+            by_setting[r["domain"]] += 1
     write_predictions_csv(plan.out_dir, rows + [dict(f, score="", n_lesions="") for f in failures])
     atomic_write_text(plan.out_dir / FAILURES_FILE, json.dumps(failures, indent=2))
     return {"images": len(plan.found.images), "done": len(rows), "resumed": plan.resumed, "failed": len(failures),
             "skipped_not_images": len(plan.found.skipped), "failures": failures, "timings": dict(timer.totals),
+            "domain_by_setting": dict(by_setting),
             "processed": len(timer.per_image), "loop_seconds": time.perf_counter() - started,
             "per_image_seconds": [round(sum(steps.values()), 4) for steps in timer.per_image]}
 

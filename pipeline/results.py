@@ -4,7 +4,9 @@ Other tools (and `pipeline evaluate`) read these files, so the field names and m
 boxes in ORIGINAL pixels, top-left origin, [x1, y1, x2, y2]; `score` is the image score of the rule
 `aggregate` (a rank: higher is more suspicious, not a probability); `decision` is `score >= threshold`;
 `probability` is the score through the bundle's calibration map, P(malignant) of the image, and
-`probability_threshold` the same threshold on that scale (both None for models shipped without a map).
+`probability_threshold` the same threshold on that scale (both None for models shipped without a map);
+`domain` is what the image was treated as, film or digital, `domain_source` who said so ('dicom-header' or
+'setting') and `domain_reason` the tag and value, or the setting, that did (mammo.domain).
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from pathlib import Path
 from mammo.atomic import atomic_write_text
 from mammo.config import AGGREGATES
 
-CSV_COLUMNS = ["image_id", "source", "probability", "score", "n_lesions", "status", "error"]
+CSV_COLUMNS = ["image_id", "source", "probability", "score", "n_lesions", "domain", "status", "error"]
 # Beside the results when the models ship an out-of-fold operating curve (sensitivity and specificity per
 # probability threshold, pipeline.operating_point.operating_curve): what the review app's slider reads.
 CURVE_FILE = "operating_curve.json"
@@ -59,6 +61,9 @@ class ImageResult:
     probability: float | None = None  # calibrated P(malignant) of the image; None without a calibration map
     probability_threshold: float | None = None
     threshold_source: str = ""  # how the threshold was chosen (the bundle's operating point, or given)
+    domain: str = ""  # 'film' | 'digital' (mammo.domain.DomainDecision); '' in results written before domains
+    domain_source: str = ""  # 'dicom-header' | 'setting'
+    domain_reason: str = ""  # the tag and value, or the setting, that decided it
 
 
 # The image-score rules `pipeline.aggregate` may name are mammo.config.AGGREGATES (the config's Literal reads

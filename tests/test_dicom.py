@@ -472,6 +472,7 @@ def test_real_mammogram(real_mammograms, view, path):
     assert meta.bits_stored == 16 and meta.photometric == "MONOCHROME2" and meta.pixel_spacing is None
     assert meta.laterality == side == view[0].upper() and meta.view == view[1:].upper()
     assert meta.image_id == Path(path).stem and meta.extra["transfer_syntax"] == RLELossless
+    assert (meta.domain_tags.sop_class, meta.domain_tags.conversion_type) == (SecondaryCaptureImageStorage, "WSD")
     assert r["dtype"] == np.float32 and r["lo"] == 0.0 and r["hi"] == 1.0
     # Tissue bright, background dark: in these files the breast lies on its own side of the image,
     # that half is much brighter than the other, and most pixels (the background) are near black.

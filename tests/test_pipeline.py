@@ -48,7 +48,7 @@ def test_folder_with_bad_files_fails_those_and_does_the_rest(tiny_bundle, image_
     assert result.returncode == 1, result.stderr[-3000:]  # something failed: the exit code says so
     rows = {Path(r["source"]).name: r for r in csv.DictReader(open(out / "predictions.csv"))}
     assert list(csv.DictReader(open(out / "predictions.csv")))[0].keys() == {
-        "image_id", "source", "probability", "score", "n_lesions", "status", "error"}
+        "image_id", "source", "probability", "score", "n_lesions", "domain", "status", "error"}
     for bad in ("corrupt.dcm", "empty.dcm", "notes.dcm"):
         assert rows[bad]["status"] == "failed" and bad in rows[bad]["error"], rows[bad]
     assert "empty" in rows["empty.dcm"]["error"]
@@ -66,6 +66,9 @@ def check_contract(out: Path, image_id: str, source: Path):
     assert (data["width"], data["height"]) == (w, h)
     assert data["source"] == str(source)
     assert 0 <= data["score"] <= 1 and 0 <= data["threshold"] <= 1
+    # which domain the image was treated as, and why (mammo.domain); a raster has no header: a setting decided
+    assert data["domain"] in ("film", "digital") and data["domain_source"] in ("dicom-header", "setting")
+    assert data["domain_reason"] and (source.suffix == ".dcm" or data["domain_source"] == "setting")
     assert data["decision"] == ("malignant" if data["score"] >= data["threshold"] else "not malignant")
     if data.get("probability") is not None:  # a monotone map: a malignant call is at or above the threshold's probability
         assert 0 <= data["probability"] <= 1

@@ -70,7 +70,7 @@ def test_result_json_round_trip_and_contract(tmp_path):
     write_result(tmp_path, r)
     data = json.loads((tmp_path / "im1.json").read_text())
     assert {"image_id", "source", "width", "height", "score", "lesions", "threshold", "decision",
-            "heatmap"} <= data.keys()
+            "heatmap", "domain", "domain_source", "domain_reason"} <= data.keys()
     assert [l["malignancy"] for l in data["lesions"]] == [0.7, 0.3]  # sorted by malignancy
     assert set(data["lesions"][0]) == {"box", "detector_score", "malignancy", "finding", "scores_image",
                                        "p_lesion", "p_malignant"}

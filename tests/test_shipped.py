@@ -87,6 +87,11 @@ def test_shipped_models_infer_on_a_real_dicom(tmp_path):
     assert (result["width"], result["height"]) == (ds.Columns, ds.Rows)
     assert result["threshold"] == read_bundle(SHIPPED).threshold
     assert result["decision"] == ("malignant" if result["score"] >= result["threshold"] else "not malignant")
+    # its header (Secondary Capture, Conversion Type WSD) does not say: the shipped default treats it as film, and
+    # says so in the JSON, the CSV and on stdout
+    assert (result["domain"], result["domain_source"]) == ("film", "setting") and row["domain"] == "film"
+    assert result["domain_reason"].startswith("pipeline.domain_fallback=film: ") and "WSD" in result["domain_reason"]
+    assert "domain: 1 as film by the setting pipeline.domain_fallback" in out.stdout
     for lesion in result["lesions"]:
         x1, y1, x2, y2 = lesion["box"]
         assert 0 <= x1 < x2 <= ds.Columns and 0 <= y1 < y2 <= ds.Rows

@@ -68,6 +68,8 @@ function summarize() {
     ` &middot; ${info.lesions.length} box${info.lesions.length === 1 ? '' : 'es'} &middot; ` +
     `${info.width} x ${info.height} px` +
     (info.threshold_source ? `<br><small>threshold ${info.threshold_source}</small>` : '') +
+    (['film', 'digital'].includes(info.domain) ? `<br><small id="domain">treated as ${info.domain} ` +
+      `(${info.domain_source === 'setting' ? 'by a setting' : 'by its DICOM header'})</small>` : '') +
     (info.lesions.length > scoring ? '<br><small class="legend"><span class="solid"></span> scores the image ' +
       '<span class="dashed"></span> other finding</small>' : '');
   document.querySelectorAll('.box').forEach((el, i) => {
