@@ -173,24 +173,50 @@ def title_numbers(result: ImageResult) -> str:
             f"score {result.score:.3f})")
 
 
+# The image score of a digital image: the global branch's (classifier/global_branch.py), as `aggregate` says.
+GLOBAL_BRANCH_RULE = "global_branch"
+
+
+def analyse_globally(mammogram, route, cfg: Config, timer: StepTimer):
+    """A digital image through its global branch: no boxes (the film-trained detector was never validated on
+    digital images, and the digital training set has no boxes to validate it with), the image score
+    sigmoid(logit) and the branch's saliency (sigmoid of each position's logit) on the heatmap. Returns
+    (lesions = [], canvas, score)."""
+    with timer.step("global_branch"):
+        logit, grid, to_grid = route.branch.analyse(mammogram.pixels)
+    canvas = HeatmapCanvas(mammogram.shape, cfg.pipeline.heatmap_downscale)
+    with timer.step("map_back"):
+        canvas.paste_max(1.0 / (1.0 + np.exp(-grid)), to_grid)
+    return [], canvas, float(1.0 / (1.0 + np.exp(-logit)))
+
+
 def infer_image(mammogram, image_id: str, source, models, cfg: Config, threshold: float, out_dir: Path,
                 timer: StepTimer, writer: OutputWriter | None = None) -> ImageResult:
     """One read image through both stages, its score and decision, and its files written (by `writer` in its
     thread when given, else here). Its domain is decided first: an image no setting or header places is refused
-    (DomainError) before any model runs."""
+    (DomainError) before any model runs. A domain with models of its own (digital) runs those, with its own
+    threshold (`threshold`, and pipeline.threshold, are film's)."""
     domain = image_domain(mammogram, cfg)
-    lesions, canvas, below_conf = analyse_image(mammogram, models, cfg, timer, domain=domain)
-    score = image_score(lesions, below_conf, models, cfg)
+    route = getattr(models, "domains", {}).get(domain.domain)
+    if route is None:  # film, or a domain the models have nothing of their own for: both stages
+        lesions, canvas, below_conf = analyse_image(mammogram, models, cfg, timer, domain=domain)
+        score = image_score(lesions, below_conf, models, cfg)
+        rule, source_text = cfg.pipeline.aggregate, threshold_source(cfg, models)
+        probability, probability_threshold = models.probability(score), models.probability(threshold)
+    else:  # digital: the global branch and the operating point chosen on digital images
+        lesions, canvas, score = analyse_globally(mammogram, route, cfg, timer)
+        below_conf, threshold, rule, source_text = None, route.threshold, GLOBAL_BRANCH_RULE, route.threshold_source
+        probability, probability_threshold = route.probability(score), route.probability(threshold)
     h, w = mammogram.shape
     salt = resolve_salt(cfg.pipeline.id_salt)
     result = ImageResult(image_id=image_id, source=written_source(source, cfg.pipeline.source_paths, salt),
                          source_key=source_key(source, salt), width=int(w), height=int(h), score=score,
                          threshold=float(threshold), decision=decide(score, threshold), lesions=lesions,
                          heatmap=f"{image_id}_heatmap.png", overlay=f"{image_id}_overlay.png",
-                         aggregate=cfg.pipeline.aggregate, calibrated=models.calibrated,
+                         aggregate=rule, calibrated=models.calibrated,
                          heatmap_downscale=cfg.pipeline.heatmap_downscale, below_conf=below_conf,
-                         probability=models.probability(score), probability_threshold=models.probability(threshold),
-                         threshold_source=threshold_source(cfg, models), domain=domain.domain,
+                         probability=probability, probability_threshold=probability_threshold,
+                         threshold_source=source_text, domain=domain.domain,
                          domain_source=domain.source, domain_reason=domain.reason)
     job = partial(write_outputs, out_dir, image_id, mammogram, lesions, canvas, result)
     with timer.step("write"):
@@ -229,7 +255,9 @@ def output_fingerprint(models, cfg: Config, threshold: float) -> dict:
                              # domain setting is never resumed into
                              "domain": pipe.domain, "domain_fallback": pipe.domain_fallback,
                              "calibration": getattr(models, "calibration", None),
-                             "findings": getattr(models, "findings", None)}}
+                             "findings": getattr(models, "findings", None),
+                             "domains": {name: {"threshold": route.threshold, "calibration": route.calibration}
+                                         for name, route in getattr(models, "domains", {}).items()}}}
     return {"models": getattr(models, "fingerprint", ""), "settings": settings}
 
 

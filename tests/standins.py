@@ -68,3 +68,24 @@ def bright_spot_classifier(input_size: int = 64, level: float = 0.8):
     model.get_layer("spots").set_weights([np.ones((1, 1, 1, 1), np.float32), np.array([-level], np.float32)])
     model.get_layer("logit").set_weights([np.full((1, 1), 20.0, np.float32), np.array([-1.0], np.float32)])
     return MalignancyClassifier(model, Calibrator.from_dict({}), context_margin=0.25)
+
+
+def block_mean_extractor():
+    """Grey (32, 32, 1) -> (8, 8, 2): 4x4 block means and their negatives. Built-in layers: saves and loads."""
+    import keras
+    from keras import layers
+
+    inp = keras.Input((32, 32, 1))
+    conv = layers.Conv2D(2, 1, use_bias=False)
+    model = keras.Model(inp, conv(layers.AveragePooling2D(4)(inp)), name="stand_in")
+    conv.set_weights([np.array([[[[1.0, -1.0]]]], np.float32)])
+    return model
+
+
+def brightness_global_branch(top_fraction: float = 0.25, grid: int = 4):
+    """(GlobalBranch) position logit = 20 * (block brightness - 0.5): the brightest region scores the image."""
+    from classifier.global_branch import GlobalBranch, MilHead, build_global_model
+
+    head = MilHead(np.zeros(2, np.float32), np.ones(2, np.float32), np.array([10.0, -10.0], np.float32), -10.0,
+                   top_fraction)
+    return GlobalBranch(build_global_model(block_mean_extractor(), head, grid), top_fraction, "stand-in")

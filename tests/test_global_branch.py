@@ -106,28 +106,17 @@ def test_pool_grid_by_hand():
         pool_grid(feats, 3)
 
 
-def stand_in_extractor():
-    """Grey (32, 32, 1) -> (8, 8, 2): 4x4 block means, and their negatives. Built-in layers: saves and loads."""
-    import keras
-    from keras import layers
-
-    inp = keras.Input((32, 32, 1))
-    conv = layers.Conv2D(2, 1, use_bias=False)
-    model = keras.Model(inp, conv(layers.AveragePooling2D(4)(inp)), name="stand_in")
-    conv.set_weights([np.array([[[[1.0, -1.0]]]], np.float32)])
-    return model
-
-
 def test_saved_global_branch_scores_as_its_head_and_maps_back_to_the_original(tmp_path):
     import json
 
     from classifier.global_branch import GlobalBranch, build_global_model
+    from standins import block_mean_extractor
 
     head = MilHead(np.array([0.2, -0.2], np.float32), np.array([0.1, 0.1], np.float32),
                    np.array([2.0, -1.0], np.float32), 0.3, top_fraction=0.25)
     folder = tmp_path / "global"
     folder.mkdir()
-    build_global_model(stand_in_extractor(), head, grid=4).save(folder / "model.keras")
+    build_global_model(block_mean_extractor(), head, grid=4).save(folder / "model.keras")
     (folder / "head.json").write_text(json.dumps({"top_fraction": 0.25}))
     branch = GlobalBranch.load(folder)
     rng = np.random.default_rng(0)

@@ -1,0 +1,79 @@
+"""Film and digital images in one run: a digital image goes through the bundle's global branch with the digital
+operating point, a film image through both stages with film's; what each JSON says follows from the stand-ins'
+known outputs."""
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from dicom_fixtures import write_dicom
+from mammo.calibration import apply_calibration, fit_calibration
+from mammo.config import DetectorConfig, load_config
+from mammo.imaging import read_mammogram
+
+
+@pytest.fixture
+def models():
+    from pipeline.models import DomainModels, PipelineModels
+    from standins import blob_detector, bright_spot_classifier, brightness_global_branch
+
+    m = PipelineModels(blob_detector(DetectorConfig(imgsz=256, conf=0.01)), bright_spot_classifier(64), 0.5,
+                       fingerprint="stand-in")
+    cal = fit_calibration("platt", [0.1, 0.3, 0.6, 0.9, 0.2, 0.8], [0, 0, 1, 1, 0, 1])
+    m.domains["digital"] = DomainModels("digital", brightness_global_branch(), 0.6, cal, None, "chosen on test")
+    return m
+
+
+@pytest.fixture
+def inputs(tmp_path):
+    from mammo.synthetic import synthetic_mammogram
+
+    mammogram, _ = synthetic_mammogram(1002, n_lesions=1, side="left", radius=(16, 20))
+    folder = tmp_path / "in"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "film.png"), np.round(mammogram.pixels * 255).astype(np.uint8))
+    write_dicom(folder / "digital.dcm", np.round(mammogram.pixels * 4095).astype(np.uint16), bits_stored=12)
+    return folder
+
+
+def test_digital_images_run_the_global_branch_with_the_digital_operating_point(models, inputs, tmp_path):
+    from pipeline.infer import GLOBAL_BRANCH_RULE, run_inference
+
+    out = tmp_path / "out"
+    summary = run_inference([inputs], out, models, load_config(), progress=False)
+    assert summary["done"] == 2
+    results = {}
+    for path in out.glob("*.json"):
+        data = json.loads(path.read_text())
+        if "domain" in data:
+            results[Path(data["source"]).name] = data
+    film, digital = results["film.png"], results["digital.dcm"]
+    assert film["domain"] == "film" and film["aggregate"] == "max" and film["threshold"] == 0.5
+    assert film["lesions"]  # both stages ran: the bright lesion is a box
+    assert digital["domain"] == "digital" and digital["aggregate"] == GLOBAL_BRANCH_RULE
+    assert digital["lesions"] == [] and digital["threshold"] == 0.6
+    logit, _, _ = models.domains["digital"].branch.analyse(read_mammogram(inputs / "digital.dcm").pixels)
+    score = 1 / (1 + np.exp(-logit))
+    assert digital["score"] == pytest.approx(score, abs=1e-5)
+    assert digital["decision"] == ("malignant" if score >= 0.6 else "not malignant")
+    cal = models.domains["digital"].calibration
+    assert digital["probability"] == pytest.approx(float(apply_calibration(cal, [score])[0]), abs=1e-5)
+    assert digital["probability_threshold"] == pytest.approx(float(apply_calibration(cal, [0.6])[0]), abs=1e-6)
+    assert digital["threshold_source"] == "chosen on test"
+    heat = cv2.imread(str(out / digital["heatmap"]), cv2.IMREAD_UNCHANGED)
+    assert heat is not None and heat.max() > 0  # the branch's saliency is the heatmap
+
+
+def test_the_digital_operating_point_is_in_the_folders_fingerprint(models, inputs, tmp_path):
+    from mammo.errors import MammoError
+    from pipeline.infer import run_inference
+    from pipeline.models import DomainModels
+
+    out = tmp_path / "out"
+    run_inference([inputs], out, models, load_config(), progress=False)
+    d = models.domains["digital"]
+    models.domains["digital"] = DomainModels("digital", d.branch, 0.7, d.calibration, None, "other")
+    with pytest.raises(MammoError, match="domains"):
+        run_inference([inputs], out, models, load_config(), progress=False)
