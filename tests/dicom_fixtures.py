@@ -39,6 +39,7 @@ def make_dataset(
     ds.file_meta.MediaStorageSOPClassUID = sop_class
     ds.SOPClassUID = sop_class
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()  # Type 1 in every image IOD
     ds.Modality = "MG"
     if pixels is not None:
         pixels = np.ascontiguousarray(pixels)

@@ -89,3 +89,12 @@ def brightness_global_branch(top_fraction: float = 0.25, grid: int = 4):
     head = MilHead(np.zeros(2, np.float32), np.ones(2, np.float32), np.array([10.0, -10.0], np.float32), -10.0,
                    top_fraction)
     return GlobalBranch(build_global_model(block_mean_extractor(), head, grid), top_fraction, "stand-in")
+
+
+def standin_pipeline_models(threshold: float = 0.5, fingerprint: str = "stand-in"):
+    """`PipelineModels` of both stand-ins (blob detector at imgsz 256, conf 0.01; 64 px bright-spot classifier)."""
+    from mammo.config import DetectorConfig
+    from pipeline.models import PipelineModels
+
+    return PipelineModels(blob_detector(DetectorConfig(imgsz=256, conf=0.01)), bright_spot_classifier(64), threshold,
+                          fingerprint=fingerprint)

@@ -42,7 +42,7 @@ def test_digital_images_run_the_global_branch_with_the_digital_operating_point(m
     from pipeline.infer import GLOBAL_BRANCH_RULE, run_inference
 
     out = tmp_path / "out"
-    summary = run_inference([inputs], out, models, load_config(), progress=False)
+    summary = run_inference([inputs], out, models, load_config(overrides=["pipeline.dicom_out=never"]), progress=False)
     assert summary["done"] == 2
     results = {}
     for path in out.glob("*.json"):
@@ -72,8 +72,8 @@ def test_the_digital_operating_point_is_in_the_folders_fingerprint(models, input
     from pipeline.models import DomainModels
 
     out = tmp_path / "out"
-    run_inference([inputs], out, models, load_config(), progress=False)
+    run_inference([inputs], out, models, load_config(overrides=["pipeline.dicom_out=never"]), progress=False)
     d = models.domains["digital"]
     models.domains["digital"] = DomainModels("digital", d.branch, 0.7, d.calibration, None, "other")
     with pytest.raises(MammoError, match="domains"):
-        run_inference([inputs], out, models, load_config(), progress=False)
+        run_inference([inputs], out, models, load_config(overrides=["pipeline.dicom_out=never"]), progress=False)
