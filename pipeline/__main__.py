@@ -363,6 +363,16 @@ def cmd_bundle_digital(args, overrides, inputs) -> int:
     return 0
 
 
+def cmd_trained_on(args, overrides, inputs) -> int:
+    from pipeline.models import write_manifest, write_trained_on
+
+    cfg = load_config(args.config, overrides)
+    path = write_trained_on(args.out, cfg, args.film_cv)
+    write_manifest(args.out)
+    print(f"written: {path} (and the manifest)")
+    return 0
+
+
 def _backend(text: str) -> str:
     allowed = choices("classifier.inference_backend")
     if text not in allowed:
@@ -476,6 +486,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cv", required=True, help="the run folder of `pipeline digital-cv` (its summary.json)")
     p.add_argument("--out", required=True, help="the bundle folder to add it to (e.g. weights/)")
     p.add_argument("--description", help="what this branch is, stored in the bundle")
+    p = add("trained-on", cmd_trained_on, "write the bundle's trained_on.json: the image ids each model was fitted "
+            "and calibrated on (--config: the film models' training config)")
+    p.add_argument("--film-cv", required=True, help="the film cross-validation whose OOF predictions chose the "
+                                                    "operating point (its folds.csv), e.g. docs/cv/mias-k3")
+    p.add_argument("--out", required=True, help="the bundle folder (e.g. weights/)")
     p = add("train-baseline", cmd_train_baseline, "train the single-stage baseline (one classifier on the whole "
             "breast) on the config's train/val split")
     p.add_argument("--out", help="run folder (default: runs/pipeline/baseline/<run.name>)")

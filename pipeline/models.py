@@ -209,6 +209,45 @@ def add_domain(root, name: str, branch_dir, cv_summary: dict, description: str =
     return root / BUNDLE_FILE
 
 
+TRAINED_ON = "trained_on.json"
+
+
+def write_trained_on(root, film_cfg: Config, film_cv_dir) -> Path:
+    """trained_on.json: the image ids every part of the bundle was fitted or calibrated on, with a SHA-256 of
+    each sorted list, so anyone holding other images can show they are disjoint from the training data.
+    Film: the split of `film_cfg` (fit / validation) and the cross-validation whose out-of-fold predictions chose
+    the operating point; digital: the global branch's own trained_on.txt (fit, and its CV's calibration)."""
+    import csv
+
+    from mammo.datasets import load_split_dataset
+
+    root = Path(root)
+    _, splits = load_split_dataset(film_cfg.data)
+    with open(Path(film_cv_dir) / "folds.csv", newline="") as f:
+        cv_ids = [row["image_id"] for row in csv.DictReader(f)]
+
+    def entry(ids, what):
+        ids = sorted(ids)
+        return {"what": what, "n": len(ids), "sha256": hashlib.sha256("\n".join(ids).encode()).hexdigest(),
+                "image_ids": ids}
+
+    train, val = [r.image_id for r in splits["train"]], [r.image_id for r in splits["val"]]
+    parts = {"detector.pt": entry(train, "fitted on (mini-MIAS development images)"),
+             "detector.pt epochs": entry(val, "best epoch chosen on"),
+             "classifier": entry(train, "fitted on"),
+             "classifier early stopping and temperature": entry(val, "chosen on"),
+             "baseline": entry(train + val, "fitted (train) and early-stopped (val) on"),
+             "pipeline.json operating point, calibration and findings maps":
+                 entry(cv_ids, "chosen on the out-of-fold predictions of a cross-validation of the recipe over")}
+    data = json.loads((root / BUNDLE_FILE).read_text())
+    for name, section in (data.get("domains") or {}).items():
+        listed = root / section["global_branch"] / "trained_on.txt"
+        ids = listed.read_text().split()
+        parts[f"{section['global_branch']}/ ({name})"] = entry(ids, "fitted on, and its operating point and "
+                                                                    "calibration chosen out of fold on")
+    return atomic_write_text(root / TRAINED_ON, json.dumps(parts, indent=1))
+
+
 def write_bundle(root, detector_weights, classifier_dir, threshold: float, config_overrides=(),
                  description: str = "", baseline_dir=None, **info) -> Path:
     """Copy the trained models into `root` and describe them (pipeline.json is written last)."""

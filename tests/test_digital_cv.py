@@ -174,3 +174,35 @@ def test_sensitivity_at_specificity_by_hand():
     s = np.array([0.1, 0.2, 0.3, 0.4, 0.9, 0.35, 0.5, 0.95, 0.05])
     # specificity 0.8 of 5 negatives: threshold at the 4th lowest negative (0.4); positives above: 0.5, 0.95
     assert dcv.sensitivity_at_specificity(y, s, 0.8) == 0.5
+
+
+def test_trained_on_lists_every_parts_image_ids_with_their_digests(tmp_path):
+    """The film split comes from the config (seed-fixed, by woman), the operating point's images from the CV's
+    folds.csv, the global branch's from its trained_on.txt; each list's SHA-256 is of its sorted ids."""
+    import hashlib
+    from pathlib import Path
+
+    from mammo.config import load_config
+    from mammo.datasets import load_split_dataset
+    from pipeline.models import write_trained_on
+
+    fixture = Path(__file__).parent / "fixtures" / "annotations" / "mias" / "Info.txt"
+    cfg = load_config(overrides=[f"data.annotations={fixture}", "data.format=mias"])
+    _, splits = load_split_dataset(cfg.data)
+    cv = tmp_path / "cv"
+    cv.mkdir()
+    (cv / "folds.csv").write_text("image_id,patient_id,fold\nmdb001,p1,0\nmdb002,p1,0\nmdb003,p2,1\n")
+    bundle = tmp_path / "bundle"
+    (bundle / "global").mkdir(parents=True)
+    (bundle / "global" / "trained_on.txt").write_text("9_2\n10_1\n9_1\n")
+    (bundle / "pipeline.json").write_text(json.dumps({"domains": {"digital": {"global_branch": "global"}}}))
+    data = json.loads(write_trained_on(bundle, cfg, cv).read_text())
+    train = sorted(r.image_id for r in splits["train"])
+    assert data["detector.pt"]["image_ids"] == train and data["classifier"]["n"] == len(train)
+    assert data["detector.pt epochs"]["image_ids"] == sorted(r.image_id for r in splits["val"])
+    assert not set(train) & set(data["detector.pt epochs"]["image_ids"])
+    op = data["pipeline.json operating point, calibration and findings maps"]
+    assert op["image_ids"] == ["mdb001", "mdb002", "mdb003"]
+    digital = data["global/ (digital)"]
+    assert digital["image_ids"] == ["10_1", "9_1", "9_2"]
+    assert digital["sha256"] == hashlib.sha256("10_1\n9_1\n9_2".encode()).hexdigest()
