@@ -77,3 +77,27 @@ def test_the_digital_operating_point_is_in_the_folders_fingerprint(models, input
     models.domains["digital"] = DomainModels("digital", d.branch, 0.7, d.calibration, None, "other")
     with pytest.raises(MammoError, match="domains"):
         run_inference([inputs], out, models, load_config(overrides=["pipeline.dicom_out=never"]), progress=False)
+
+
+GOOD = {"global_branch": "global", "threshold": 0.4,
+        "calibration": {"method": "platt", "a": 1.0, "b": 0.0}, "operating_curve": None}
+
+
+@pytest.mark.parametrize("name, change, message", [
+    ("film", {}, "unknown domain"),
+    ("digital", {"global_branch": ""}, "global_branch"),
+    ("digital", {"threshold": 1.5}, "threshold"),
+    ("digital", {"threshold": float("nan")}, "threshold"),
+    ("digital", {"calibration": {"method": "magic"}}, "magic"),
+])
+def test_a_malformed_domain_section_is_refused(name, change, message):
+    from pipeline.models import check_domain_section
+
+    with pytest.raises(Exception, match=message):
+        check_domain_section(name, GOOD | change)
+
+
+def test_a_wellformed_domain_section_passes():
+    from pipeline.models import check_domain_section
+
+    check_domain_section("digital", dict(GOOD))
