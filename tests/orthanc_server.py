@@ -49,12 +49,16 @@ def dicomweb_plugin() -> Path | None:
 class OrthancServer:
     """One Orthanc process; `start()`/`stop()` may be called again (a restart keeps the storage)."""
 
-    def __init__(self, root: Path, *, aet: str = "ORTHANC", modalities: dict[str, tuple[str, str, int]] | None = None):
+    def __init__(self, root: Path, *, aet: str = "ORTHANC", modalities: dict[str, tuple[str, str, int]] | None = None,
+                 lua: str | None = None):
+        """`modalities`: name -> (AET, host, port) of peers Orthanc may C-STORE to; `lua`: a Lua script Orthanc
+        runs (e.g. a ReceivedInstanceFilter that refuses some instances)."""
         import requests
 
         self.root = Path(root)
         self.aet = aet
         self.modalities = dict(modalities or {})
+        self.lua = lua
         self.http_port = _free_port()
         self.dicom_port = _free_port()
         self.process: subprocess.Popen | None = None
@@ -87,12 +91,17 @@ class OrthancServer:
             "DicomModalities": {name: [aet, host, port] for name, (aet, host, port) in self.modalities.items()},
             "SaveJobs": False,
             "StableAge": 1,
+            "HttpCompressionEnabled": False,
         }
 
     def start(self) -> "OrthancServer":
         self.root.mkdir(parents=True, exist_ok=True)
+        settings = self.config()
+        if self.lua:
+            (self.root / "script.lua").write_text(self.lua)
+            settings["LuaScripts"] = [str(self.root / "script.lua")]
         config = self.root / "orthanc.json"
-        config.write_text(json.dumps(self.config(), indent=2))
+        config.write_text(json.dumps(settings, indent=2))
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen([orthanc_binary(), str(config)], stdout=log, stderr=subprocess.STDOUT,
                                             cwd=self.root)
