@@ -291,3 +291,68 @@ def test_run_json_holds_no_study_uid_query_value_or_password():
     text = " ".join(dicomweb.scrub_argv(argv, "salt"))
     assert not any(s in text for s in ("1.2.840.99", "1.2.840.98", "MRN4711", "pw@", ":p@", "me:"))
     assert "http://pacs:8042/dicom-web" in text and "PatientID=h_" in text and "https://other/dw" in text
+
+
+# ------------------------------------------------------------------------------------------------ end to end
+def referenced_sops(ds) -> set:
+    return {str(e.value) for e in ds.iterall() if e.keyword == "ReferencedSOPInstanceUID"}
+
+
+def infer_and_write_dicom(out, models, cfg):
+    """infer, then each DICOM input's results as DICOM under <out>/dicom/<image id>/ (the SR and map writer of
+    pipeline.dicomnode.results, as --dicom-out does)."""
+    import hashlib
+
+    import cv2
+
+    from pipeline.dicomnode.results import Algorithm, project_version, write_dicom_results
+    from pipeline.results import read_results
+
+    def run(found):
+        summary = run_inference(found, out, models, cfg, progress=False)
+        algorithm = Algorithm(project_version(), hashlib.sha256((out / "fingerprint.json").read_bytes()).hexdigest())
+        for result in read_results(out):
+            heatmap = cv2.imread(str(out / result.heatmap), cv2.IMREAD_UNCHANGED)
+            write_dicom_results(result.source, result, heatmap, out / "dicom" / result.image_id, algorithm)
+        return summary
+
+    return run
+
+
+def test_the_samples_pulled_from_orthanc_get_their_report_and_map_back_in_their_study(orthanc_factory,  # noqa: F811
+                                                                                       standin_models, tmp_path):
+    """The 8 sample DICOMs (one study each) in a fresh Orthanc; two studies pulled, analysed and the results
+    stored back with STOW-RS: Orthanc then holds, in each of those studies only, one SR and one map referencing
+    that study's image. A rerun fetches nothing, analyses nothing, skips our own SR and map as not mammograms,
+    and stores no duplicate."""
+    server = orthanc_factory()
+    samples = sample_dicom_paths()
+    for path in samples:
+        server.upload(path)
+    chosen = [pydicom.dcmread(samples[i], stop_before_pixels=True) for i in (0, 3)]
+    out, cfg = tmp_path / "out", load_config()
+    engine = infer_and_write_dicom(out, standin_models, cfg)
+    studies = [str(ds.StudyInstanceUID) for ds in chosen]
+    summary = infer_from_dicomweb(server.dicomweb_url, studies, {}, out, cfg, engine, stow_url=server.dicomweb_url,
+                                  progress=False)
+    assert (summary["done"], summary["failed"], summary["stow"]["stored"], summary["stow"]["failed"]) == (2, 0, 4, [])
+    for ds in chosen:
+        objects = server.find(StudyInstanceUID=str(ds.StudyInstanceUID))
+        assert len(objects) == 3  # the image, its SR, its map
+        results = {}
+        for o in objects:
+            obj = pydicom.dcmread(io.BytesIO(server.file(o["ID"])))
+            results[str(obj.Modality)] = obj
+        assert set(results) == {"MG", "SR", "SEG"}
+        assert results["MG"].SOPInstanceUID == ds.SOPInstanceUID
+        for kind in ("SR", "SEG"):
+            assert referenced_sops(results[kind]) == {ds.SOPInstanceUID}, kind
+            assert results[kind].SeriesInstanceUID != ds.SeriesInstanceUID  # a new series
+    assert len(server.instances()) == 8 + 4  # nothing landed in the other six studies
+    again = infer_from_dicomweb(server.dicomweb_url, studies, {}, out, cfg, engine, stow_url=server.dicomweb_url,
+                                progress=False)
+    assert (again["resumed"], again["dicomweb"]["fetched"], again["stow"]["stored"]) == (2, 0, 0)
+    assert again["stow"]["already_stored"] == 4
+    assert sorted(s["reason"].split(",")[0] for s in again["dicomweb"]["skipped"]) == [
+        "a structured report (SOP class 1.2.840.10008.5.1.4.1.1.88.22)"] * 2 + ["modality SEG"] * 2
+    assert len(server.instances()) == 12
