@@ -157,8 +157,8 @@ def test_a_truncated_instance_is_a_failed_row_and_the_rest_completes(orthanc, st
     assert (again["resumed"], again["failed"], again["processed"]) == (2, 1, 0)
 
 
-def test_pacs_down_mid_pull_is_a_clear_error_and_the_rerun_resumes(orthanc_factory, standin_models, tmp_path,  # noqa: F811
-                                                                   monkeypatch):
+def test_pacs_down_mid_pull_is_a_clear_error_and_the_rerun_resumes(orthanc_factory, standin_models,  # noqa: F811
+                                                                   tmp_path, monkeypatch):
     """Orthanc killed after two of four instances: the error names the endpoint (no UID), nothing is analysed
     half; Orthanc back, the same call fetches only the two missing and analyses all four."""
     server = orthanc_factory()
@@ -356,3 +356,30 @@ def test_the_samples_pulled_from_orthanc_get_their_report_and_map_back_in_their_
     assert sorted(s["reason"].split(",")[0] for s in again["dicomweb"]["skipped"]) == [
         "a structured report (SOP class 1.2.840.10008.5.1.4.1.1.88.22)"] * 2 + ["modality SEG"] * 2
     assert len(server.instances()) == 12
+
+
+def test_cli_pulls_a_study_and_writes_no_uid_or_password(orthanc, standin_models, tmp_path, monkeypatch,  # noqa: F811
+                                                          capsys):
+    """`pipeline infer --dicomweb URL --study UID --stow` through main(), the stand-in models in place of the
+    bundle's: exit 0, the pull and STOW lines printed, run_summary.json's dicomweb section, and run.json without
+    the study UID or the URL's password."""
+    import contextlib
+
+    from pipeline.__main__ import main
+    from pipeline.models import PipelineModels
+
+    monkeypatch.setattr(PipelineModels, "load", classmethod(lambda cls, bundle, cfg: contextlib.nullcontext(
+        standin_models)))
+    study = mg_study(2, seed=61)
+    upload(orthanc, study)
+    uid, out = study[0].StudyInstanceUID, tmp_path / "out"
+    url = orthanc.dicomweb_url.replace("http://", "http://reader:s3cret@")
+    argv = ["infer", "--dicomweb", url, "--study", uid, "--stow", "--out", str(out)]
+    monkeypatch.setattr("sys.argv", ["pipeline", *argv])  # what run.json records
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert f"DICOMweb {orthanc.dicomweb_url}: 2 fetched" in printed and "STOW-RS" in printed
+    summary = json.loads((out / "run_summary.json").read_text())
+    assert (summary["done"], summary["dicomweb"]["fetched"], summary["stow"]["failed"]) == (2, 2, [])
+    run = (out / "run.json").read_text()
+    assert uid not in run and "s3cret" not in run and orthanc.dicomweb_url in run

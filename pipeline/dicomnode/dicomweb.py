@@ -294,7 +294,8 @@ def pull(pacs: DicomWeb, studies, query: dict, folder: Path, salt: str, max_pixe
     for study in uids:
         listing += pacs.instances(study, MAX_INSTANCES - len(listing))
     if not listing:
-        raise MammoError(f"no instance found at {pacs.endpoint} for the {len(uids)} stud{'y' if len(uids) == 1 else 'ies'}"
+        studies_given = f"{len(uids)} stud{'y' if len(uids) == 1 else 'ies'}"
+        raise MammoError(f"no instance found at {pacs.endpoint} for the {studies_given}"
                          f"{' the query matched' if query else ' given'}")
     out = Pulled(Discovery())
     for inst in tqdm(listing, desc="pull (WADO-RS)", unit="inst", disable=not progress):
