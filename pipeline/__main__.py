@@ -98,6 +98,8 @@ def cmd_infer(args, overrides, inputs) -> int:
     query = dicomweb.check_args(args, inputs)  # before the models load, as the checks below
     if args.address and args.engine != "ray":
         raise MammoError("--address joins a Ray cluster: it needs --engine ray")
+    if args.dicom_out is not None:
+        overrides = [*overrides, f"pipeline.dicom_out={'always' if args.dicom_out else 'never'}"]
     if inputs and not args.split:  # before the models load: a bad setting or a mistyped path fails at once
         load_config(args.config, overrides)
         require_images(inputs)
@@ -382,6 +384,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --engine ray: memory each actor asks Ray for, so no node gets more actors than it "
                         "holds (default: 1.5 with the classifier on torch, 1.8 on TensorFlow; "
                         "measured peaks 1.38 and 1.72 with the shipped models)")
+    p.add_argument("--dicom-out", action=argparse.BooleanOptionalAction, default=None,
+                   help="DICOM results (TID 1500 SR + Grad-CAM map) for each DICOM input, under OUT/dicom/<image_id>/ "
+                        "(default: pipeline.dicom_out=auto, on unless pipeline.source_paths is hashed or none)")
     p.add_argument("--worker-cpus", type=in_range(1, 256),
                    help="with --engine ray: CPUs (and threads) per actor (default: run.threads)")
     p.add_argument("--dicomweb", metavar="URL", help="take the mammograms from this DICOMweb endpoint (e.g. "

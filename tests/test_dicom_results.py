@@ -13,9 +13,9 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
-from tests.ci import unavailable
-from tests.conftest import sample_dicom_paths
-from tests.dicom_fixtures import write_dicom
+from ci import unavailable
+from conftest import sample_dicom_paths
+from dicom_fixtures import write_dicom
 
 hd = pytest.importorskip("highdicom")
 from pipeline.dicomnode.results import (SEG_MAX, Algorithm, derived_uid,  # noqa: E402
@@ -93,7 +93,8 @@ def test_sr_image_level_finding_and_probability(real):
     (probability,) = image.get_measurements()
     assert probability.name.value == "111047" and probability.value == pytest.approx(0.412)
     (call,) = image.get_qualitative_evaluations()
-    assert call.name.value == "121073" and call.value.value == "21594007"  # SNOMED CT 'Malignant': the decision at the threshold
+    # DCM 'Impression': SNOMED CT 'Malignant', the decision at the threshold
+    assert call.name.value == "121073" and call.value.value == "21594007"
 
 
 def test_objects_sit_in_the_source_study_in_new_series(real):
@@ -160,16 +161,20 @@ def test_a_result_of_another_grid_is_refused(real, tmp_path):
     assert not any(tmp_path.iterdir())
 
 
+def study_attributes() -> dict:
+    """What a source needs to be in a study, with a made-up patient (no birth date, sex: written empty)."""
+    return dict(StudyInstanceUID=generate_uid(), SeriesInstanceUID=generate_uid(), PatientID="MRN12345",
+                PatientName="Doe^Jane", StudyDate="20200101", StudyTime="120000", SeriesNumber=1, InstanceNumber=1,
+                Manufacturer="test")
+
+
 def test_parametric_map_for_a_source_with_a_patient_coordinate_system(tmp_path):
     """A source with a Frame of Reference and plane position/orientation gets a parametric map that holds the PNG
     values exactly (uint16, real-world value = stored / 65535)."""
     path = write_dicom(tmp_path / "src.dcm", np.zeros((300, 200), np.uint16), FrameOfReferenceUID=generate_uid(),
                        PixelSpacing=[0.1, 0.1], ImageOrientationPatient=[1, 0, 0, 0, 1, 0],
-                       ImagePositionPatient=[0, 0, 0], SliceThickness=1, StudyInstanceUID=generate_uid(),
-                       SeriesInstanceUID=generate_uid(), PatientID="TEST", PatientName="Test^Patient",
-                       PatientBirthDate="", PatientSex="", StudyDate="20200101", StudyTime="120000",
-                       ReferringPhysicianName="", StudyID="1", AccessionNumber="", SeriesNumber=1, InstanceNumber=1,
-                       Manufacturer="test", PositionReferenceIndicator="", ImageLaterality="L")
+                       ImagePositionPatient=[0, 0, 0], SliceThickness=1, PositionReferenceIndicator="",
+                       ImageLaterality="L", **study_attributes())
     heatmap = np.zeros((75, 50), np.uint16)
     heatmap[10:20, 10:20] = np.arange(100, dtype=np.uint16).reshape(10, 10) * 600
     result = dict(sample_result(200, 300, "not malignant"), lesions=[])
@@ -203,3 +208,80 @@ def test_dciodvfy_finds_no_error_in_the_sr_and_the_map(real):
     warning only, and is the patient's own: kept."""
     for path in real["paths"]:
         assert dciodvfy_errors(path) == []
+
+
+def test_a_source_outside_any_study_is_refused_with_the_reason(tmp_path):
+    path = write_dicom(tmp_path / "loose.dcm", np.zeros((30, 20), np.uint16))  # no study or series UID
+    result = dict(sample_result(20, 30), lesions=[])
+    with pytest.raises(ValueError, match="no StudyInstanceUID, SeriesInstanceUID.*--no-dicom-out"):
+        write_dicom_results(path, result, None, tmp_path / "out", ALGORITHM)
+
+
+# --- infer --dicom-out --------------------------------------------------------------------------------------------
+@pytest.fixture
+def scans(tmp_path):
+    """One synthetic mammogram as a DICOM (a made-up patient in a study) and one as a PNG."""
+    import cv2
+
+    from mammo.synthetic import synthetic_mammogram
+
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    pixels = [np.round(synthetic_mammogram(seed, shape=(256, 192), n_lesions=1)[0].pixels * 255) for seed in (1, 2)]
+    write_dicom(folder / "Doe_Jane.dcm", pixels[0].astype(np.uint16), bits_stored=8, **study_attributes())
+    cv2.imwrite(str(folder / "case2.png"), pixels[1].astype(np.uint8))
+    return folder
+
+
+def run(scans, out, models, *overrides, overwrite=False):
+    from mammo.config import load_config
+    from pipeline.infer import run_inference
+    from pipeline.results import read_results
+
+    summary = run_inference([scans], out, models, load_config(overrides=list(overrides)), overwrite=overwrite,
+                            progress=False)
+    assert summary["failed"] == 0, summary["failures"]
+    return {"png" if r.image_id == "case2" else "dcm": r for r in read_results(out)}  # a DICOM's id is a hash
+
+
+def test_infer_writes_dicom_results_for_dicom_inputs_only(standin_models, scans, tmp_path):
+    import cv2
+
+    out = tmp_path / "out"
+    results = run(scans, out, standin_models)
+    dcm, png = results["dcm"], results["png"]
+    assert dcm.dicom == [f"dicom/{dcm.image_id}/sr.dcm", f"dicom/{dcm.image_id}/heatmap_seg.dcm"]
+    assert png.dicom == [] and sorted(p.name for p in (out / "dicom").iterdir()) == [dcm.image_id]
+    assert dcm.lesions and {l.label for l in dcm.lesions} == {"lesion"}  # the detector's class, in the JSON
+    # the SR's boxes are the JSON's, in its order
+    groups = hd.sr.srread(out / dcm.dicom[0]).content.get_planar_roi_measurement_groups()
+    boxes = [[*g.roi.value.min(axis=0), *g.roi.value.max(axis=0)] for g in groups]
+    assert np.abs(np.array(boxes) - [l.box for l in dcm.lesions]).max() <= 0.5
+    # the segmentation holds the heatmap PNG's values on the source grid, within its 8-bit quantisation
+    png_map = cv2.imread(str(out / dcm.heatmap), cv2.IMREAD_UNCHANGED).astype(np.float64) / 65535
+    stored = pydicom.dcmread(out / dcm.dicom[1]).pixel_array.astype(np.float64) / SEG_MAX
+    assert stored.shape == (256, 192) and png_map.max() > 0.1
+    expected = cv2.resize(png_map, (192, 256), interpolation=cv2.INTER_NEAREST)
+    assert np.abs(stored - expected).max() <= 0.5 / SEG_MAX + 1e-9
+    # nothing identifying in a file name, the JSON or the CSV; the objects are the patient's
+    said = " ".join(str(p.relative_to(out)) for p in out.rglob("*"))
+    said += "".join(p.read_text() for p in out.glob("*.json")) + (out / "predictions.csv").read_text()
+    said = said.replace(str(scans / "Doe_Jane.dcm"), "")  # `source`: the path as given (source_paths full)
+    assert "Doe" not in said and "Jane" not in said and "MRN12345" not in said
+    assert pydicom.dcmread(out / dcm.dicom[0]).PatientID == "MRN12345"
+
+
+def test_rerun_writes_the_same_uids_and_settings_decide_the_outputs(standin_models, scans, tmp_path):
+    out = tmp_path / "out"
+    first = run(scans, out, standin_models)["dcm"]
+    uids = [pydicom.dcmread(out / f).SOPInstanceUID for f in first.dicom]
+    again = run(scans, out, standin_models, overwrite=True)["dcm"]
+    assert [pydicom.dcmread(out / f).SOPInstanceUID for f in again.dicom] == uids
+    assert run(scans, tmp_path / "off", standin_models, "pipeline.dicom_out=never")["dcm"].dicom == []
+    hashed = run(scans, tmp_path / "hashed", standin_models, "pipeline.source_paths=hashed")["dcm"]
+    assert hashed.dicom == [] and not (tmp_path / "hashed" / "dicom").exists()  # outputs that leave: none
+    asked = run(scans, tmp_path / "asked", standin_models, "pipeline.source_paths=hashed", "pipeline.dicom_out=always")
+    assert len(asked["dcm"].dicom) == 2
+    from mammo.errors import MammoError  # a folder made without DICOM results is not resumed with them
+    with pytest.raises(MammoError, match="pipeline.dicom_out"):
+        run(scans, tmp_path / "off", standin_models)

@@ -1,6 +1,7 @@
 """DICOMweb in and out (pipeline/dicomnode/dicomweb.py) against a real PACS: Orthanc with its DICOMweb plugin
-(tests/orthanc_server.py). Images are analysed by the stand-in models (tests/standins.py): these tests are about
-what reaches and leaves the PACS, resume and faults, not about the models."""
+(tests/orthanc_server.py). Images are analysed by the stand-in models (tests/standins.py, fixture
+`standin_models` in conftest): these tests are about what reaches and leaves the PACS, resume and faults, not
+about the models."""
 import mammo.runtime  # noqa: F401  (must stay the first import)
 
 import io
@@ -22,15 +23,6 @@ from pipeline.dicomnode.dicomweb import PacsUnreachable, infer_from_dicomweb
 from pipeline.infer import run_inference
 
 PATIENT = {"PatientName": "Doe^Jane", "PatientID": "MRN-4711-0815"}  # must appear in no output
-
-
-@pytest.fixture(scope="module")
-def standin_models():
-    from mammo.config import DetectorConfig
-    from pipeline.models import PipelineModels
-    from standins import blob_detector, bright_spot_classifier
-
-    return PipelineModels(blob_detector(DetectorConfig(imgsz=256, conf=0.01)), bright_spot_classifier(64), 0.5)
 
 
 def engine_for(out, models, cfg):
@@ -298,27 +290,6 @@ def referenced_sops(ds) -> set:
     return {str(e.value) for e in ds.iterall() if e.keyword == "ReferencedSOPInstanceUID"}
 
 
-def infer_and_write_dicom(out, models, cfg):
-    """infer, then each DICOM input's results as DICOM under <out>/dicom/<image id>/ (the SR and map writer of
-    pipeline.dicomnode.results, as --dicom-out does)."""
-    import hashlib
-
-    import cv2
-
-    from pipeline.dicomnode.results import Algorithm, project_version, write_dicom_results
-    from pipeline.results import read_results
-
-    def run(found):
-        summary = run_inference(found, out, models, cfg, progress=False)
-        algorithm = Algorithm(project_version(), hashlib.sha256((out / "fingerprint.json").read_bytes()).hexdigest())
-        for result in read_results(out):
-            heatmap = cv2.imread(str(out / result.heatmap), cv2.IMREAD_UNCHANGED)
-            write_dicom_results(result.source, result, heatmap, out / "dicom" / result.image_id, algorithm)
-        return summary
-
-    return run
-
-
 def test_the_samples_pulled_from_orthanc_get_their_report_and_map_back_in_their_study(orthanc_factory,  # noqa: F811
                                                                                        standin_models, tmp_path):
     """The 8 sample DICOMs (one study each) in a fresh Orthanc; two studies pulled, analysed and the results
@@ -331,7 +302,7 @@ def test_the_samples_pulled_from_orthanc_get_their_report_and_map_back_in_their_
         server.upload(path)
     chosen = [pydicom.dcmread(samples[i], stop_before_pixels=True) for i in (0, 3)]
     out, cfg = tmp_path / "out", load_config()
-    engine = infer_and_write_dicom(out, standin_models, cfg)
+    engine = engine_for(out, standin_models, cfg)  # infer writes each DICOM input's SR and map (--dicom-out)
     studies = [str(ds.StudyInstanceUID) for ds in chosen]
     summary = infer_from_dicomweb(server.dicomweb_url, studies, {}, out, cfg, engine, stow_url=server.dicomweb_url,
                                   progress=False)

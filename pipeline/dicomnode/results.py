@@ -19,7 +19,7 @@ import logging
 import tomllib
 import warnings
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -76,25 +76,43 @@ def derived_uid(*parts: str) -> str:
     return generate_uid(entropy_srcs=[str(p) for p in parts])
 
 
+# Type 2 attributes of the patient and study the objects copy from their source (highdicom reads them): an image
+# without one gets it empty, as its own IOD allows, instead of a failure.
+COPIED_TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+                "ReferringPhysicianName", "StudyID", "AccessionNumber")
+
+
 def read_source(source) -> pydicom.Dataset:
-    """The source's header (no pixels): a path, or a dataset already in memory (received from a PACS)."""
+    """The source's header (no pixels): a path, or a dataset already in memory (received from a PACS; not
+    changed). Raises ValueError when it has no study or instance UID: its results could not join its study."""
     if isinstance(source, pydicom.Dataset):
-        return source
-    return pydicom.dcmread(source, stop_before_pixels=True)
+        ds = pydicom.Dataset({e.tag: e for e in source if e.keyword != "PixelData"})
+        ds.file_meta = getattr(source, "file_meta", pydicom.dataset.FileMetaDataset())
+    else:
+        ds = pydicom.dcmread(source, stop_before_pixels=True)
+    missing = [k for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID") if not ds.get(k)]
+    if missing:
+        raise ValueError(f"the DICOM source has no {', '.join(missing)}: its results cannot join its study "
+                         f"(run with --no-dicom-out for such files)")
+    for keyword in COPIED_TYPE2:
+        if keyword not in ds:
+            setattr(ds, keyword, "")
+    return ds
 
 
 def write_dicom_results(source, result, heatmap: np.ndarray | None, out_dir, algorithm: Algorithm) -> list[Path]:
     """Write the SR and the heatmap object of one image into `out_dir`; returns their paths (SR first).
 
-    `source`: the DICOM input (path or dataset). `result`: the image's result as `pipeline.results.write_result`
-    writes it (a dict read from the JSON, or the ImageResult), in the source's pixel grid. `heatmap`: the
+    `source`: the DICOM input (path or dataset). `result`: the image's result, an ImageResult or the dict its
+    JSON holds (`pipeline.results.result_dict`), in the source's pixel grid. `heatmap`: the
     heatmap as infer renders it, at 1/`result['heatmap_downscale']` of the grid: the PNG's uint16 values (value /
     65535) or floats in [0, 1]; None writes no map. Each file is written atomically. Raises ValueError when the
     result does not belong to this source's grid.
     """
     from mammo.atomic import atomic_path
+    from pipeline.results import result_dict
 
-    result = asdict(result) if not isinstance(result, dict) else result
+    result = result if isinstance(result, dict) else result_dict(result)  # as the JSON says it
     src = read_source(source)
     if (int(src.Rows), int(src.Columns)) != (int(result["height"]), int(result["width"])):
         raise ValueError(f"the result is for a {result['width']}x{result['height']} image, the DICOM source is "
