@@ -30,6 +30,10 @@ examples:
   # ... side by side with a single-stage baseline (one classifier on the whole breast) trained on the same split
   python -m pipeline evaluate --predictions runs/mias-val --config configs/mias.yaml --split val --train-baseline
 
+  # a study from a PACS over DICOMweb (QIDO-RS, WADO-RS), the DICOM results stored back with STOW-RS
+  python -m pipeline infer --dicomweb http://localhost:8042/dicom-web --study 1.2.3.4 --stow --out results/
+  python -m pipeline infer --dicomweb http://localhost:8042/dicom-web --query ModalitiesInStudy=MG --out results/
+
   # crops with Grad-CAM, rois.csv and index.html for a radiologist's review
   python -m pipeline export-rois scans/ --out review/
   python -m pipeline export-rois --config configs/mias.yaml --split val --with-truth --out review/
@@ -85,11 +89,15 @@ def split_records(cfg, split: str):
 
 def cmd_infer(args, overrides, inputs) -> int:
     from pipeline.demo import sample_inputs
+    from pipeline.dicomnode import dicomweb
     from pipeline.ids import resolve_salt, scrub_argv
     from pipeline.infer import run_inference
     from pipeline.inputs import require_images
     from pipeline.models import PipelineModels
 
+    query = dicomweb.check_args(args, inputs)  # before the models load, as the checks below
+    if args.address and args.engine != "ray":
+        raise MammoError("--address joins a Ray cluster: it needs --engine ray")
     if args.dicom_out is not None:
         overrides = [*overrides, f"pipeline.dicom_out={'always' if args.dicom_out else 'never'}"]
     if inputs and not args.split:  # before the models load: a bad setting or a mistyped path fails at once
@@ -98,24 +106,31 @@ def cmd_infer(args, overrides, inputs) -> int:
     cfg, bundle = resolve_config(args, overrides)
     if args.split:
         inputs = [str(r.path) for r in split_records(cfg, args.split)[1]]
-    elif not inputs:
+    elif not inputs and not args.dicomweb:
         inputs = [str(p) for p in sample_inputs()]
         print(f"no INPUT given: running on the embedded sample ({len(inputs)} real CBIS-DDSM DICOMs)")
     out = make_run_dir("pipeline", "infer", cfg.run.name, args.out)
-    start_run(cfg, out, scrub_argv(sys.argv, [*inputs, args.out, args.models, args.config],
-                                   cfg.pipeline.source_paths, resolve_salt(cfg.pipeline.id_salt)))
+    salt = resolve_salt(cfg.pipeline.id_salt)
+    start_run(cfg, out, scrub_argv(dicomweb.scrub_argv(sys.argv, salt), [*inputs, args.out, args.models,
+                                                                         args.config], cfg.pipeline.source_paths, salt))
     print(f"models: {bundle.root} ({bundle.description or 'no description'})")
-    if args.address and args.engine != "ray":
-        raise MammoError("--address joins a Ray cluster: it needs --engine ray")
-    if args.engine == "ray":  # the same per-image function in Ray actors (Ray imported only here)
-        from pipeline.engine_ray import run_inference_ray
 
-        summary = run_inference_ray(inputs, out, bundle, cfg, overwrite=args.overwrite, address=args.address,
-                                    workers=args.workers, worker_memory_gb=args.worker_memory,
-                                    worker_cpus=args.worker_cpus)
-    else:
+    def engine(found):
+        """Analyse `found` (INPUT words, or the instances a PACS gave) with the chosen engine."""
+        if args.engine == "ray":  # the same per-image function in Ray actors (Ray imported only here)
+            from pipeline.engine_ray import run_inference_ray
+
+            return run_inference_ray(found, out, bundle, cfg, overwrite=args.overwrite, address=args.address,
+                                     workers=args.workers, worker_memory_gb=args.worker_memory,
+                                     worker_cpus=args.worker_cpus)
         with PipelineModels.load(bundle, cfg) as models:
-            summary = run_inference(inputs, out, models, cfg, overwrite=args.overwrite)
+            return run_inference(found, out, models, cfg, overwrite=args.overwrite)
+
+    if args.dicomweb:
+        summary = dicomweb.infer_from_dicomweb(args.dicomweb, args.study or [], query, out, cfg, engine,
+                                               stow_url=args.stow_url or (args.dicomweb if args.stow else None))
+    else:
+        summary = engine(inputs)
     # counts, seconds per step and peak memory of this run (the benchmark reads throughput and memory here)
     summary["peak_memory_mb"] = peak_memory_mb()
     atomic_write_text(out / "run_summary.json", json.dumps(summary, indent=2, default=float))
@@ -125,7 +140,16 @@ def cmd_infer(args, overrides, inputs) -> int:
         counts = ", ".join(f"{n} as {d}" for d, n in sorted(summary["domain_by_setting"].items()))
         key = "pipeline.domain" if cfg.pipeline.domain != "auto" else "pipeline.domain_fallback"
         print(f"domain: {counts} by the setting {key}, not by the files (domain_reason in each JSON says why)")
-    return 1 if summary["failed"] else 0
+    stow_failed = len(summary.get("stow", {}).get("failed", []))
+    if "dicomweb" in summary:
+        pulled = summary["dicomweb"]
+        print(f"DICOMweb {pulled['endpoint']}: {pulled['fetched']} fetched, {pulled['reused']} already spooled, "
+              f"{len(pulled['skipped'])} not mammograms skipped (reasons in {out}/dicomweb/{dicomweb.PULL_FILE})")
+    if "stow" in summary:
+        stow = summary["stow"]
+        print(f"STOW-RS {stow['endpoint']}: {stow['stored']} result files stored, {stow['already_stored']} stored "
+              f"before, {stow_failed} refused ({stow['retried']} retries)")
+    return 1 if summary["failed"] or stow_failed else 0
 
 
 def cmd_evaluate(args, overrides, inputs) -> int:
@@ -415,6 +439,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: pipeline.dicom_out=auto, on unless pipeline.source_paths is hashed or none)")
     p.add_argument("--worker-cpus", type=in_range(1, 256),
                    help="with --engine ray: CPUs (and threads) per actor (default: run.threads)")
+    p.add_argument("--dicomweb", metavar="URL", help="take the mammograms from this DICOMweb endpoint (e.g. "
+                   "http://pacs:8042/dicom-web): QIDO-RS lists, WADO-RS fetches into OUT/dicomweb/spool; "
+                   "no INPUT with it")
+    p.add_argument("--study", action="append", metavar="UID", help="with --dicomweb: a study to analyse "
+                   "(repeatable); its non-mammogram instances (SR, CT...) are skipped with the reason")
+    p.add_argument("--query", action="append", metavar="KEY=VALUE", help="with --dicomweb: a QIDO-RS study "
+                   "search filter (repeatable), e.g. ModalitiesInStudy=MG StudyDate=20250101-20250131")
+    p.add_argument("--stow", action="store_true", help="with --dicomweb: store the DICOM results (OUT/dicom) back "
+                   "to that endpoint with STOW-RS; a ledger keeps reruns from sending duplicates")
+    p.add_argument("--stow-url", metavar="URL", help="with --dicomweb: store the DICOM results to this DICOMweb "
+                   "endpoint instead")
     sub.choices["export-rois"].add_argument("--with-truth", action="store_true",
                                             help="also export the annotated lesions of the config's dataset")
     sub.choices["export-rois"].add_argument("--verdicts", action="append", metavar="RUN_DIR",

@@ -31,7 +31,7 @@ from mammo.preprocess import preprocess
 from pipeline.findings import annotate_findings
 from pipeline.heatmap import HeatmapCanvas
 from pipeline.ids import IdAllocator, resolve_salt, source_key, written_source
-from pipeline.inputs import discover
+from pipeline.inputs import Discovery, discover
 from pipeline.render import three_panels
 from pipeline.operating_point import check_curve
 from pipeline.results import (CURVE_FILE, NO_BOX_SCORE, ImageResult, LesionResult, aggregate_scores, check_aggregate,
@@ -373,7 +373,9 @@ def plan_run(inputs, out_dir: Path, models, cfg: Config, overwrite: bool = False
     loads none). An image-score rule that cannot work is one error here, before any image, for both engines."""
     check_aggregate(cfg.pipeline.aggregate, models.stacker)
     remove_stale_partials(out_dir)  # left by a run that was killed mid-write: the lock says none is alive
-    found = discover(inputs, exclude=[out_dir])  # --out inside an input folder: never read our own outputs
+    # `inputs`: the command line's words (an --out inside an input folder is not searched: never read our own
+    # outputs), or a ready Discovery (instances spooled from a PACS by pipeline.dicomnode.dicomweb)
+    found = inputs if isinstance(inputs, Discovery) else discover(inputs, exclude=[out_dir])
     threshold = operating_threshold(cfg, models)
     fingerprint = output_fingerprint(models, cfg, threshold)
     previous = [] if overwrite else read_results(out_dir)
@@ -389,7 +391,7 @@ def plan_run(inputs, out_dir: Path, models, cfg: Config, overwrite: bool = False
     allocate.reserve(done.values())
     rows = [done_row(done[key]) if (key := source_key(path, salt)) in done else None for path in found.images]
     missing = [{"image_id": "", "source": written_source(path, cfg.pipeline.source_paths, salt),
-                "status": "failed", "error": "input not found"} for path in found.missing]
+                "status": "failed", "error": found.reasons.get(path, "input not found")} for path in found.missing]
     return RunPlan(out_dir, found, threshold, allocate, rows, sum(r is not None for r in rows), missing)
 
 

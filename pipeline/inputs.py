@@ -21,6 +21,7 @@ class Discovery:
     images: list[Path] = field(default_factory=list)
     skipped: list[Path] = field(default_factory=list)  # files that are not images (counted, not failed)
     missing: list[Path] = field(default_factory=list)  # inputs named on the command line that do not exist
+    reasons: dict = field(default_factory=dict)  # why a `missing` input failed, when not 'input not found'
 
 
 def _from_csv(path: Path) -> list[Path]:
