@@ -1,0 +1,210 @@
+"""`pipeline listen`: a storage SCP that spools, analyses and forwards, driven by pynetdicom's own SCU.
+
+The listener runs with stand-in models of known output (tests/standins.py), in a thread of the test, or (kill
+and restart) in a child process. The destination is a second pynetdicom SCP in the test, which can refuse.
+"""
+import json
+import subprocess
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+from conftest import sample_dicom_paths
+from dicom_fixtures import write_dicom
+from mammo.config import load_config
+from mammo.errors import MammoError
+from mammo.synthetic import synthetic_mammogram
+from pipeline.dicomnode import listener as listener_module
+from pipeline.dicomnode.listener import JOURNAL, STATUS, Listener
+from pipeline.models import PipelineModels
+
+REPO = Path(__file__).resolve().parent.parent
+SENDER = "MODALITY"
+
+
+@pytest.fixture(scope="module")
+def standin_models():
+    from standins import blob_detector, bright_spot_classifier
+    from mammo.config import DetectorConfig
+
+    return PipelineModels(blob_detector(DetectorConfig(imgsz=256, conf=0.01)), bright_spot_classifier(64), 0.5,
+                          fingerprint="stand-in")
+
+
+def mammogram_dicom(path, seed=1, **attributes):
+    """A small synthetic MG For Presentation image with one bright disc (the stand-in detector boxes it)."""
+    m, _ = synthetic_mammogram(seed, shape=(256, 192), n_lesions=1)
+    return write_dicom(path, np.round(m.pixels * 4095).astype(np.uint16), bits_stored=12,
+                       PatientName="DOE^JANE", PatientID="MRN12345", **attributes)
+
+
+def listen_config(*overrides):
+    return load_config(overrides=["listen.port=0", f"listen.allowed_calling=[{SENDER}]", "listen.store_backoff=0.05",
+                                  *overrides])
+
+
+@contextmanager
+def running(cfg, models, out):
+    """A listener in a thread of this process; yields it once it listens (its port in `.port`)."""
+    lines, ready, errors = [], threading.Event(), []
+    listener = Listener(cfg, models, out, log=lines.append)
+    listener.lines = lines
+
+    def run():
+        try:
+            listener.run(on_ready=lambda port: ready.set())
+        except Exception as exc:  # noqa: BLE001  (reported by the test)
+            errors.append(exc)
+            ready.set()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    assert ready.wait(60) and not errors, errors
+    try:
+        yield listener
+    finally:
+        listener.stop.set()
+        thread.join(60)
+    assert not errors, errors
+
+
+def send(port, paths, calling=SENDER, called="MAMMO_CAD", check=None):
+    """C-STORE each file with pynetdicom's SCU; the statuses (None: association not established). `check(i)` runs
+    right after the i-th answer, before the next send."""
+    from pynetdicom import AE
+
+    datasets = [pydicom.dcmread(p) for p in paths]
+    ae = AE(ae_title=calling)
+    for sop_class, syntax in {(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID) for ds in datasets}:
+        ae.add_requested_context(sop_class, [syntax])  # one context each: the acceptor picks one syntax of a list
+    assoc = ae.associate("127.0.0.1", port, ae_title=called)
+    if not assoc.is_established:
+        return None, assoc
+    statuses = []
+    try:
+        for i, ds in enumerate(datasets):
+            statuses.append(assoc.send_c_store(ds).Status)
+            if check:
+                check(i)
+    finally:
+        assoc.release()
+    return statuses, assoc
+
+
+def wait_for(condition, timeout=120, what="condition"):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def events(out, event=None):
+    lines = (out / JOURNAL).read_text().splitlines() if (out / JOURNAL).is_file() else []
+    records = [json.loads(line) for line in lines]
+    return [r for r in records if event is None or r["event"] == event]
+
+
+def test_a_real_sample_is_spooled_before_success_then_analysed(standin_models, tmp_path):
+    """The CBIS-DDSM sample (RLE, 10 MB) over pynetdicom: when Success comes back, the image is already in the
+    spool (byte for byte as sent) and journalled; then its result JSON appears, named by an anonymous id, and no
+    name, log line or journal entry carries the patient's identifiers."""
+    sample = sample_dicom_paths()[0]
+    out = tmp_path / "out"
+    seen = []
+    with running(listen_config(), standin_models, out) as listener:
+        def spooled_at_answer(i):  # the answer is in: the spool and the journal must already hold the image
+            seen.append((sorted(p.name for p in (out / "spool").glob("*.dcm")), len(events(out, "received"))))
+
+        statuses, _ = send(listener.port, [sample], check=spooled_at_answer)
+        assert statuses == [0x0000]
+        assert seen and len(seen[0][0]) == 1 and seen[0][1] == 1, seen
+        spooled = out / "spool" / seen[0][0][0]
+        kept, sent = pydicom.dcmread(spooled), pydicom.dcmread(sample)
+        assert kept.SOPInstanceUID == sent.SOPInstanceUID and kept.PixelData == sent.PixelData  # RLE, as sent
+        results = wait_for(lambda: list(out.glob("img_*.json")), what="the result JSON")
+        wait_for(lambda: events(out, "stored"), what="the stored event")
+    result = json.loads(results[0].read_text())
+    assert (result["width"], result["height"]) == (2864, 4432) and result["source"] == str(spooled)
+    assert pydicom.dcmread(spooled, stop_before_pixels=True).Modality == "MG"
+    status = json.loads((out / STATUS).read_text())
+    assert status["this_start"]["received"] == 1 and status["this_start"]["analysed"] == 1
+    assert status["latency_seconds"]["images"] == 1 and status["latency_seconds"]["median"] > 0
+    ds = pydicom.dcmread(sample, stop_before_pixels=True)
+    secrets = {str(ds.PatientName), str(ds.PatientID), str(ds.SOPInstanceUID), str(ds.StudyInstanceUID)} - {""}
+    written = " ".join([*(p.name for p in out.rglob("*")), *listener.lines, (out / JOURNAL).read_text(),
+                        (out / STATUS).read_text(), (out / "predictions.csv").read_text()])
+    assert not [s for s in secrets if s in written]
+
+
+def test_a_failed_spool_write_is_answered_with_a_failure_status(standin_models, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    image = mammogram_dicom(tmp_path / "a.dcm")
+
+    def disk_full(path, data):
+        raise OSError(28, "No space left on device")
+
+    with running(listen_config(), standin_models, out) as listener:
+        monkeypatch.setattr(listener_module, "write_durably", disk_full)
+        statuses, _ = send(listener.port, [image])
+        assert statuses == [0xA700]  # Out of Resources: the sender keeps the image
+        monkeypatch.undo()
+        assert send(listener.port, [image])[0] == [0x0000]  # space again: the same image is taken
+        wait_for(lambda: events(out, "stored"), what="the analysis")
+    assert len(events(out, "received")) == 1
+
+
+def test_an_unknown_calling_ae_title_is_rejected(standin_models, tmp_path):
+    out = tmp_path / "out"
+    with running(listen_config(), standin_models, out) as listener:
+        statuses, assoc = send(listener.port, [mammogram_dicom(tmp_path / "a.dcm")], calling="INTRUDER")
+        assert statuses is None and assoc.is_rejected
+        statuses, assoc = send(listener.port, [mammogram_dicom(tmp_path / "b.dcm")], called="SOMEONE_ELSE")
+        assert statuses is None and assoc.is_rejected
+        assert send(listener.port, [tmp_path / "a.dcm"])[0] == [0x0000]  # the allowed sender gets in
+        wait_for(lambda: events(out, "stored"), what="the analysis")
+    assert listener.counts["rejected_associations"] == 2 and not list(out.glob("spool/*.partial*"))
+    assert len(list((out / "spool").glob("*.dcm"))) == 1
+    assert any("INTRUDER" in line and "rejected" in line for line in listener.lines)
+
+
+def test_non_mammograms_are_skipped_with_a_reason(standin_models, tmp_path):
+    from pydicom.data import get_testdata_file
+
+    ct, sr = get_testdata_file("CT_small.dcm"), get_testdata_file("test-SR.dcm")
+    mg_as_ct = mammogram_dicom(tmp_path / "ct_modality.dcm", Modality="CT")  # a mammogram SOP class, modality CT
+    out = tmp_path / "out"
+    with running(listen_config(), standin_models, out) as listener:
+        statuses, _ = send(listener.port, [ct, sr, mg_as_ct, mammogram_dicom(tmp_path / "mg.dcm")])
+        assert statuses == [0x0000] * 4
+        wait_for(lambda: events(out, "stored"), what="the mammogram's analysis")
+    skipped = events(out, "skipped")
+    assert [r["reason"] for r in skipped] == [
+        "CT Image Storage is not a mammogram image (modality CT)",
+        "Comprehensive SR Storage is not a mammogram image (modality SR)",
+        "modality CT is not MG (Digital Mammography X-Ray Image Storage - For Presentation)"]
+    assert len(list((out / "spool").glob("*.dcm"))) == 1 and len(list(out.glob("img_*.json"))) == 1
+    status = json.loads((out / STATUS).read_text())
+    assert [s["reason"] for s in status["skipped"]] == [r["reason"] for r in skipped]
+
+
+def test_bad_listen_settings_are_refused_before_anything_listens(standin_models, tmp_path):
+    with pytest.raises(MammoError, match="allowed_calling is empty"):
+        Listener(load_config(), standin_models, tmp_path)
+    with pytest.raises(Exception, match="listen.destination"):
+        load_config(overrides=["listen.destination=somewhere"])
+    with pytest.raises(Exception, match=r"listen.allowed_calling\[0\]"):
+        load_config(overrides=["listen.allowed_calling=['BACK\\\\SLASH']"])
+    result = subprocess.run([sys.executable, "-m", "pipeline", "listen", "--out", str(tmp_path / "o"), "--allow",
+                             "A", "--destination", "PACS@127.0.0.1:70000"], cwd=REPO, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 2 and "port 70000 is out of range" in result.stderr
+
