@@ -208,3 +208,26 @@ def test_bad_listen_settings_are_refused_before_anything_listens(standin_models,
                             text=True, timeout=300)
     assert result.returncode == 2 and "port 70000 is out of range" in result.stderr
 
+
+def test_a_failed_analysis_is_retried_at_each_start_then_given_up_and_reported(standin_models, tmp_path):
+    """A mammogram the reader refuses (two frames: tomosynthesis is not supported) is a failed analysis, kept in
+    the spool and retried at the next start, until listen.analysis_attempts analyses were started."""
+    frames = np.zeros((2, 64, 64), np.uint16)
+    image = write_dicom(tmp_path / "tomo.dcm", frames, PatientID="MRN12345")
+    out = tmp_path / "out"
+    cfg = listen_config("listen.analysis_attempts=2")
+    with running(cfg, standin_models, out) as listener:
+        assert send(listener.port, [image])[0] == [0x0000]
+        wait_for(lambda: events(out, "failed"), what="the failed analysis")
+    assert "multi-frame" in events(out, "failed")[0]["reason"]
+    with running(cfg, standin_models, out):
+        wait_for(lambda: len(events(out, "failed")) == 2, what="the retry at the next start")
+    with running(cfg, standin_models, out) as third:
+        time.sleep(1)
+    assert len(events(out, "started")) == 2  # given up: not started a third time
+    status = json.loads((out / STATUS).read_text())
+    assert len(status["given_up"]) == 1 and "multi-frame" in status["given_up"][0]["reason"]
+    assert any("given up after 2 analyses" in line for line in third.lines)
+    assert len(list((out / "spool").glob("*.dcm"))) == 1  # never deleted
+    rows = (out / "predictions.csv").read_text().splitlines()
+    assert len(rows) == 2 and ",failed," in rows[1]

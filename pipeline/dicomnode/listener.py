@@ -342,6 +342,8 @@ class Listener:
             else:
                 given_up += 1
                 self.rows[item.key] = self._failed_row(item)
+        if self.rows:
+            self._write_predictions()
         if todo or stores or given_up:
             self.log(f"resuming: {todo} to analyse, {stores} to store, {given_up} given up after "
                      f"{self.lc.analysis_attempts} analyses (listed in {STATUS})")
