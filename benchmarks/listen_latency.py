@@ -73,14 +73,11 @@ def latencies(out: Path) -> list[float]:
 
 def start_standins(out: Path, overrides: list[str]):
     sys.path.insert(0, str(PROJECT_ROOT / "tests"))
-    from standins import blob_detector, bright_spot_classifier
+    from standins import standin_pipeline_models
 
-    from mammo.config import DetectorConfig
     from pipeline.dicomnode.listener import Listener
-    from pipeline.models import PipelineModels
 
-    models = PipelineModels(blob_detector(DetectorConfig(imgsz=256, conf=0.01)), bright_spot_classifier(64), 0.5,
-                            fingerprint="stand-in")
+    models = standin_pipeline_models()
     listener, ready = Listener(load_config(overrides=overrides), models, out, log=lambda line: None), threading.Event()
     threading.Thread(target=listener.run, kwargs={"on_ready": lambda port: ready.set()}, daemon=True).start()
     ready.wait(300)
@@ -95,7 +92,7 @@ def start_command(out: Path, overrides: list[str], models: str | None):
         if " listening as " in line:
             port = int(line.split(" for ")[0].rsplit(":", 1)[1])
             threading.Thread(target=proc.stdout.read, daemon=True).start()  # keep the pipe drained
-            return port, proc.terminate
+            return port, lambda: (proc.terminate(), proc.wait(300))  # its summary line still has a reader
     raise SystemExit(f"pipeline listen did not start (exit code {proc.wait()})")
 
 

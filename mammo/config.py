@@ -34,6 +34,7 @@ DEFAULT_CONFIG = CONFIG_DIR / "default.yaml"
 AGGREGATES = ("max", "max_product", "noisy_or", "noisy_or_product", "stacker")  # stacker: fitted by cross-validate
 IMAGE_ID_MODES = ("auto", "name", "hash")  # pipeline/ids.py says what each means
 SOURCE_PATH_MODES = ("full", "hashed", "none")
+DICOM_OUT_MODES = ("auto", "always", "never")  # pipeline.dicom_out (not on/off: YAML reads those as booleans)
 MAX_FOLDS = 20  # k of a cross-validation: each fold trains both stages, so more is days of CPU
 MAX_PREDICT_BOXES = 100  # boxes per image in cross-validation's fold predictions: the most a chosen max_det can be
 DATA_FORMATS = ("mias", "cbis-ddsm", "inbreast", "vindr", "csv")
@@ -186,6 +187,9 @@ class PipelineConfig(_Checked):
     id_salt: str = text()  # '' = this installation's secret salt (runs/.cache/id_salt) or $MAMMO_ID_SALT
     # `source` fields and run.json argv: full | hashed | none (outputs that leave the hospital)
     source_paths: Literal[SOURCE_PATH_MODES] = "full"
+    # DICOM results (SR + heatmap object, pipeline/dicomnode/results.py) beside each DICOM input's: auto = on while
+    # source_paths is 'full' (they carry the patient's name, as DICOM requires: not for outputs that leave)
+    dicom_out: Literal[DICOM_OUT_MODES] = "auto"
     fbeta: float = bounded(2.0, 0.01, 100.0)
     min_specificity: float = bounded(0.5, 0.0, 1.0)  # the shipped threshold maximizes F-beta among those keeping this
     bootstrap: int = bounded(1000, 1, 100000)

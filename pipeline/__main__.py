@@ -94,6 +94,8 @@ def cmd_infer(args, overrides, inputs) -> int:
     from pipeline.inputs import require_images
     from pipeline.models import PipelineModels
 
+    if args.dicom_out is not None:
+        overrides = [*overrides, f"pipeline.dicom_out={'always' if args.dicom_out else 'never'}"]
     if inputs and not args.split:  # before the models load: a bad setting or a mistyped path fails at once
         load_config(args.config, overrides)
         require_images(inputs)
@@ -385,6 +387,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --engine ray: memory each actor asks Ray for, so no node gets more actors than it "
                         "holds (default: 1.5 with the classifier on torch, 1.8 on TensorFlow; "
                         "measured peaks 1.38 and 1.72 with the shipped models)")
+    p.add_argument("--dicom-out", action=argparse.BooleanOptionalAction, default=None,
+                   help="DICOM results (TID 1500 SR + Grad-CAM map) for each DICOM input, under OUT/dicom/<image_id>/ "
+                        "(default: pipeline.dicom_out=auto, on unless pipeline.source_paths is hashed or none)")
     p.add_argument("--worker-cpus", type=in_range(1, 256),
                    help="with --engine ray: CPUs (and threads) per actor (default: run.threads)")
     sub.choices["export-rois"].add_argument("--with-truth", action="store_true",

@@ -34,10 +34,11 @@ from pipeline.inputs import discover
 from pipeline.render import three_panels
 from pipeline.operating_point import check_curve
 from pipeline.results import (CURVE_FILE, NO_BOX_SCORE, ImageResult, LesionResult, aggregate_scores, check_aggregate,
-                              decide, read_results, write_predictions_csv, write_result)
+                              decide, read_results, result_dict, write_predictions_csv, write_result)
 
 FAILURES_FILE = "failures.json"  # inputs that failed, retried on the next run
 FINGERPRINT_FILE = "fingerprint.json"  # the models and settings that shaped this folder's outputs
+DICOM_DIR = "dicom"  # DICOM results of DICOM inputs: <out>/dicom/<image_id>/sr.dcm and the heatmap object
 
 
 @dataclass
@@ -99,13 +100,23 @@ def analyse_image(mammogram, models, cfg: Config, timer: StepTimer, tiles: list 
             canvas.paste_max(cam, to_crop)
     kept_boxes, finding_boxes = {d.box for d in kept}, {d.box for d in findings}
     lesions = [LesionResult(list(map(float, d.box)), float(d.score), float(p), finding=d.box in finding_boxes,
-                            scores_image=d.box in kept_boxes) for d, p in zip(shown, probs)]
+                            scores_image=d.box in kept_boxes, label=str(d.label)) for d, p in zip(shown, probs)]
     return annotate_findings(lesions, models.findings), canvas, below_conf
 
 
-def write_outputs(out_dir: Path, image_id: str, mammogram, lesions, canvas, result: ImageResult) -> None:
+def write_outputs(out_dir: Path, image_id: str, mammogram, lesions, canvas, result: ImageResult,
+                  dicom=None) -> None:
+    """An image's files, its JSON last. `dicom`: (source path, Algorithm) when its DICOM results are wanted."""
+    heatmap = canvas.as_uint16()
     with atomic_path(out_dir / result.heatmap) as tmp:
-        cv2.imwrite(str(tmp), canvas.as_uint16())
+        cv2.imwrite(str(tmp), heatmap)
+    if dicom is not None:
+        from pipeline.dicomnode.results import write_dicom_results
+
+        source, algorithm = dicom
+        folder = out_dir / DICOM_DIR / image_id  # the anonymised id: nothing identifying in the path
+        written = write_dicom_results(source, result_dict(result), heatmap, folder, algorithm)
+        result.dicom = [p.relative_to(out_dir).as_posix() for p in written]
     ordered = sorted(lesions, key=lambda l: -l.malignancy)
     figure = three_panels(mammogram.pixels, canvas.pixels, [l.box for l in ordered],
                           [box_label(l) for l in ordered], title_numbers(result),
@@ -179,7 +190,9 @@ def infer_image(mammogram, image_id: str, source, models, cfg: Config, threshold
                          heatmap_downscale=cfg.pipeline.heatmap_downscale, below_conf=below_conf,
                          probability=models.probability(score), probability_threshold=models.probability(threshold),
                          threshold_source=threshold_source(cfg, models))
-    job = partial(write_outputs, out_dir, image_id, mammogram, lesions, canvas, result)
+    dicom = (source, dicom_algorithm(models, cfg, threshold)) if mammogram.meta.is_dicom and dicom_outputs(cfg) \
+        else None
+    job = partial(write_outputs, out_dir, image_id, mammogram, lesions, canvas, result, dicom)
     with timer.step("write"):
         if writer is None:
             job()
@@ -200,6 +213,25 @@ def threshold_source(cfg: Config, models) -> str:
     return getattr(models, "threshold_source", "") or "shipped with the models"
 
 
+def dicom_outputs(cfg: Config) -> bool:
+    """Are DICOM results written for DICOM inputs? `pipeline.dicom_out` 'auto' is on while `source_paths` is
+    'full' (work inside the hospital): the objects carry the patient's name and ids, as DICOM requires of a report
+    in the patient's study, so a folder meant to leave ('hashed', 'none') gets none unless asked ('always')."""
+    mode = cfg.pipeline.dicom_out
+    return mode == "always" or (mode == "auto" and cfg.pipeline.source_paths == "full")
+
+
+def dicom_algorithm(models, cfg: Config, threshold: float):
+    """Who made the DICOM results: the project's version and a hash of the output fingerprint (models and
+    settings), which every UID derives from: a rerun writes the same UIDs, other models or settings others."""
+    import hashlib
+
+    from pipeline.dicomnode.results import Algorithm, project_version
+
+    fingerprint = json.dumps(output_fingerprint(models, cfg, threshold), sort_keys=True, default=str)
+    return Algorithm(project_version(), hashlib.sha256(fingerprint.encode()).hexdigest())
+
+
 def output_fingerprint(models, cfg: Config, threshold: float) -> dict:
     """What shapes every output file: the model files (by content) and the settings read at inference. A folder
     resumes only under the same fingerprint, so one folder never mixes two operating points."""
@@ -211,7 +243,7 @@ def output_fingerprint(models, cfg: Config, threshold: float) -> dict:
                 "pipeline": {"aggregate": pipe.aggregate, "threshold": float(threshold),
                              "heatmap_downscale": pipe.heatmap_downscale, "image_id": pipe.image_id,
                              "source_paths": pipe.source_paths, "max_pixels": cfg.run.max_pixels,
-                             "no_box_score": NO_BOX_SCORE,
+                             "no_box_score": NO_BOX_SCORE, "dicom_out": dicom_outputs(cfg),
                              "calibration": getattr(models, "calibration", None),
                              "findings": getattr(models, "findings", None)}}
     return {"models": getattr(models, "fingerprint", ""), "settings": settings}

@@ -35,6 +35,7 @@ class LesionResult:
     scores_image: bool = True
     p_lesion: float | None = None  # calibrated P(this box hits a true lesion), with the models' findings maps
     p_malignant: float | None = None  # calibrated P(this box hits a malignant lesion)
+    label: str = ""  # the detector's class of the box ('lesion', or a kind: 'mass', 'calcification', ...)
 
 
 @dataclass
@@ -59,6 +60,7 @@ class ImageResult:
     probability: float | None = None  # calibrated P(malignant) of the image; None without a calibration map
     probability_threshold: float | None = None
     threshold_source: str = ""  # how the threshold was chosen (the bundle's operating point, or given)
+    dicom: list[str] = field(default_factory=list)  # DICOM results written (SR first), relative to the JSON's folder
 
 
 # The image-score rules `pipeline.aggregate` may name are mammo.config.AGGREGATES (the config's Literal reads
@@ -149,6 +151,14 @@ def result_path(out_dir, image_id: str) -> Path:
 
 
 def write_result(out_dir, result: ImageResult) -> Path:
+    data = result_dict(result)
+    # NaN is refused (a failed row) rather than written: strict JSON parsers reject it.
+    return atomic_write_text(result_path(out_dir, result.image_id), json.dumps(data, indent=2, allow_nan=False))
+
+
+def result_dict(result: ImageResult) -> dict:
+    """The JSON's content: lesions most malignant first (also in `result`), boxes and box numbers rounded; what
+    every other writer of the image's results (the DICOM SR) takes, so they all say the same."""
     result.lesions = sorted(result.lesions, key=lambda l: -l.malignancy)
     data = asdict(result)
     for lesion in data["lesions"] + ([data["below_conf"]] if data["below_conf"] else []):
@@ -156,9 +166,8 @@ def write_result(out_dir, result: ImageResult) -> Path:
         for key in ("detector_score", "malignancy", "p_lesion", "p_malignant"):
             if lesion[key] is not None:
                 lesion[key] = round(float(lesion[key]), 5)
-    # score, threshold and probabilities keep full precision: rounding could flip a call at the boundary. NaN is
-    # refused (a failed row) rather than written: strict JSON parsers reject it.
-    return atomic_write_text(result_path(out_dir, result.image_id), json.dumps(data, indent=2, allow_nan=False))
+    # score, threshold and probabilities keep full precision: rounding could flip a call at the boundary
+    return data
 
 
 def read_result(path) -> ImageResult:

@@ -3,6 +3,7 @@
 #   postgresql  the tuning stage's multi-worker test starts its own server (initdb/pg_ctl in a temporary folder)
 #   chromium    a headless browser: the ROI contact sheet test and the `pipeline serve` browser test (Playwright)
 #   orthanc, orthanc-dicomweb  a real PACS with DICOMweb for the DICOM node tests (tests/orthanc_server.py)
+#   dicom3tools dciodvfy, the DICOM validator the DICOM results tests run on the SR and heatmap objects written
 # Idempotent and quiet; fast when everything is there. Needs root and apt-get; anywhere else it says why it
 # installs nothing and exits 0 (the tests that need a missing piece then skip with the reason, except in CI,
 # where the PostgreSQL and Orthanc tests fail instead).
@@ -21,6 +22,9 @@ fi
 if ! compgen -G "/usr/share/orthanc/plugins/libOrthancDicomWeb.so*" >/dev/null \
    && ! compgen -G "/usr/lib/orthanc/libOrthancDicomWeb.so*" >/dev/null; then
   missing+=(orthanc-dicomweb)
+fi
+if ! command -v dciodvfy >/dev/null 2>&1; then
+  missing+=(dicom3tools)
 fi
 [ ${#missing[@]} -eq 0 ] && exit 0
 

@@ -32,6 +32,14 @@ def real_mammograms():
     return [read_mammogram(p) for p in sample_dicom_paths()]
 
 
+@pytest.fixture(scope="module")
+def standin_models():
+    """Both stand-in models of known output (tests/standins.py), threshold 0.5: fast, no training."""
+    from standins import standin_pipeline_models
+
+    return standin_pipeline_models()
+
+
 @pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory) -> Path:
     """Detector + classifier trained for a few minutes on synthetic mammograms (bright discs = malignant,

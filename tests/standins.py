@@ -68,3 +68,12 @@ def bright_spot_classifier(input_size: int = 64, level: float = 0.8):
     model.get_layer("spots").set_weights([np.ones((1, 1, 1, 1), np.float32), np.array([-level], np.float32)])
     model.get_layer("logit").set_weights([np.full((1, 1), 20.0, np.float32), np.array([-1.0], np.float32)])
     return MalignancyClassifier(model, Calibrator.from_dict({}), context_margin=0.25)
+
+
+def standin_pipeline_models(threshold: float = 0.5, fingerprint: str = "stand-in"):
+    """`PipelineModels` of both stand-ins (blob detector at imgsz 256, conf 0.01; 64 px bright-spot classifier)."""
+    from mammo.config import DetectorConfig
+    from pipeline.models import PipelineModels
+
+    return PipelineModels(blob_detector(DetectorConfig(imgsz=256, conf=0.01)), bright_spot_classifier(64), threshold,
+                          fingerprint=fingerprint)

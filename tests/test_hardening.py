@@ -326,15 +326,6 @@ def test_png_whose_header_pillow_refuses_is_refused_before_decoding(tmp_path, mo
 
 
 # --- output folders ---------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def standin_models():
-    from standins import blob_detector, bright_spot_classifier
-    from mammo.config import DetectorConfig
-
-    return PipelineModels(blob_detector(DetectorConfig(imgsz=256, conf=0.01)), bright_spot_classifier(64), 0.5,
-                          fingerprint="stand-in")
-
-
 @pytest.fixture
 def scans(tmp_path):
     folder = tmp_path / "scans"

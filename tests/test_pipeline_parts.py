@@ -73,7 +73,8 @@ def test_result_json_round_trip_and_contract(tmp_path):
             "heatmap"} <= data.keys()
     assert [l["malignancy"] for l in data["lesions"]] == [0.7, 0.3]  # sorted by malignancy
     assert set(data["lesions"][0]) == {"box", "detector_score", "malignancy", "finding", "scores_image",
-                                       "p_lesion", "p_malignant"}
+                                       "p_lesion", "p_malignant", "label"}
+    assert data["dicom"] == []  # DICOM results are written for DICOM inputs only
     assert data["lesions"][0]["finding"] is True and data["lesions"][0]["scores_image"] is True  # the defaults
     back = read_result(tmp_path / "im1.json")
     assert back.lesions[0].box == [50, 60, 70, 80]

@@ -1,1 +1,1 @@
-"""The DICOM node: results as DICOM objects, and `pipeline listen`, a storage SCP that analyses what it receives."""
+"""The DICOM node (issue 21): results as DICOM objects, DICOMweb in and out, a storage listener (`pipeline listen`)."""

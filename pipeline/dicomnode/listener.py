@@ -38,7 +38,7 @@ from mammo.atomic import atomic_path, atomic_write_text, folder_lock
 from mammo.config import Config
 from mammo.errors import ConfigError, MammoError
 from pipeline.ids import resolve_salt, salted_hash
-from pipeline.infer import StepTimer, done_row, prepare_folder, process_one
+from pipeline.infer import StepTimer, dicom_outputs, done_row, prepare_folder, process_one
 from pipeline.results import read_result, write_predictions_csv
 
 JOURNAL = "listen_journal.jsonl"
@@ -238,7 +238,10 @@ def check_listen_config(cfg: Config) -> None:
     if not cfg.listen.allowed_calling:
         raise MammoError("listen.allowed_calling is empty: no sender could ever connect. Name the calling AE "
                          "titles allowed to send (--allow ORTHANC, or listen.allowed_calling=[ORTHANC])")
-    Destination.parse(cfg.listen.destination)
+    if Destination.parse(cfg.listen.destination) and not dicom_outputs(cfg):
+        raise MammoError(f"listen.destination is set but no DICOM results would be written "
+                         f"(pipeline.dicom_out={cfg.pipeline.dicom_out} with pipeline.source_paths="
+                         f"{cfg.pipeline.source_paths}): set pipeline.dicom_out=always, or no destination")
 
 
 # --- the listener ---------------------------------------------------------------------------------------------
