@@ -46,6 +46,15 @@ DOMAINS = ("film", "digital")  # what an image is treated as (mammo/domain.py)
 DOMAIN_SETTINGS = ("auto", *DOMAINS)
 DOMAIN_FALLBACKS = (*DOMAINS, "refuse")
 DEVICE = (r"cpu|mps|cuda(:\d+)?|\d+(,\d+)*", "cpu, mps, cuda, cuda:N or GPU indices such as 0 or 0,1")
+# DICOM AE titles (PS3.5 AE VR): at most 16 characters, no backslash or control characters; leading and trailing
+# spaces are not significant, so none are allowed here (a title differing only by them would look alike)
+AE_TITLE = (r"[!-\[\]-~]([ -\[\]-~]{0,14}[!-\[\]-~])?", "1 to 16 printable characters, no backslash, no "
+            "leading or trailing space")
+HOST = (r"[A-Za-z0-9.:-]{1,253}", "an IPv4/IPv6 address or a host name")
+# Where `pipeline listen` stores its DICOM results: nowhere ('': the output folder only), a storage SCP by C-STORE
+# ('AE@host:port') or a DICOMweb server by STOW-RS (its http(s) base URL)
+DESTINATION = (r"|[!-\[\]-~]([ -\[\]-~]{0,14}[!-\[\]-~])?@[A-Za-z0-9.:\[\]-]{1,253}:\d{1,5}|https?://\S{1,2000}",
+               "'' (output folder only), AE@host:port (C-STORE) or an http(s):// DICOMweb URL (STOW-RS)")
 
 
 def bounded(default, low, high, factory=None):
@@ -239,6 +248,23 @@ class GlobalBranchConfig(_Checked):
 
 
 @dataclass(frozen=True)
+class ListenConfig(_Checked):
+    """`pipeline listen` (pipeline/dicomnode/listener.py): a DICOM storage SCP that analyses what it receives."""
+    ae_title: str = text("MAMMO_CAD", empty=False, pattern=AE_TITLE)  # this node's own (called) AE title
+    host: str = text("127.0.0.1", empty=False, pattern=HOST)  # bind address; DICOM has no login, so loopback
+    port: int = bounded(11112, 0, 65535)  # 0: any free port (printed when listening)
+    # calling AE titles allowed to send; any other association is rejected (A-ASSOCIATE-RJ). Empty: refuses to start
+    allowed_calling: tuple[str, ...] = field(default=(), metadata={"empty_ok": False, "pattern": AE_TITLE})
+    destination: str = text("", pattern=DESTINATION)  # where the DICOM results go besides the output folder
+    spool: str = text()  # folder of received images ('' = <out>/spool); kept: the review app opens them
+    max_associations: int = bounded(4, 1, 64)  # simultaneous senders
+    analysis_attempts: int = bounded(3, 1, 20)  # analyses started for one image (over restarts) before giving up
+    store_attempts: int = bounded(5, 1, 100)  # tries to store one image's results at the destination per start
+    store_backoff: float = bounded(2.0, 0.0, 600.0)  # seconds before the second try, doubled for each next one
+    timeout: float = bounded(30.0, 1.0, 3600.0)  # network timeout (seconds) of associations and HTTP requests
+
+
+@dataclass(frozen=True)
 class Config(_Checked):
     run: RunConfig = field(default_factory=RunConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -248,6 +274,7 @@ class Config(_Checked):
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     tuning: TuningConfig = field(default_factory=TuningConfig)
     global_branch: GlobalBranchConfig = field(default_factory=GlobalBranchConfig)
+    listen: ListenConfig = field(default_factory=ListenConfig)
 
 
 @functools.cache

@@ -1,5 +1,5 @@
-"""`python -m pipeline <command>`: infer, evaluate, export-rois, serve, benchmark, train-baseline, train-all, bundle,
-cross-validate."""
+"""`python -m pipeline <command>`: infer, evaluate, export-rois, serve, listen, benchmark, train-baseline, train-all,
+bundle, cross-validate."""
 import mammo.runtime  # noqa: F401  (must stay the first import: import order, offline switches)
 
 import argparse
@@ -43,6 +43,10 @@ examples:
   # the review workstation in the browser (worklist, viewer, verdicts) over one or more infer runs
   python -m pipeline serve runs/demo                      # then open http://127.0.0.1:8000/
   python -m pipeline serve runs/demo --host 0.0.0.0 --token "$(python -c 'import secrets; print(secrets.token_urlsafe())')"
+
+  # a DICOM node: receive mammograms by C-STORE from the PACS (AE title ORTHANC), analyse them, and store the
+  # DICOM results back into it by C-STORE (or STOW-RS: --destination http://pacs:8042/dicom-web); Ctrl-C stops
+  python -m pipeline listen --out runs/listen --allow ORTHANC --port 11112 --destination ORTHANC@127.0.0.1:4242
 
   # speed against the models' floor, throughput and peak memory on folders; quality beside the baseline
   python -m pipeline benchmark
@@ -240,6 +244,29 @@ def cmd_serve(args, overrides, inputs) -> int:
     print(f"models: {bundle.root} ({bundle.description or 'no description'})")
     with PipelineModels.load(bundle, cfg) as models:  # uploads use infer's operating point: one fingerprint
         return serve(run_dirs, models, cfg, operating_threshold(cfg, models), address, argv=argv)
+
+
+def cmd_listen(args, overrides, inputs) -> int:
+    from pipeline.dicomnode.listener import STATUS, check_listen_config, listen
+    from pipeline.ids import resolve_salt, scrub_argv
+    from pipeline.models import PipelineModels
+
+    given = {"host": args.host, "port": args.port, "ae_title": args.ae_title, "destination": args.destination,
+             "allowed_calling": json.dumps(args.allow) if args.allow else None}
+    overrides = overrides + [f"listen.{k}={v}" for k, v in given.items() if v is not None]
+    check_listen_config(load_config(args.config, overrides))  # before the models load: refusals are immediate
+    cfg, bundle = resolve_config(args, overrides)
+    out = make_run_dir("pipeline", "listen", cfg.run.name, args.out)
+    start_run(cfg, out, scrub_argv(sys.argv, [args.out, args.models, args.config], cfg.pipeline.source_paths,
+                                   resolve_salt(cfg.pipeline.id_salt)))
+    print(f"models: {bundle.root} ({bundle.description or 'no description'})")
+    with PipelineModels.load(bundle, cfg) as models:
+        status = listen(cfg, models, out)
+    counts = status["this_start"]
+    print(f"{counts['received']} received, {counts['analysed']} analysed, {counts['failed']} failed, "
+          f"{counts['stored']} stored, {counts['skipped']} skipped; {len(status['given_up'])} given up and "
+          f"{len(status['not_stored'])} not stored in all -> {out}/{STATUS}")
+    return 1 if status["given_up"] or status["not_stored"] else 0
 
 
 def _operating_point(args):
@@ -465,6 +492,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--token", help="access token required on every request (default: $MAMMO_SERVE_TOKEN); "
                    "required when --host is not a loopback address")
     p.add_argument("--models", help="model bundle folder for new images (default: weights/, else demo models)")
+    p = add("listen", cmd_listen, "a DICOM storage SCP: analyse the mammograms a modality or PACS sends by "
+            "C-STORE, store the DICOM results at a destination (C-STORE or STOW-RS); until Ctrl-C or SIGTERM")
+    p.add_argument("--out", help="output folder, spool and journal (default: runs/pipeline/listen/<run.name>)")
+    p.add_argument("--models", help="model bundle folder (default: weights/, else demo models)")
+    p.add_argument("--host", help="address to bind (listen.host; default 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=in_range(0, 65535), help="TCP port (listen.port; default 11112, 0: any free one)")
+    p.add_argument("--ae-title", help="this node's AE title (listen.ae_title; default MAMMO_CAD)")
+    p.add_argument("--allow", action="append", metavar="AE_TITLE",
+                   help="a calling AE title allowed to send (listen.allowed_calling); repeat for several")
+    p.add_argument("--destination", help="where the DICOM results go (listen.destination): AE@host:port "
+                   "(C-STORE) or an http(s):// DICOMweb URL (STOW-RS); default: the output folder only")
     p = add("evaluate", cmd_evaluate, "metrics of infer outputs against annotations, with 95 %% CIs")
     p.add_argument("--predictions", required=True, help="the --out folder of `infer`")
     p.add_argument("--annotations", help="annotation file/folder (default: the config's data section)")

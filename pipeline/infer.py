@@ -368,14 +368,12 @@ class RunPlan:
         return [(i, path) for i, (path, row) in enumerate(zip(self.found.images, self.rows)) if row is None]
 
 
-def plan_run(inputs, out_dir: Path, models, cfg: Config, overwrite: bool = False) -> RunPlan:
-    """Call with the folder locked. `models` needs only `threshold`, `fingerprint` and `stacker` (the Ray driver
-    loads none). An image-score rule that cannot work is one error here, before any image, for both engines."""
+def prepare_folder(out_dir: Path, models, cfg: Config, overwrite: bool = False):
+    """Call with the folder locked, before writing any image to it (infer, the Ray driver, `pipeline listen`):
+    an image-score rule that cannot work is one error here; the folder must hold outputs of these models and
+    settings (or `overwrite`). Returns (threshold, results already there, an id allocator knowing their ids)."""
     check_aggregate(cfg.pipeline.aggregate, models.stacker)
     remove_stale_partials(out_dir)  # left by a run that was killed mid-write: the lock says none is alive
-    # `inputs`: the command line's words (an --out inside an input folder is not searched: never read our own
-    # outputs), or a ready Discovery (instances spooled from a PACS by pipeline.dicomnode.dicomweb)
-    found = inputs if isinstance(inputs, Discovery) else discover(inputs, exclude=[out_dir])
     threshold = operating_threshold(cfg, models)
     fingerprint = output_fingerprint(models, cfg, threshold)
     previous = [] if overwrite else read_results(out_dir)
@@ -383,12 +381,21 @@ def plan_run(inputs, out_dir: Path, models, cfg: Config, overwrite: bool = False
         check_fingerprint(out_dir, fingerprint, bool(previous))
     atomic_write_text(out_dir / FINGERPRINT_FILE, json.dumps(fingerprint, indent=2))
     write_operating_curve(out_dir, models)
+    allocate = IdAllocator(cfg.pipeline.image_id, resolve_salt(cfg.pipeline.id_salt))
+    allocate.reserve(r for r in previous if r.source_key)  # ids stay stable over reruns
+    return threshold, previous, allocate
 
-    # What is already done (by source key) and which ids are taken, so a rerun skips and keeps ids stable.
-    salt = resolve_salt(cfg.pipeline.id_salt)
+
+def plan_run(inputs, out_dir: Path, models, cfg: Config, overwrite: bool = False) -> RunPlan:
+    """Call with the folder locked. `models` needs only `threshold`, `fingerprint` and `stacker` (the Ray driver
+    loads none). An image-score rule that cannot work is one error here, before any image, for both engines."""
+    threshold, previous, allocate = prepare_folder(out_dir, models, cfg, overwrite)
+    # `inputs`: the command line's words (an --out inside an input folder is not searched: never read our own
+    # outputs), or a ready Discovery (instances spooled from a PACS by pipeline.dicomnode.dicomweb)
+    found = inputs if isinstance(inputs, Discovery) else discover(inputs, exclude=[out_dir])
+    # What is already done (by source key), so a rerun skips it.
+    salt = allocate.salt
     done = {r.source_key: r for r in previous if r.source_key}
-    allocate = IdAllocator(cfg.pipeline.image_id, salt)
-    allocate.reserve(done.values())
     rows = [done_row(done[key]) if (key := source_key(path, salt)) in done else None for path in found.images]
     missing = [{"image_id": "", "source": written_source(path, cfg.pipeline.source_paths, salt),
                 "status": "failed", "error": found.reasons.get(path, "input not found")} for path in found.missing]
