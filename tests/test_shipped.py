@@ -153,3 +153,36 @@ def test_benchmark_quick_mode_measures_every_step(tmp_path):
     rows = [line for line in table.splitlines() if line.startswith("| first result") or line.startswith("| folder")]
     assert rows and all(line.count(" -> ") == 2 for line in rows)
     assert "# Backend: torch" in table and "# Backend: tensorflow" in table
+
+
+def test_shipped_models_run_a_digital_image_through_the_global_branch(tmp_path):
+    """The shipped bundle has models for digital images: one real DICOM told to be digital runs the global branch
+    with the digital operating point (and says so), not the film stages."""
+    from classifier.global_branch import GlobalBranch
+    from mammo.calibration import apply_calibration
+    from mammo.imaging import read_mammogram
+
+    bundle = read_bundle(SHIPPED, require_manifest=True)
+    section = bundle.domains["digital"]
+    dicom = sample_dicom_paths()[0]
+    out = subprocess.run([sys.executable, "-m", "pipeline", "infer", str(dicom), "--out", str(tmp_path / "out"),
+                          "pipeline.domain=digital", "--no-dicom-out"],
+                         cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    import csv
+
+    (row,) = csv.DictReader(open(tmp_path / "out" / "predictions.csv"))
+    result = json.loads((tmp_path / "out" / f"{row['image_id']}.json").read_text())
+    assert (result["domain"], result["aggregate"], result["lesions"]) == ("digital", "global_branch", [])
+    assert result["threshold"] == pytest.approx(section["threshold"])
+    assert "digital" in result["threshold_source"]
+    branch = GlobalBranch.load(SHIPPED / section["global_branch"])
+    logit, _, _ = branch.analyse(read_mammogram(dicom).pixels)
+    score = 1 / (1 + np.exp(-logit))
+    assert result["score"] == pytest.approx(score, abs=1e-4)  # the JSON's score is the branch's, recomputed here
+    assert result["probability"] == pytest.approx(float(apply_calibration(section["calibration"], [score])[0]),
+                                                  abs=1e-4)
+    assert result["decision"] == ("malignant" if result["score"] >= result["threshold"] else "not malignant")
+    trained = (SHIPPED / section["global_branch"] / "trained_on.txt").read_text().split()
+    assert len(trained) == json.loads((SHIPPED / "trained_on.json").read_text())[
+        f"{section['global_branch']}/ (digital)"]["n"]
