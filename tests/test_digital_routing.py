@@ -8,34 +8,21 @@ import cv2
 import numpy as np
 import pytest
 
-from dicom_fixtures import write_dicom
 from mammo.calibration import apply_calibration, fit_calibration
-from mammo.config import DetectorConfig, load_config
+from mammo.config import load_config
 from mammo.imaging import read_mammogram
+from test_domain import inputs  # noqa: F401  (fixture: a PNG a.png and a digital-mammography DICOM b.dcm)
 
 
 @pytest.fixture
 def models():
-    from pipeline.models import DomainModels, PipelineModels
-    from standins import blob_detector, bright_spot_classifier, brightness_global_branch
+    from pipeline.models import DomainModels
+    from standins import brightness_global_branch, standin_pipeline_models
 
-    m = PipelineModels(blob_detector(DetectorConfig(imgsz=256, conf=0.01)), bright_spot_classifier(64), 0.5,
-                       fingerprint="stand-in")
+    m = standin_pipeline_models()
     cal = fit_calibration("platt", [0.1, 0.3, 0.6, 0.9, 0.2, 0.8], [0, 0, 1, 1, 0, 1])
     m.domains["digital"] = DomainModels("digital", brightness_global_branch(), 0.6, cal, None, "chosen on test")
     return m
-
-
-@pytest.fixture
-def inputs(tmp_path):
-    from mammo.synthetic import synthetic_mammogram
-
-    mammogram, _ = synthetic_mammogram(1002, n_lesions=1, side="left", radius=(16, 20))
-    folder = tmp_path / "in"
-    folder.mkdir()
-    cv2.imwrite(str(folder / "film.png"), np.round(mammogram.pixels * 255).astype(np.uint8))
-    write_dicom(folder / "digital.dcm", np.round(mammogram.pixels * 4095).astype(np.uint16), bits_stored=12)
-    return folder
 
 
 def test_digital_images_run_the_global_branch_with_the_digital_operating_point(models, inputs, tmp_path):
@@ -49,12 +36,12 @@ def test_digital_images_run_the_global_branch_with_the_digital_operating_point(m
         data = json.loads(path.read_text())
         if "domain" in data:
             results[Path(data["source"]).name] = data
-    film, digital = results["film.png"], results["digital.dcm"]
+    film, digital = results["a.png"], results["b.dcm"]
     assert film["domain"] == "film" and film["aggregate"] == "max" and film["threshold"] == 0.5
     assert film["lesions"]  # both stages ran: the bright lesion is a box
     assert digital["domain"] == "digital" and digital["aggregate"] == GLOBAL_BRANCH_RULE
     assert digital["lesions"] == [] and digital["threshold"] == 0.6
-    logit, _, _ = models.domains["digital"].branch.analyse(read_mammogram(inputs / "digital.dcm").pixels)
+    logit, _, _ = models.domains["digital"].branch.analyse(read_mammogram(inputs / "b.dcm").pixels)
     score = 1 / (1 + np.exp(-logit))
     assert digital["score"] == pytest.approx(score, abs=1e-5)
     assert digital["decision"] == ("malignant" if score >= 0.6 else "not malignant")
