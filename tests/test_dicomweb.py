@@ -354,3 +354,29 @@ def test_cli_pulls_a_study_and_writes_no_uid_or_password(orthanc, standin_models
     assert (summary["done"], summary["dicomweb"]["fetched"], summary["stow"]["failed"]) == (2, 2, [])
     run = (out / "run.json").read_text()
     assert uid not in run and "s3cret" not in run and orthanc.dicomweb_url in run
+
+
+def test_the_review_app_lists_and_opens_images_pulled_from_the_pacs(orthanc, standin_models, tmp_path):  # noqa: F811
+    """Issue 21 item 4: an infer folder fed over DICOMweb is an ordinary run for `pipeline serve`: its worklist
+    lists every pulled image, and the viewer's thumbnail and tiles decode the spooled instance."""
+    fastapi = pytest.importorskip("fastapi")  # noqa: F841
+    from fastapi.testclient import TestClient
+
+    from pipeline.serve.app import create_app
+
+    study = mg_study(2, seed=21)
+    upload(orthanc, study)
+    out, cfg = tmp_path / "out", load_config()
+    summary = infer_from_dicomweb(orthanc.dicomweb_url, [study[0].StudyInstanceUID], {}, out, cfg,
+                                  engine_for(out, standin_models, cfg), progress=False)
+    assert summary["done"] == 2
+    with TestClient(create_app([out]), base_url="http://localhost") as client:
+        images = client.get("/api/images").json()["images"]
+        assert len(images) == 2
+        for image in images:
+            info = client.get(f"/api/images/0/{image['image_id']}").json()
+            assert (info["width"], info["height"]) == (study[0].Columns, study[0].Rows)
+            thumb = client.get(f"/api/thumb/0/{image['image_id']}.jpg")
+            assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
+            tile = client.get(f"/api/tiles/0/{image['image_id']}/{info['max_level']}/0_0.jpg")
+            assert tile.status_code == 200
