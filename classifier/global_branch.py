@@ -94,6 +94,12 @@ def top_k(fraction: float, positions: int) -> int:
     return max(1, min(positions, int(round(fraction * positions))))
 
 
+def sigmoid(z) -> np.ndarray:
+    """The image score of a logit (and the heatmap value of a position's logit): what results carry and what the
+    digital calibration and threshold are fitted on."""
+    return 1.0 / (1.0 + np.exp(-np.asarray(z, np.float64)))
+
+
 def pool_top_k(scores: np.ndarray, k: int) -> np.ndarray:
     """Mean of the k largest values along the last axis."""
     return np.mean(np.sort(scores, axis=-1)[..., -k:], axis=-1)
@@ -111,7 +117,7 @@ def bag_loss_and_gradient(head: MilHead, x: np.ndarray, y: np.ndarray, pos_weigh
     s = x @ w_eff + np.float32(head.bias - float(head.mean @ (head.weight / head.scale)))  # (B, P)
     top = np.argpartition(s, s.shape[1] - k, axis=1)[:, -k:]
     logit = np.take_along_axis(s, top, axis=1).astype(np.float64).mean(axis=1)
-    p = 1.0 / (1.0 + np.exp(-logit))
+    p = sigmoid(logit)
     w = np.where(y > 0, pos_weight, 1.0)
     loss = float(np.mean(w * np.logaddexp(0.0, np.where(y > 0, -logit, logit))))  # stable -log p / -log(1-p)
     g = w * (p - y) / len(y)  # d loss / d logit

@@ -212,6 +212,11 @@ def add_domain(root, name: str, branch_dir, cv_summary: dict, description: str =
 TRAINED_ON = "trained_on.json"
 
 
+def ids_digest(image_ids) -> str:
+    """SHA-256 of the sorted ids, one per line: what anyone holding a list of ids can recompute."""
+    return hashlib.sha256("\n".join(sorted(image_ids)).encode()).hexdigest()
+
+
 def write_trained_on(root, film_cfg: Config, film_cv_dir) -> Path:
     """trained_on.json: the image ids every part of the bundle was fitted or calibrated on, with a SHA-256 of
     each sorted list, so anyone holding other images can show they are disjoint from the training data.
@@ -227,9 +232,7 @@ def write_trained_on(root, film_cfg: Config, film_cv_dir) -> Path:
         cv_ids = [row["image_id"] for row in csv.DictReader(f)]
 
     def entry(ids, what):
-        ids = sorted(ids)
-        return {"what": what, "n": len(ids), "sha256": hashlib.sha256("\n".join(ids).encode()).hexdigest(),
-                "image_ids": ids}
+        return {"what": what, "n": len(ids), "sha256": ids_digest(ids), "image_ids": sorted(ids)}
 
     train, val = [r.image_id for r in splits["train"]], [r.image_id for r in splits["val"]]
     parts = {"detector.pt": entry(train, "fitted on (mini-MIAS development images)"),

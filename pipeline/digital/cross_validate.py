@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from classifier.global_branch import HeadSpec, fit_mil_head, pool_grid
+from classifier.global_branch import HeadSpec, fit_mil_head, pool_grid, sigmoid
 from mammo import metrics
 from mammo.annotations import read_annotations
 from mammo.atomic import atomic_write_text
@@ -113,10 +113,6 @@ def run_fold(feats, y, women, train: np.ndarray, k: int, cfg: Config) -> dict:
 
 def fold_file(out, k: int) -> Path:
     return Path(out) / "folds" / f"fold{k}" / "DONE.json"
-
-
-def sigmoid(z) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.asarray(z, np.float64)))
 
 
 def cross_fitted(y, scores, fold, women) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:

@@ -114,10 +114,12 @@ def contact_sheet(records, feats, folds_done: list[dict], summary: dict, path: P
 
 def _tile(record, head, feats, probability: float) -> np.ndarray:
     """The image squashed to a tile, its saliency as a translucent colour map (upsampled from the grid)."""
+    from classifier.global_branch import sigmoid
+
     pixels = read_mammogram(record.path).pixels
     grey = cv2.resize((pixels * 255).astype(np.uint8), (SHEET_TILE, SHEET_TILE), interpolation=cv2.INTER_AREA)
     logits = head.position_logits(np.asarray(feats, np.float32))
-    heat = 1.0 / (1.0 + np.exp(-logits))
+    heat = sigmoid(logits)
     heat = cv2.resize(heat.astype(np.float32), (SHEET_TILE, SHEET_TILE), interpolation=cv2.INTER_CUBIC)
     colour = cv2.applyColorMap((np.clip(heat, 0, 1) * 255).astype(np.uint8), cv2.COLORMAP_JET)
     tile = cv2.addWeighted(cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR), 0.6, colour, 0.4, 0)

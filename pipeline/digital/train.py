@@ -6,7 +6,6 @@ other images can show they are disjoint from the training data.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -17,14 +16,11 @@ from mammo.config import Config
 from mammo.errors import MammoError
 from pipeline.digital.cross_validate import dataset_records, head_spec
 from pipeline.digital.features import backbone_identity, extract_features
-
-
-def ids_digest(image_ids) -> str:
-    return hashlib.sha256("\n".join(sorted(image_ids)).encode()).hexdigest()
+from pipeline.models import ids_digest
 
 
 def train_global_branch(cfg: Config, cv_dir, out, feature_cache=None, extractor=None) -> Path:
-    from classifier.global_branch import build_feature_extractor, build_global_model, fit_mil_head, pool_grid
+    from classifier.global_branch import build_feature_extractor, build_global_model, fit_mil_head, pool_grid, spec_dict
 
     cv_dir, out = Path(cv_dir), Path(out)
     summary_path = cv_dir / "summary.json"
@@ -43,14 +39,15 @@ def train_global_branch(cfg: Config, cv_dir, out, feature_cache=None, extractor=
         raise MammoError(f"{summary_path}: cross-validated other images than the config's data section")
     feats = pool_grid(extract_features(records, cfg, feature_cache or cv_dir / "features", extractor=extractor), grid)
     y = np.array([r.label for r in records])
-    head = fit_mil_head(feats, y, head_spec(cfg, candidate))
+    spec = head_spec(cfg, candidate)
+    head = fit_mil_head(feats, y, spec)
     folder = out / "global"
     folder.mkdir(parents=True, exist_ok=True)
     model = build_global_model(extractor or build_feature_extractor(cfg.global_branch.size), head, grid)
     with atomic_path(folder / "model.keras") as tmp:
         model.save(tmp)
     info = {"top_fraction": candidate[0], "size": cfg.global_branch.size, "grid": grid, "head": head.to_dict(),
-            "spec": {k: v for k, v in head_spec(cfg, candidate).__dict__.items()},
+            "spec": spec_dict(spec),
             "backbone": "ImageNet MobileNetV2 (torchvision IMAGENET1K_V1), frozen",
             "backbone_sha256": backbone_identity() if extractor is None else f"stand-in:{extractor.name}",
             "trained_on": {"dataset": cfg.data.format, "n_images": len(records), "n_positive": int(y.sum()),
