@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from classifier.global_branch import sigmoid
 from mammo.atomic import atomic_path, atomic_write_text, folder_lock, remove_stale_partials
 from mammo.config import Config
 from mammo.domain import DomainDecision, decide_domain
@@ -197,8 +198,8 @@ def analyse_globally(mammogram, route, cfg: Config, timer: StepTimer):
         logit, grid, to_grid = route.branch.analyse(mammogram.pixels)
     canvas = HeatmapCanvas(mammogram.shape, cfg.pipeline.heatmap_downscale)
     with timer.step("map_back"):
-        canvas.paste_max(1.0 / (1.0 + np.exp(-grid)), to_grid)
-    return [], canvas, float(1.0 / (1.0 + np.exp(-logit)))
+        canvas.paste_max(sigmoid(grid).astype(np.float32), to_grid)
+    return [], canvas, float(sigmoid(logit))
 
 
 def infer_image(mammogram, image_id: str, source, models, cfg: Config, threshold: float, out_dir: Path,
@@ -206,23 +207,24 @@ def infer_image(mammogram, image_id: str, source, models, cfg: Config, threshold
     """One read image through both stages, its score and decision, and its files written (by `writer` in its
     thread when given, else here). Its domain is decided first: an image no setting or header places is refused
     (DomainError) before any model runs. A domain with models of its own (digital) runs those, with its own
-    threshold (`threshold`, and pipeline.threshold, are film's)."""
+    threshold (`threshold`, the run's, and pipeline.threshold are film's)."""
     domain = image_domain(mammogram, cfg)
     route = getattr(models, "domains", {}).get(domain.domain)
     if route is None:  # film, or a domain the models have nothing of their own for: both stages
         lesions, canvas, below_conf = analyse_image(mammogram, models, cfg, timer, domain=domain)
         score = image_score(lesions, below_conf, models, cfg)
-        rule, source_text = cfg.pipeline.aggregate, threshold_source(cfg, models)
+        image_threshold, rule, source_text = threshold, cfg.pipeline.aggregate, threshold_source(cfg, models)
         probability, probability_threshold = models.probability(score), models.probability(threshold)
     else:  # digital: the global branch and the operating point chosen on digital images
         lesions, canvas, score = analyse_globally(mammogram, route, cfg, timer)
-        below_conf, threshold, rule, source_text = None, route.threshold, GLOBAL_BRANCH_RULE, route.threshold_source
-        probability, probability_threshold = route.probability(score), route.probability(threshold)
+        below_conf, image_threshold, rule = None, route.threshold, GLOBAL_BRANCH_RULE
+        source_text = route.threshold_source
+        probability, probability_threshold = route.probability(score), route.probability(route.threshold)
     h, w = mammogram.shape
     salt = resolve_salt(cfg.pipeline.id_salt)
     result = ImageResult(image_id=image_id, source=written_source(source, cfg.pipeline.source_paths, salt),
                          source_key=source_key(source, salt), width=int(w), height=int(h), score=score,
-                         threshold=float(threshold), decision=decide(score, threshold), lesions=lesions,
+                         threshold=float(image_threshold), decision=decide(score, image_threshold), lesions=lesions,
                          heatmap=f"{image_id}_heatmap.png", overlay=f"{image_id}_overlay.png",
                          aggregate=rule, calibrated=models.calibrated,
                          heatmap_downscale=cfg.pipeline.heatmap_downscale, below_conf=below_conf,

@@ -88,3 +88,18 @@ def test_a_wellformed_domain_section_passes():
     from pipeline.models import check_domain_section
 
     check_domain_section("digital", dict(GOOD))
+
+
+def test_a_digital_images_dicom_results_name_the_runs_fingerprint_as_film_ones_do(models, inputs, tmp_path):
+    """The DICOM results' algorithm fingerprint (and so their UIDs) is the run's output fingerprint for a digital
+    image too, not one made with the digital threshold in film's place."""
+    import pydicom
+
+    from pipeline.infer import dicom_algorithm, run_inference
+
+    cfg = load_config(overrides=["pipeline.dicom_out=always"])
+    out = tmp_path / "out"
+    run_inference([inputs], out, models, cfg, progress=False)
+    (heatmap,) = out.glob("dicom/*/heatmap_*.dcm")  # the DICOM input is the digital one
+    expected = dicom_algorithm(models, cfg, 0.5).software_version  # 0.5: the stand-ins' (film) run threshold
+    assert pydicom.dcmread(heatmap).SoftwareVersions == expected
