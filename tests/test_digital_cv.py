@@ -206,3 +206,41 @@ def test_trained_on_lists_every_parts_image_ids_with_their_digests(tmp_path):
     digital = data["global/ (digital)"]
     assert digital["image_ids"] == ["10_1", "9_1", "9_2"]
     assert digital["sha256"] == hashlib.sha256("10_1\n9_1\n9_2".encode()).hexdigest()
+
+
+def test_nested_choice_of_a_folds_operating_point_never_meets_its_labels_where_cross_fitting_does(tmp_path,
+                                                                                                  monkeypatch):
+    """Flip the labels of fold 0 only. Cross-fitting's operating point for fold 0 moves (the other folds' models
+    were trained on fold 0: the second-order leak benchmarks/second_order_leak.py measures); the nested one does
+    not move at all. Resumed from its cache, nested_fitted fits nothing and gives the same."""
+    (tmp_path / "images").mkdir()
+    records = make_records(tmp_path / "images", n_women=24)
+    cfg = tiny_config()
+    feats = dcv.pool_grid(extract_features(records, cfg, tmp_path / "cache", progress=False,
+                                           extractor=BlockFeatures()), cfg.global_branch.grid)
+    women = np.array([r.patient_id for r in records])
+    folds = dcv.outer_folds(records, cfg)
+    fold = np.array([folds[r.image_id] for r in records])
+    y = np.array([r.label for r in records])
+    flipped = np.where(fold == 0, 1 - y, y)
+
+    def operating_points(labels, cache):
+        logits = np.full(len(labels), np.nan)
+        for k in range(cfg.global_branch.folds):
+            out = dcv.run_fold(feats, np.where(fold != k, labels, -1), women, fold != k, k, cfg)
+            logits[out["held_out_rows"]] = out["logits"]
+        crossed = dcv.cross_fitted(labels, dcv.sigmoid(logits), fold, women)
+        return crossed, dcv.nested_fitted(feats, labels, women, fold, logits, cfg, cache_dir=cache)
+
+    (cross_a, nested_a), (cross_b, nested_b) = operating_points(y, tmp_path / "a"), operating_points(flipped, None)
+    held = fold == 0
+    assert nested_a[3]["0"] == nested_b[3]["0"]
+    np.testing.assert_array_equal(nested_a[0][held], nested_b[0][held])
+    assert cross_a[3]["0"] != cross_b[3]["0"] or not np.array_equal(cross_a[0][held], cross_b[0][held])
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == sorted(
+        f"k{k}_j{j}.json" for k in range(3) for j in range(3) if j != k)
+
+    monkeypatch.setattr(dcv, "fit_mil_head", lambda *a, **k: pytest.fail("refitted a cached pair"))
+    logits = np.zeros(len(y))  # only the outer logits of each fold are re-read; the cache gives the inner ones
+    again = dcv.nested_fitted(feats, y, women, fold, logits, cfg, cache_dir=tmp_path / "a")
+    assert again[3] == nested_a[3]  # the choices read only the cached inner scores

@@ -131,6 +131,45 @@ def cross_fitted(y, scores, fold, women) -> tuple[np.ndarray, np.ndarray, np.nda
     return prob, thr, base, chosen
 
 
+def nested_fitted(feats, y, women, fold, logits, cfg: Config, cache_dir=None, progress: bool = False):
+    """As cross_fitted, fully nested: fold k's calibration and threshold are chosen on scores of the other folds
+    made by heads that never saw fold k. For each pair (k, j != k) a head is chosen (inner CV) and fitted on the
+    folds other than k and j and scores fold j. cross_fitted instead reads fold j's out-of-fold scores, made by
+    fold j's model, which was trained on fold k: a second-order leak of fold k's labels into its own threshold.
+    Costs k(k-1) extra choices and fits; each pair is cached in `cache_dir` (resumable)."""
+    inner = {}
+    ks = [int(k) for k in np.unique(fold)]
+    for k in ks:
+        scores = np.full(len(y), np.nan)
+        for j in (j for j in ks if j != k):
+            path = Path(cache_dir) / f"k{k}_j{j}.json" if cache_dir else None
+            if path is not None and path.is_file():
+                scores[fold == j] = json.loads(path.read_text())["logits"]
+                continue
+            train = (fold != k) & (fold != j)
+            cand, _ = choose_candidate(feats[train], y[train], women[train], cfg)
+            head = fit_mil_head(feats[train], y[train], head_spec(cfg, cand))
+            scores[fold == j] = image_logits(head, feats[fold == j])
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write_text(path, json.dumps({"chosen": list(cand), "logits": scores[fold == j].tolist()}))
+            if progress:
+                print(f"nested: fold {k}, scores of fold {j} by a head chose {name_of(cand)}", flush=True)
+        inner[k] = scores
+    prob, thr, base = np.full(len(y), np.nan), np.full(len(y), np.nan), np.full(len(y), np.nan)
+    chosen = {}
+    outer = sigmoid(np.asarray(logits, float))
+    for k in ks:
+        other, held = fold != k, fold == k
+        s_other = sigmoid(inner[k][other])
+        cal = choose_calibration(s_other, y[other], _groups(women[other]))
+        t, _ = metrics.best_threshold(y[other], apply_calibration(cal, s_other), beta=BETA,
+                                      min_specificity=MIN_SPECIFICITY)
+        prob[held], thr[held], base[held] = apply_calibration(cal, outer[held]), t, y[other].mean()
+        chosen[str(k)] = {"calibration": cal["method"], "probability_threshold": float(t)}
+    return prob, thr, base, chosen
+
+
 def _groups(women, n: int = CALIBRATION_GROUPS) -> np.ndarray:
     """Women hashed into n groups for the inner cross-fitting of calibration choices (stable across runs)."""
     import zlib
