@@ -19,6 +19,7 @@ cross-entropy, a few seconds per fold, deterministic for a seed. Frozen features
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -201,6 +202,28 @@ def to_square(pixels: np.ndarray, size: int) -> tuple[np.ndarray, Transform]:
     return square, Transform.resize((h, w), (int(size), int(size)))
 
 
+POLARITIES = ("dark_background", "as_read")
+
+
+def bright_background(pixels: np.ndarray) -> bool:
+    """Whether the frame around the breast is bright. Air is dark when brighter means denser, so a bright frame
+    means the image was stored inverted (a raster of a MONOCHROME1 image, greys as stored). The median of a
+    4-pixel frame of a 64 x 64 thumbnail: robust to labels and markers burnt into the corners."""
+    thumb = cv2.resize(np.asarray(pixels, np.float32), (64, 64), interpolation=cv2.INTER_AREA)
+    frame = np.concatenate([thumb[:4].ravel(), thumb[-4:].ravel(), thumb[:, :4].ravel(), thumb[:, -4:].ravel()])
+    return bool(np.median(frame) > 0.5)
+
+
+def branch_input(pixels: np.ndarray, size: int, polarity: str) -> tuple[np.ndarray, Transform, bool]:
+    """What the branch sees of an image ([0, 1] greys): the square of `to_square`, inverted when `polarity` is
+    dark_background and its frame is bright (the geometry is unchanged). Returns (square, transform, inverted)."""
+    if polarity not in POLARITIES:
+        raise ValueError(f"global branch polarity {polarity!r}: expected one of {', '.join(POLARITIES)}")
+    square, transform = to_square(pixels, size)
+    inverted = polarity == "dark_background" and bright_background(square)
+    return (1.0 - square if inverted else square), transform, inverted
+
+
 def spec_dict(spec: HeadSpec) -> dict:
     return asdict(spec)
 
@@ -246,11 +269,12 @@ class GlobalBranch:
         logit, saliency = branch.analyse(mammogram.pixels)   # saliency: position logits, original (H, W)
     """
 
-    def __init__(self, model, top_fraction: float, source: str = ""):
+    def __init__(self, model, top_fraction: float, source: str = "", polarity: str = "as_read"):
         self.model = model
         self.size = int(model.inputs[0].shape[1])
         self.top_fraction = float(top_fraction)
         self.source = source
+        self.polarity = polarity
 
     @classmethod
     def load(cls, folder, threads: int | None = None) -> "GlobalBranch":
@@ -269,6 +293,9 @@ class GlobalBranch:
         frac = float(info.get("top_fraction", 0))
         if not 0 < frac <= 1:
             raise WeightsError(info_path, f"top_fraction {frac!r} must be in (0, 1]")
+        polarity = info.get("polarity", "as_read")  # branches shipped before the setting saw pixels as read
+        if polarity not in POLARITIES:
+            raise WeightsError(info_path, f"polarity {polarity!r}: expected one of {', '.join(POLARITIES)}")
         import keras
 
         runtime.configure_keras(threads)
@@ -276,7 +303,7 @@ class GlobalBranch:
         shape = tuple(model.inputs[0].shape[1:])
         if len(shape) != 3 or shape[0] != shape[1] or shape[2] != 1 or not 32 <= shape[0] <= MAX_SIZE:
             raise WeightsError(model_path, f"input shape {shape}: expected a grey square of 32..{MAX_SIZE}")
-        return cls(model, frac, str(model_path))
+        return cls(model, frac, str(model_path), polarity)
 
     def position_logits(self, squares: np.ndarray) -> np.ndarray:
         """(N, size, size) grey squares -> (N, h, w) position logits."""
@@ -284,15 +311,23 @@ class GlobalBranch:
         out = self.model(x, training=False)
         return np.asarray(out.detach().cpu().numpy() if hasattr(out, "detach") else out)[..., 0]
 
-    def analyse(self, pixels: np.ndarray, mirror: bool = True) -> tuple[float, np.ndarray, Transform]:
+    def analyse(self, pixels: np.ndarray, mirror: bool = True) -> "GlobalAnalysis":
         """The image logit (mean over the image and its mirror, as in training and cross-validation), the
-        saliency grid (position logits, averaged likewise) and the recorded transform original -> grid (its
-        inverse warps the grid onto the original pixels)."""
-        square, to_square_t = to_square(pixels, self.size)
+        saliency grid (position logits, averaged likewise), the recorded transform original -> grid (its
+        inverse warps the grid onto the original pixels) and whether the image was inverted first (polarity)."""
+        square, to_square_t, inverted = branch_input(pixels, self.size, self.polarity)
         batch = np.stack([square, square[:, ::-1]]) if mirror else square[None]
         maps = self.position_logits(batch)
         k = top_k(self.top_fraction, maps.shape[1] * maps.shape[2])
         logit = float(np.mean(pool_top_k(maps.reshape(len(maps), -1), k)))
         grid = maps[0] if not mirror else (maps[0] + maps[1][:, ::-1]) / 2
         h, w = grid.shape
-        return logit, grid.astype(np.float32), to_square_t.then(Transform.resize((self.size, self.size), (h, w)))
+        return GlobalAnalysis(logit, grid.astype(np.float32),
+                              to_square_t.then(Transform.resize((self.size, self.size), (h, w))), inverted)
+
+
+class GlobalAnalysis(NamedTuple):
+    logit: float
+    grid: np.ndarray  # position logits
+    to_grid: Transform  # original pixels -> grid
+    inverted: bool  # the branch saw the image inverted (its frame was bright)

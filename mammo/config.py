@@ -238,6 +238,9 @@ class GlobalBranchConfig(_Checked):
     # candidate L2 strengths on the standardized weights; each fold picks one (with top_fractions) by inner CV
     weight_decays: tuple[float, ...] = bounded((0.1, 0.3, 1.0), 0.0, 10.0)
     grid: int = bounded(8, 1, 64)  # the feature map averaged down to grid x grid positions (must divide it)
+    # dark_background: an image whose frame is bright (stored inverted, e.g. a MONOCHROME1 image saved as raw
+    # greys) is inverted before the branch sees it; as_read: pixels as the reader gives them
+    polarity: Literal["dark_background", "as_read"] = "dark_background"
     epochs: int = bounded(30, 1, 1000)
     learning_rate: float = bounded(1e-3, 1e-6, 1.0)
     batch_size: int = bounded(64, 1, 4096)

@@ -193,13 +193,13 @@ def analyse_globally(mammogram, route, cfg: Config, timer: StepTimer):
     """A digital image through its global branch: no boxes (the film-trained detector was never validated on
     digital images, and the digital training set has no boxes to validate it with), the image score
     sigmoid(logit) and the branch's saliency (sigmoid of each position's logit) on the heatmap. Returns
-    (lesions = [], canvas, score)."""
+    (lesions = [], canvas, score, inverted: whether the branch saw it inverted, global_branch.polarity)."""
     with timer.step("global_branch"):
-        logit, grid, to_grid = route.branch.analyse(mammogram.pixels)
+        seen = route.branch.analyse(mammogram.pixels)
     canvas = HeatmapCanvas(mammogram.shape, cfg.pipeline.heatmap_downscale)
     with timer.step("map_back"):
-        canvas.paste_max(sigmoid(grid).astype(np.float32), to_grid)
-    return [], canvas, float(sigmoid(logit))
+        canvas.paste_max(sigmoid(seen.grid).astype(np.float32), seen.to_grid)
+    return [], canvas, float(sigmoid(seen.logit)), seen.inverted
 
 
 def infer_image(mammogram, image_id: str, source, models, cfg: Config, threshold: float, out_dir: Path,
@@ -212,11 +212,12 @@ def infer_image(mammogram, image_id: str, source, models, cfg: Config, threshold
     route = getattr(models, "domains", {}).get(domain.domain)
     if route is None:  # film, or a domain the models have nothing of their own for: both stages
         lesions, canvas, below_conf = analyse_image(mammogram, models, cfg, timer, domain=domain)
+        inverted = None
         score = image_score(lesions, below_conf, models, cfg)
         image_threshold, rule, source_text = threshold, cfg.pipeline.aggregate, threshold_source(cfg, models)
         probability, probability_threshold = models.probability(score), models.probability(threshold)
     else:  # digital: the global branch and the operating point chosen on digital images
-        lesions, canvas, score = analyse_globally(mammogram, route, cfg, timer)
+        lesions, canvas, score, inverted = analyse_globally(mammogram, route, cfg, timer)
         below_conf, image_threshold, rule = None, route.threshold, GLOBAL_BRANCH_RULE
         source_text = route.threshold_source
         probability, probability_threshold = route.probability(score), route.probability(route.threshold)
@@ -230,7 +231,7 @@ def infer_image(mammogram, image_id: str, source, models, cfg: Config, threshold
                          heatmap_downscale=cfg.pipeline.heatmap_downscale, below_conf=below_conf,
                          probability=probability, probability_threshold=probability_threshold,
                          threshold_source=source_text, domain=domain.domain,
-                         domain_source=domain.source, domain_reason=domain.reason)
+                         domain_source=domain.source, domain_reason=domain.reason, inverted_for_analysis=inverted)
     dicom = (source, dicom_algorithm(models, cfg, threshold)) if mammogram.meta.is_dicom and dicom_outputs(cfg) \
         else None
     job = partial(write_outputs, out_dir, image_id, mammogram, lesions, canvas, result, dicom)

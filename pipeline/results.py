@@ -66,6 +66,9 @@ class ImageResult:
     domain_source: str = ""  # 'dicom-header' | 'setting'
     domain_reason: str = ""  # the tag and value, or the setting, that decided it
     dicom: list[str] = field(default_factory=list)  # DICOM results written (SR first), relative to the JSON's folder
+    # digital: the global branch saw the image inverted, its frame being bright (global_branch.polarity); None
+    # when no branch ran (film)
+    inverted_for_analysis: bool | None = None
 
 
 # The image-score rules `pipeline.aggregate` may name are mammo.config.AGGREGATES (the config's Literal reads

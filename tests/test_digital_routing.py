@@ -41,7 +41,9 @@ def test_digital_images_run_the_global_branch_with_the_digital_operating_point(m
     assert film["lesions"]  # both stages ran: the bright lesion is a box
     assert digital["domain"] == "digital" and digital["aggregate"] == GLOBAL_BRANCH_RULE
     assert digital["lesions"] == [] and digital["threshold"] == 0.6
-    logit, _, _ = models.domains["digital"].branch.analyse(read_mammogram(inputs / "b.dcm").pixels)
+    seen = models.domains["digital"].branch.analyse(read_mammogram(inputs / "b.dcm").pixels)
+    logit = seen.logit
+    assert digital["inverted_for_analysis"] is seen.inverted and film["inverted_for_analysis"] is None
     score = 1 / (1 + np.exp(-logit))
     assert digital["score"] == pytest.approx(score, abs=1e-5)
     assert digital["decision"] == ("malignant" if score >= 0.6 else "not malignant")

@@ -122,7 +122,8 @@ def test_saved_global_branch_scores_as_its_head_and_maps_back_to_the_original(tm
     rng = np.random.default_rng(0)
     pixels = rng.random((50, 40)).astype(np.float32) * 0.3
     pixels[5:15, 25:35] = 1.0  # a bright lesion in the top right
-    logit, grid, to_grid = branch.analyse(pixels)
+    logit, grid, to_grid, inverted = branch.analyse(pixels)
+    assert branch.polarity == "as_read" and not inverted  # a head.json without polarity: pixels as read
     # by hand: squash, 4x4 block means (8 x 8), average to 4 x 4, standardize, linear, top 4 of 16, both views
     square, _ = to_square(pixels, 32)
     expected = []
@@ -136,3 +137,53 @@ def test_saved_global_branch_scores_as_its_head_and_maps_back_to_the_original(tm
     hot = np.unravel_index(np.argmax(grid), grid.shape)
     centre = to_grid.inverse().apply([[hot[1] + 0.5, hot[0] + 0.5]])[0]
     assert 20 <= centre[0] <= 40 and centre[1] <= 20  # the map's peak maps back onto the lesion's quarter
+
+
+def mammogram_like(bright_frame: bool) -> np.ndarray:
+    """A dark frame around a bright breast, or the same stored inverted."""
+    rng = np.random.default_rng(1)
+    img = rng.random((300, 200)).astype(np.float32) * 0.05
+    img[40:260, :120] = 0.6 + rng.random((220, 120)).astype(np.float32) * 0.3  # the breast on the left
+    img[5:15, 170:195] = 1.0  # a burnt-in label in a corner
+    return 1.0 - img if bright_frame else img
+
+
+@pytest.mark.parametrize("polarity, bright, inverted", [("dark_background", False, False),
+                                                        ("dark_background", True, True),
+                                                        ("as_read", True, False)])
+def test_branch_input_inverts_only_a_bright_framed_image_and_keeps_the_geometry(polarity, bright, inverted):
+    from classifier.global_branch import branch_input, bright_background
+
+    pixels = mammogram_like(bright)
+    assert bright_background(pixels) is bright
+    square, t, was_inverted = branch_input(pixels, 64, polarity)
+    plain, t_plain = to_square(pixels, 64)
+    assert was_inverted is inverted
+    np.testing.assert_allclose(square, 1.0 - plain if inverted else plain, atol=1e-6)
+    assert np.allclose(t.matrix, t_plain.matrix)
+    if polarity == "dark_background":  # both storages of one image give the branch the same input
+        np.testing.assert_allclose(square, to_square(mammogram_like(False), 64)[0], atol=1e-5)
+    with pytest.raises(ValueError, match="polarity"):
+        branch_input(pixels, 64, "upside_down")
+
+
+def test_a_branch_applies_the_polarity_its_head_json_names_and_refuses_others(tmp_path):
+    import json
+
+    from classifier.global_branch import GlobalBranch, build_global_model
+    from mammo.errors import WeightsError
+    from standins import block_mean_extractor
+
+    head = MilHead(np.zeros(2, np.float32), np.ones(2, np.float32), np.array([1.0, 0.0], np.float32), 0.0,
+                   top_fraction=1.0)
+    folder = tmp_path / "global"
+    folder.mkdir()
+    build_global_model(block_mean_extractor(), head, grid=4).save(folder / "model.keras")
+    (folder / "head.json").write_text(json.dumps({"top_fraction": 1.0, "polarity": "dark_background"}))
+    branch = GlobalBranch.load(folder)
+    dark, bright = branch.analyse(mammogram_like(False)), branch.analyse(mammogram_like(True))
+    assert (dark.inverted, bright.inverted) == (False, True)
+    assert bright.logit == pytest.approx(dark.logit, abs=1e-4)  # the mean grey: the same once inverted
+    (folder / "head.json").write_text(json.dumps({"top_fraction": 1.0, "polarity": "sideways"}))
+    with pytest.raises(WeightsError, match="polarity"):
+        GlobalBranch.load(folder)

@@ -215,7 +215,8 @@ def summarize(records, y, women, fold, folds_done: list[dict], cfg: Config, n_bo
             "n_images": int(n), "n_positive": int(y.sum()), "n_women": int(len(set(women.tolist()))),
             "beta": BETA, "min_specificity": MIN_SPECIFICITY,
             "settings": {"top_fraction": final[0], "weight_decay": final[1], "grid": cfg.global_branch.grid,
-                         "size": cfg.global_branch.size, "calibration": calibration,
+                         "size": cfg.global_branch.size, "polarity": cfg.global_branch.polarity,
+                         "calibration": calibration,
                          "probability_threshold": float(threshold),
                          # the same operating point on the score (sigmoid of the logit) the results carry
                          "score_threshold": score_threshold(scores, p_all, threshold)},

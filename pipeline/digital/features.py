@@ -29,9 +29,9 @@ def backbone_identity() -> str:
     return sha256_of(imagenet_mobilenet_v2_path())
 
 
-def cache_manifest(records, size: int, backbone: str) -> dict:
+def cache_manifest(records, size: int, backbone: str, polarity: str) -> dict:
     return {"size": int(size), "backbone_sha256": backbone, "views": list(VIEWS), "chunk": CHUNK,
-            "image_ids": [r.image_id for r in records]}
+            "polarity": polarity, "image_ids": [r.image_id for r in records]}
 
 
 def view_batch(squares: list[np.ndarray]) -> np.ndarray:
@@ -44,7 +44,7 @@ def extract_features(records, cfg: Config, cache_dir, progress: bool = True, ext
     """(N, 2, h, w, C) float16 features of `records` (in order), read from / written to `cache_dir`.
     `extractor`: a Keras model grey (S, S, 1) -> (h, w, C); the ImageNet one by default (tests hand in a
     small stand-in)."""
-    from classifier.global_branch import to_square
+    from classifier.global_branch import branch_input
 
     g = cfg.global_branch
     records = list(records)
@@ -54,11 +54,11 @@ def extract_features(records, cfg: Config, cache_dir, progress: bool = True, ext
     cache_dir = Path(cache_dir)
     (cache_dir / "chunks").mkdir(parents=True, exist_ok=True)
     backbone = backbone_identity() if extractor is None else f"stand-in:{extractor.name}"
-    manifest = cache_manifest(records, g.size, backbone)
+    manifest = cache_manifest(records, g.size, backbone, g.polarity)
     manifest_path = cache_dir / "features.json"
     if manifest_path.is_file() and json.loads(manifest_path.read_text()) != manifest:
-        raise MammoError(f"{cache_dir}: holds features of other images, another input size or other backbone "
-                         f"weights; use another cache folder or delete it")
+        raise MammoError(f"{cache_dir}: holds features of other images, another input size, polarity or other "
+                         f"backbone weights; use another cache folder or delete it")
     atomic_write_text(manifest_path, json.dumps(manifest))
     final = cache_dir / "features.npy"
     if final.is_file():
@@ -77,8 +77,8 @@ def extract_features(records, cfg: Config, cache_dir, progress: bool = True, ext
         out = []
         for i in range(0, len(chunk), g.batch_images):
             part = chunk[i:i + g.batch_images]
-            squares = [to_square(read_mammogram(r.path, max_pixels=cfg.run.max_pixels).pixels, g.size)[0]
-                       for r in part]
+            squares = [branch_input(read_mammogram(r.path, max_pixels=cfg.run.max_pixels).pixels, g.size,
+                                    g.polarity)[0] for r in part]
             y = np.asarray(extractor.predict_on_batch(view_batch(squares)))
             out.append(np.stack([y[:len(part)], y[len(part):]], axis=1).astype(np.float16))
             bar.update(len(part))

@@ -30,9 +30,11 @@ def train_global_branch(cfg: Config, cv_dir, out, feature_cache=None, extractor=
     settings = summary["settings"]
     candidate = (float(settings["top_fraction"]), float(settings["weight_decay"]))
     grid = int(settings["grid"])
-    if grid != cfg.global_branch.grid or int(settings["size"]) != cfg.global_branch.size:
-        raise MammoError(f"{summary_path}: cross-validated at size {settings['size']}, grid {grid}; this config "
-                         f"says {cfg.global_branch.size}, {cfg.global_branch.grid}")
+    polarity = settings.get("polarity", "as_read")  # runs before the setting saw pixels as read
+    g = cfg.global_branch
+    if (grid, int(settings["size"]), polarity) != (g.grid, g.size, g.polarity):
+        raise MammoError(f"{summary_path}: cross-validated at size {settings['size']}, grid {grid}, polarity "
+                         f"{polarity}; this config says {g.size}, {g.grid}, {g.polarity}")
     records = dataset_records(cfg)
     cv_ids = summary["oof"]["image_id"]
     if [r.image_id for r in records] != cv_ids:
@@ -46,7 +48,8 @@ def train_global_branch(cfg: Config, cv_dir, out, feature_cache=None, extractor=
     model = build_global_model(extractor or build_feature_extractor(cfg.global_branch.size), head, grid)
     with atomic_path(folder / "model.keras") as tmp:
         model.save(tmp)
-    info = {"top_fraction": candidate[0], "size": cfg.global_branch.size, "grid": grid, "head": head.to_dict(),
+    info = {"top_fraction": candidate[0], "size": cfg.global_branch.size, "grid": grid,
+            "polarity": cfg.global_branch.polarity, "head": head.to_dict(),
             "spec": spec_dict(spec),
             "backbone": "ImageNet MobileNetV2 (torchvision IMAGENET1K_V1), frozen",
             "backbone_sha256": backbone_identity() if extractor is None else f"stand-in:{extractor.name}",
