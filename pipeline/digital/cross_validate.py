@@ -118,14 +118,21 @@ def fold_file(out, k: int) -> Path:
 def cross_fitted(y, scores, fold, women) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
     """Each fold's probabilities, threshold and base rate from a calibration and a threshold chosen on the
     other folds' out-of-fold scores only."""
+    return fitted_per_fold(y, scores, fold, women, {int(k): scores for k in np.unique(fold)})
+
+
+def fitted_per_fold(y, scores, fold, women, choice_scores: dict) -> tuple:
+    """Fold k's calibration and threshold chosen on choice_scores[k] of the other folds' rows, applied to its own
+    `scores`: (probabilities, thresholds, base rates, the choices)."""
     n = len(y)
     prob, thr, base = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
     chosen = {}
     for k in np.unique(fold):
         other, held = fold != k, fold == k
-        cal = choose_calibration(scores[other], y[other], _groups(women[other]))
-        p_other = apply_calibration(cal, scores[other])
-        t, _ = metrics.best_threshold(y[other], p_other, beta=BETA, min_specificity=MIN_SPECIFICITY)
+        s_other = choice_scores[int(k)][other]
+        cal = choose_calibration(s_other, y[other], _groups(women[other]))
+        t, _ = metrics.best_threshold(y[other], apply_calibration(cal, s_other), beta=BETA,
+                                      min_specificity=MIN_SPECIFICITY)
         prob[held], thr[held], base[held] = apply_calibration(cal, scores[held]), t, y[other].mean()
         chosen[str(int(k))] = {"calibration": cal["method"], "probability_threshold": float(t)}
     return prob, thr, base, chosen
@@ -155,19 +162,8 @@ def nested_fitted(feats, y, women, fold, logits, cfg: Config, cache_dir=None, pr
                 atomic_write_text(path, json.dumps({"chosen": list(cand), "logits": scores[fold == j].tolist()}))
             if progress:
                 print(f"nested: fold {k}, scores of fold {j} by a head chose {name_of(cand)}", flush=True)
-        inner[k] = scores
-    prob, thr, base = np.full(len(y), np.nan), np.full(len(y), np.nan), np.full(len(y), np.nan)
-    chosen = {}
-    outer = sigmoid(np.asarray(logits, float))
-    for k in ks:
-        other, held = fold != k, fold == k
-        s_other = sigmoid(inner[k][other])
-        cal = choose_calibration(s_other, y[other], _groups(women[other]))
-        t, _ = metrics.best_threshold(y[other], apply_calibration(cal, s_other), beta=BETA,
-                                      min_specificity=MIN_SPECIFICITY)
-        prob[held], thr[held], base[held] = apply_calibration(cal, outer[held]), t, y[other].mean()
-        chosen[str(k)] = {"calibration": cal["method"], "probability_threshold": float(t)}
-    return prob, thr, base, chosen
+        inner[k] = sigmoid(scores)
+    return fitted_per_fold(y, sigmoid(np.asarray(logits, float)), fold, women, inner)
 
 
 def _groups(women, n: int = CALIBRATION_GROUPS) -> np.ndarray:
