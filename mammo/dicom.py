@@ -29,6 +29,9 @@ from pydicom.uid import (
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
+    JPEG2000TransferSyntaxes,
+    JPEGLSTransferSyntaxes,
+    JPEGTransferSyntaxes,
 )
 
 from mammo.domain import DomainTags
@@ -52,6 +55,11 @@ RAW_DATA_STORAGE = "1.2.840.10008.5.1.4.1.1.66"
 INFLATED_BYTES_PER_PIXEL = 4
 INFLATED_METADATA_BYTES = 64 * 2**20
 INFLATE_CHUNK = 2**20
+
+# Decoders allocate the frame a codestream claims, not the one the header says (a 232-byte JPEG-LS claiming
+# 60000 x 60000 grew a process past 4.5 GB): JPEG and JPEG-LS frame headers (SOF markers, ISO 10918-1 B.2.2 and
+# ISO 14495-1 C.2.2; not DHT C4, JPG C8, DAC CC) are read, and compared with the header, before any decoder runs.
+JPEG_SOF_MARKERS = set(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC} | {0xF7}
 
 # What to install when pydicom has no working decoder for a compressed transfer syntax.
 DECODER_PACKAGES = {
@@ -533,6 +541,88 @@ def _rle_decode(segment: bytes, size: int) -> bytearray | None:
         return None
 
 
+def _check_codestream(ds: pydicom.Dataset, path: Path, rows: int, cols: int, max_pixels: int) -> None:
+    """Refuse JPEG 2000, JPEG-LS and JPEG pixel data whose codestream claims another frame than the header's
+    Rows x Columns, Samples per Pixel and Bits Allocated, which it must match (PS3.5 8.2), before any decoder
+    allocates what the codestream claims. Other transfer syntaxes pass."""
+    tsyntax = ds.file_meta.TransferSyntaxUID
+    if tsyntax in JPEG2000TransferSyntaxes:
+        family, parse = "JPEG 2000", _j2k_frame
+    elif tsyntax in JPEGLSTransferSyntaxes or tsyntax in JPEGTransferSyntaxes:
+        family, parse = ("JPEG-LS" if tsyntax in JPEGLSTransferSyntaxes else "JPEG"), _jpeg_frame
+    else:
+        return
+    from pydicom.encaps import get_frame
+
+    claimed = parse(get_frame(ds.PixelData, 0, number_of_frames=1))
+    if claimed is None:
+        raise ImageReadError(path, f"the {family} pixel data do not start with a frame header (SIZ or SOF marker "
+                                   f"segment): damaged or not {family}; refused before decoding")
+    c_rows, c_cols, components, bits = claimed
+    samples, allocated = int(ds.get("SamplesPerPixel", 1) or 1), int(ds.BitsAllocated)
+    if (c_rows, c_cols, components) != (rows, cols, samples) or bits > allocated:
+        raise ImageReadError(path, f"the {family} codestream claims {c_rows} x {c_cols} pixels ({c_rows * c_cols:,}) "
+                                   f"of {components} component(s), {bits} bits; the header says {rows} x {cols} "
+                                   f"of {samples}, at most {allocated} bits (run.max_pixels={max_pixels:,}): "
+                                   f"header and pixel data disagree; refused before decoding")
+
+
+def _j2k_frame(data: bytes) -> tuple[int, int, int, int] | None:
+    """(rows, columns, components, most bits of a component) from a JPEG 2000 codestream's SIZ marker segment,
+    which follows the SOC marker (ISO 15444-1 A.5.1); a JP2 file's codestream is its 'jp2c' box (I.5.4)."""
+    if data[4:8] == b"jP  ":  # the JP2 signature box: a wrapper some encoders write around the codestream
+        data = _jp2_codestream(data)
+    if data[:4] != b"\xff\x4f\xff\x51" or len(data) < 42:
+        return None
+    xsiz, ysiz, xosiz, yosiz = struct.unpack_from(">4I", data, 8)
+    csiz = struct.unpack_from(">H", data, 40)[0]
+    ssiz = data[42:42 + 3 * csiz:3]  # each component: Ssiz (bit depth - 1, sign bit), XRsiz, YRsiz
+    if csiz == 0 or len(ssiz) < csiz:
+        return None
+    return ysiz - yosiz, xsiz - xosiz, csiz, max(s & 0x7F for s in ssiz) + 1
+
+
+def _jp2_codestream(data: bytes) -> bytes:
+    """The content of a JP2 file's contiguous codestream box ('jp2c'); b'' when there is none."""
+    at = 0
+    while at + 8 <= len(data):
+        size, kind = struct.unpack_from(">I4s", data, at)
+        head = 8
+        if size == 1 and at + 16 <= len(data):  # the box length follows as 64 bits
+            size, head = struct.unpack_from(">Q", data, at + 8)[0], 16
+        elif size == 0:  # the box runs to the end
+            size = len(data) - at
+        if kind == b"jp2c":
+            return data[at + head:at + size]
+        if size < head:
+            break
+        at += size
+    return b""
+
+
+def _jpeg_frame(data: bytes) -> tuple[int, int, int, int] | None:
+    """(lines, samples per line, components, precision) from the SOF marker segment of a JPEG or JPEG-LS stream:
+    the marker segments after SOI are skipped by their lengths up to the first SOF; None when a scan comes first
+    or the data end."""
+    if data[:2] != b"\xff\xd8":
+        return None
+    at = 2
+    while at + 4 <= len(data) and data[at] == 0xFF:
+        marker = data[at + 1]
+        if marker == 0xFF:  # a fill byte before a marker
+            at += 1
+        elif marker in JPEG_SOF_MARKERS:
+            if at + 10 > len(data):
+                return None
+            bits, lines, samples, components = struct.unpack_from(">BHHB", data, at + 4)
+            return lines, samples, components, bits
+        elif marker in (0xDA, 0xD9):  # start of scan or end of image before any frame header
+            return None
+        else:
+            at += 2 + struct.unpack_from(">H", data, at + 2)[0]
+    return None
+
+
 def read_dicom(path, *, window_index: int = 0, max_pixels: int | None = None) -> Mammogram:
     """Read a single-frame grayscale DICOM image; pixels float32 in [0, 1], brighter = denser, original grid.
 
@@ -584,6 +674,7 @@ def read_dicom(path, *, window_index: int = 0, max_pixels: int | None = None) ->
     try:
         stored = _rle_frame(ds, path, rows, cols)
         if stored is None:
+            _check_codestream(ds, path, rows, cols, max_pixels)
             stored = ds.pixel_array
     except (KeyboardInterrupt, SystemExit, GeneratorExit, ImageReadError):
         raise

@@ -120,11 +120,9 @@ def use_keras_backend(name: str) -> str:
     """Make keras run on `name` ('torch' or 'tensorflow') in this process. Must come before keras is first
     imported: keras reads KERAS_BACKEND once and cannot switch later, so a conflicting keras already imported is
     an error naming both (rather than silently running on the other one)."""
-    from mammo.config import KERAS_BACKENDS
-    from mammo.errors import ConfigError, MammoError
+    from mammo.errors import MammoError
 
-    if name not in KERAS_BACKENDS:
-        raise ConfigError(f"classifier.inference_backend: {name!r} is not one of {', '.join(KERAS_BACKENDS)}")
+    _check_backend_name(name)
     current = keras_backend()
     if current is not None and current != name:
         raise MammoError(f"keras is already imported on the {current} backend in this process, so the classifier "
@@ -134,10 +132,19 @@ def use_keras_backend(name: str) -> str:
     return name
 
 
+def _check_backend_name(name: str) -> None:
+    from mammo.config import KERAS_BACKENDS
+    from mammo.errors import ConfigError
+
+    if name not in KERAS_BACKENDS:
+        raise ConfigError(f"classifier.inference_backend: {name!r} is not one of {', '.join(KERAS_BACKENDS)}")
+
+
 def keras_backend_for_inference(wanted: str) -> str:
     """The backend inference runs on: `wanted`, unless keras already runs on the other one in this process (a
     notebook or a test session that trained first), where switching is impossible and running there costs nothing
     more (both give the same numbers within 1e-5: tests/test_backends.py). Said on stderr, not silently."""
+    _check_backend_name(wanted)  # an unknown name is an error even where keras runs elsewhere anyway
     current = keras_backend()
     if current is not None and current != wanted:
         print(f"note: keras already runs on {current} in this process; the classifier runs there instead of "

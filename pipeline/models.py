@@ -358,22 +358,26 @@ class PipelineModels:
         # The detector first: its checkpoint is judged before anything else of the bundle is trusted, whatever
         # this process's keras can do. It imports no keras, so the backend is still free to choose after it.
         detector = LesionDetector.load(bundle.detector, cfg.detector, device=cfg.run.device, threads=cfg.run.threads)
-        runtime.keras_backend_for_inference(cfg.classifier.inference_backend)  # before anything imports keras
-        classifier = _load_classifier(bundle.classifier, cfg.run.threads)
-        info = bundle.classifier / "calibration.json"
-        calibrated = bool(json.loads(info.read_text()).get("calibrated")) if info.is_file() else None
-        models = cls(detector, classifier, bundle.threshold, bundle.description, bundle_fingerprint(bundle),
-                     calibrated, bundle.info.get("stacker"), bundle.calibration, bundle.threshold_source,
-                     bundle.findings, bundle.operating_curve)
-        from classifier.global_branch import GlobalBranch
+        try:  # anything failing after it (backend choice, classifier, domains) must not leak the detector
+            runtime.keras_backend_for_inference(cfg.classifier.inference_backend)  # before anything imports keras
+            classifier = _load_classifier(bundle.classifier, cfg.run.threads)
+            info = bundle.classifier / "calibration.json"
+            calibrated = bool(json.loads(info.read_text()).get("calibrated")) if info.is_file() else None
+            models = cls(detector, classifier, bundle.threshold, bundle.description, bundle_fingerprint(bundle),
+                         calibrated, bundle.info.get("stacker"), bundle.calibration, bundle.threshold_source,
+                         bundle.findings, bundle.operating_curve)
+            from classifier.global_branch import GlobalBranch
 
-        for name, section in bundle.domains.items():
-            op = section.get("operating_point") or {}
-            models.domains[name] = DomainModels(
-                name, GlobalBranch.load(bundle.root / section["global_branch"], threads=cfg.run.threads),
-                float(section["threshold"]), section["calibration"], section.get("operating_curve"),
-                f"chosen on {op['source']} of {name} images" if op.get("source") else "shipped with the models")
-        return models
+            for name, section in bundle.domains.items():
+                op = section.get("operating_point") or {}
+                models.domains[name] = DomainModels(
+                    name, GlobalBranch.load(bundle.root / section["global_branch"], threads=cfg.run.threads),
+                    float(section["threshold"]), section["calibration"], section.get("operating_curve"),
+                    f"chosen on {op['source']} of {name} images" if op.get("source") else "shipped with the models")
+            return models
+        except BaseException:
+            detector.close()
+            raise
 
     def close(self) -> None:
         self.detector.close()

@@ -4,6 +4,7 @@ first import, so every torch run here is a child process (this test process runs
 import mammo.runtime  # noqa: F401  (first: import order)
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -56,6 +57,18 @@ def test_inference_in_a_process_whose_keras_runs_elsewhere_says_so_and_runs_ther
     assert keras_backend_for_inference("torch") == "tensorflow"
     assert "keras already runs on tensorflow" in capsys.readouterr().err
     assert keras_backend_for_inference("tensorflow") == "tensorflow" and capsys.readouterr().err == ""
+
+
+def test_an_unknown_backend_for_inference_is_refused_before_anything_changes(capsys, monkeypatch):
+    """Where keras runs on another backend anyway, an unknown name was silently replaced by it."""
+    import keras  # noqa: F401  (imported: the case where the wanted name used to be replaced)
+
+    from mammo.runtime import keras_backend_for_inference
+
+    monkeypatch.setenv("KERAS_BACKEND", "tensorflow")
+    with pytest.raises(ConfigError, match="'jax' is not one of torch, tensorflow"):
+        keras_backend_for_inference("jax")
+    assert os.environ["KERAS_BACKEND"] == "tensorflow" and capsys.readouterr().err == ""
 
 
 def test_bundle_settings_leave_the_backend_to_the_user(tmp_path):

@@ -281,6 +281,96 @@ def test_rle_header_whose_offsets_do_not_fit_the_fragment_is_refused(tmp_path, f
     assert str(bad) in str(err.value)
 
 
+def box(kind: bytes, body: bytes) -> bytes:
+    """A JP2 box (ISO 15444-1 I.4): length, type, contents."""
+    return struct.pack(">I4s", 8 + len(body), kind) + body
+
+
+def jp2_file(codestream: bytes, rows: int, cols: int) -> bytes:
+    """A JPEG 2000 codestream in a minimal JP2 wrapper (signature, file type, header, codestream boxes)."""
+    ihdr = box(b"ihdr", struct.pack(">IIHBBBB", rows, cols, 1, 7, 7, 0, 0))
+    colr = box(b"colr", struct.pack(">BBBI", 1, 0, 0, 17))  # enumerated colour space: greyscale
+    return (box(b"jP  ", b"\r\n\x87\n") + box(b"ftyp", b"jp2 \0\0\0\0jp2 ") + box(b"jp2h", ihdr + colr)
+            + box(b"jp2c", codestream))
+
+
+def encoded_frame(path: Path, codec: str) -> tuple[Path, bytearray]:
+    """A real 64 x 48 8-bit image encoded by `codec` ('jpeg2000', 'jp2', 'jpeg-ls', 'jpeg'), and its frame."""
+    from pydicom.encaps import encapsulate, get_frame
+    from pydicom.uid import JPEG2000Lossless, JPEGBaseline8Bit, JPEGLSLossless
+
+    pixels = (np.arange(64 * 48) % 251).reshape(64, 48).astype(np.uint8)
+    syntax = {"jpeg2000": JPEG2000Lossless, "jp2": JPEG2000Lossless, "jpeg-ls": JPEGLSLossless,
+              "jpeg": JPEGBaseline8Bit}[codec]
+    write_dicom(path, pixels, transfer_syntax=syntax, bits_stored=8)
+    ds = pydicom.dcmread(path)
+    frame = get_frame(ds.PixelData, 0, number_of_frames=1)
+    if codec == "jp2":
+        ds.PixelData = encapsulate([jp2_file(frame, 64, 48)])
+        ds.save_as(path)
+    return path, bytearray(frame)
+
+
+def with_frame(path: Path, frame: bytes, codec: str) -> Path:
+    from pydicom.encaps import encapsulate
+
+    ds = pydicom.dcmread(path)
+    ds.PixelData = encapsulate([jp2_file(frame, 64, 48) if codec == "jp2" else bytes(frame)])
+    ds.save_as(path)
+    return path
+
+
+def claim(frame: bytearray, codec: str, *, rows=None, cols=None, components=None, bits=None) -> bytearray:
+    """The frame with its SIZ (JPEG 2000) or SOF (JPEG, JPEG-LS) fields changed as given."""
+    if codec in ("jpeg2000", "jp2"):  # SOC, SIZ, Lsiz, Rsiz, then Xsiz Ysiz XOsiz YOsiz (4 bytes), ..., Csiz, Ssiz
+        assert frame[:4] == b"\xff\x4f\xff\x51" and struct.unpack_from(">II", frame, 8) == (48, 64)
+        for at, fmt, value in ((8, ">I", cols), (12, ">I", rows), (40, ">H", components), (42, ">B", bits)):
+            if value is not None:
+                struct.pack_into(fmt, frame, at, value - 1 if at == 42 else value)
+    else:  # SOF: marker, Lf, P (bits), Y (lines), X (samples per line), Nf (components)
+        at = frame.find(b"\xff\xf7" if codec == "jpeg-ls" else b"\xff\xc0")
+        assert struct.unpack_from(">BHHB", frame, at + 4) == (8, 64, 48, 1)
+        for offset, fmt, value in ((4, ">B", bits), (5, ">H", rows), (7, ">H", cols), (9, ">B", components)):
+            if value is not None:
+                struct.pack_into(fmt, frame, at + offset, value)
+    return frame
+
+
+CODECS = ["jpeg2000", "jp2", "jpeg-ls", "jpeg"]
+
+
+@pytest.mark.parametrize("codec", CODECS)
+def test_jpeg_family_codestream_claiming_a_huge_frame_is_refused_in_bounded_memory(tmp_path, codec):
+    # the header says 64 x 48, the codestream 60000 x 60000: the JPEG-LS decoder grew past 4.5 GB before the check
+    path, frame = encoded_frame(tmp_path / f"{codec}.dcm", codec)
+    assert read_mammogram(path).shape == (64, 48)  # the real encoding reads
+    bomb = with_frame(path, claim(frame, codec, rows=60000, cols=60000), codec)
+
+    def read():
+        with pytest.raises(ImageReadError, match=r"claims 60000 x 60000 pixels \(3,600,000,000\)") as err:
+            read_mammogram(bomb, max_pixels=10**6)
+        assert str(bomb) in str(err.value) and "64 x 48" in str(err.value) and "max_pixels=1,000,000" in str(err.value)
+
+    assert traced_peak_mb(read) < 20  # the header and the 1 KB frame, nothing decoded
+
+
+@pytest.mark.parametrize("codec", CODECS)
+@pytest.mark.parametrize("change", ["header rows", "components", "bits", "no frame header"])
+def test_jpeg_family_codestream_that_disagrees_with_the_header_is_refused(tmp_path, codec, change):
+    path, frame = encoded_frame(tmp_path / f"{codec}.dcm", codec)
+    if change == "header rows":  # the codestream is larger than the header says
+        ds = pydicom.dcmread(path)
+        ds.Rows = 32
+        ds.save_as(path)
+    elif change == "no frame header":
+        with_frame(path, frame[4:], codec)  # SOC/SIZ or SOI and the start of the first segment cut off
+    else:
+        with_frame(path, claim(frame, codec, **{change: 3 if change == "components" else 16}), codec)
+    with pytest.raises(ImageReadError, match="frame header" if change == "no frame header" else "disagree") as err:
+        read_mammogram(path)
+    assert str(path) in str(err.value) and "before decoding" in str(err.value)
+
+
 def black_rgb_png_with_a_bad_crc(path: Path, side: int) -> Path:
     """A side x side black RGB PNG (8000: about 200 KB) whose tEXt chunk has a wrong CRC: Pillow cannot read its
     header, OpenCV decodes it anyway."""

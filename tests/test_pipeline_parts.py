@@ -554,3 +554,31 @@ def test_output_writer_keeps_one_image_in_flight_and_reports_a_failed_write():
     assert order == ["first"]
     writer.close()
     assert writer.failed == {"b": "could not write its outputs: OSError: disk full"}
+
+
+@pytest.mark.parametrize("failing", ["backend choice", "classifier"])
+def test_models_that_fail_to_load_close_the_detector_they_opened(tmp_path, monkeypatch, failing):
+    from detector.model import LesionDetector
+    from mammo import runtime
+    from mammo.config import load_config
+    from mammo.errors import MammoError
+    from pipeline import models
+    from pipeline.models import Bundle, PipelineModels
+
+    closed = []
+
+    class StandInDetector:
+        def close(self):
+            closed.append(True)
+
+    def fail(*_):
+        raise MammoError(f"the {failing} failed")
+
+    monkeypatch.setattr(LesionDetector, "load", classmethod(lambda cls, *a, **k: StandInDetector()))
+    # no keras is imported or chosen here: the backend choice is a stand-in that passes or fails
+    monkeypatch.setattr(runtime, "keras_backend_for_inference", fail if failing == "backend choice" else str)
+    monkeypatch.setattr(models, "_load_classifier", fail)
+    bundle = Bundle(tmp_path, tmp_path / "detector.pt", tmp_path / "classifier", 0.5)
+    with pytest.raises(MammoError, match=f"the {failing} failed"):
+        PipelineModels.load(bundle, load_config(None, []))
+    assert closed == [True]

@@ -531,6 +531,78 @@ def test_finished_upload_jobs_are_forgotten(held_worker):
     assert client.get("/api/jobs/old0").status_code == 404
 
 
+# The real server in a process of its own, with stand-in models: an upload makes the queue folder, then fails in
+# the worker (there is nothing to run it), which is all these tests need.
+STANDIN_SERVER = """
+import mammo.runtime
+import sys, types
+from mammo.config import load_config
+from pipeline.serve import Address, serve
+serve([sys.argv[1]], types.SimpleNamespace(), load_config(None, []), 0.5, Address("127.0.0.1", int(sys.argv[2]), None))
+"""
+
+
+def start_server(run: Path) -> tuple[subprocess.Popen, str]:
+    """(process, its URL) once it answers."""
+    import httpx
+
+    url = f"http://127.0.0.1:{free_port()}"
+    proc = subprocess.Popen([sys.executable, "-c", STANDIN_SERVER, str(run), url.rsplit(":", 1)[1]], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    end = time.time() + 180
+    while time.time() < end:
+        try:
+            if httpx.get(f"{url}/api/images", timeout=2).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            time.sleep(0.3)
+        assert proc.poll() is None, proc.stdout.read()
+    proc.kill()
+    raise AssertionError("server did not start")
+
+
+def upload_once(url: str, png: bytes) -> dict:
+    import httpx
+
+    with httpx.Client(base_url=url, timeout=30) as client:
+        job = client.post("/api/upload", files={"file": ("scan.png", png)}, data={"run": "0"}).json()
+        return wait_job(client, job["id"])
+
+
+def test_queue_folders_of_killed_servers_are_removed_at_the_next_start_and_a_live_ones_kept(tmp_path):
+    run, png = tmp_path / "run", write_png(tmp_path / "scan.png", 1, 1).read_bytes()
+    killed, url = start_server(run)
+    try:
+        upload_once(url, png)
+        [left] = (run / ".serve").glob(".queue.*")
+        (left / "queued.png").write_bytes(png)  # as an upload still waiting when the server died
+    finally:
+        killed.send_signal(signal.SIGKILL)
+        killed.wait()
+    assert left.is_dir()  # nothing could remove it
+    live, url = start_server(run)
+    try:
+        assert not left.exists()  # the second server removed the dead one's folder at start-up
+        upload_once(url, png)
+        [mine] = (run / ".serve").glob(".queue.*")
+        # a live server's folder stays; so does another host's (the run folder may be on a shared disk) and one
+        # of unknown form; one of a process whose pid is alive but started at another time is stale (a reused pid)
+        from pipeline.serve.jobs import queue_prefix, remove_stale_queues
+
+        ours = queue_prefix()  # this test process: alive
+        reused = run / ".serve" / (ours.rsplit(".", 2)[0] + ".1000.x")
+        other_host = run / ".serve" / f".queue.elsewhere.{killed.pid}.1000.y"  # not this host's dead server
+        unknown = run / ".serve" / ".queue.abc123"
+        for folder in (reused, other_host, unknown):
+            folder.mkdir()
+        assert remove_stale_queues(run / ".serve") == [reused]  # what a third server would do at start-up
+        assert mine.is_dir() and other_host.is_dir() and unknown.is_dir()
+    finally:
+        live.send_signal(signal.SIGTERM)  # uvicorn shuts down, then exits by the same signal
+        live.wait(timeout=60)
+    assert not mine.exists()  # a normal shutdown removes the server's own folder
+
+
 def test_uploads_are_viewable_when_results_hold_no_paths(served, tmp_path):
     """pipeline.source_paths=hashed: the result records a hash, and the server finds its upload by source key."""
     _, _, models, cfg, _ = served

@@ -10,6 +10,10 @@ never stored or logged; the viewer tiles that original) and runs the pipeline. A
 failed job with the reason, and nothing else changes. Page and tile requests are served meanwhile. The
 pipeline's own step timer reports the step the job is in. Finished jobs are forgotten after an hour or beyond
 the newest MAX_FINISHED_JOBS (a page polls a job only while it runs).
+
+A queue folder is named after its server process (host, pid, start time) and removed when the server stops. A
+server killed outright (SIGKILL, power loss) cannot do that: the next server to start on the run folder removes
+the queue folders of this host's servers that no longer run (a pid alone could be another process by now).
 """
 from __future__ import annotations
 
@@ -17,7 +21,9 @@ import csv
 import hashlib
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
 import threading
 import time
@@ -25,6 +31,8 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import psutil
 
 from mammo.atomic import atomic_write_text, folder_lock
 from mammo.errors import ImageReadError, MammoError
@@ -97,6 +105,8 @@ class Uploads:
         self._lock = threading.Lock()  # guards jobs, _receiving and _queues
         self._receiving = 0  # uploads streaming in: they hold a place in the queue already
         self._queues: dict[int, Path] = {}  # run index -> its private queue folder
+        for run in runs.runs:
+            remove_stale_queues(run.state)
 
     def check_room(self) -> None:
         """Busy when MAX_PENDING_UPLOADS uploads wait, run or stream in (the app asks before reading a body)."""
@@ -120,7 +130,7 @@ class Uploads:
             self._receiving += 1
             if run_index not in self._queues:
                 run.state.mkdir(parents=True, exist_ok=True)
-                self._queues[run_index] = Path(tempfile.mkdtemp(prefix=".queue.", dir=run.state))  # mode 0700
+                self._queues[run_index] = Path(tempfile.mkdtemp(prefix=queue_prefix(), dir=run.state))  # mode 0700
             queue = self._queues[run_index]
         job = Job(uuid.uuid4().hex, run_index)
         try:
@@ -228,6 +238,40 @@ class Uploads:
         self._pool.shutdown(wait=True, cancel_futures=True)
         for queue in self._queues.values():
             shutil.rmtree(queue, ignore_errors=True)
+
+
+QUEUE_NAME = re.compile(r"\.queue\.(?P<host>[\w-]*)\.(?P<pid>\d+)\.(?P<started>\d+)\.")
+
+
+def _host() -> str:
+    return re.sub(r"[^\w-]", "-", socket.gethostname())  # no dots: they separate the name's parts
+
+
+def queue_prefix() -> str:
+    """'.queue.<host>.<pid>.<start time, ms>.': the queue folders of this server process start so."""
+    process = psutil.Process()
+    return f".queue.{_host()}.{process.pid}.{round(process.create_time() * 1000)}."
+
+
+def _running(pid: int, started_ms: int) -> bool:
+    try:
+        return abs(psutil.Process(pid).create_time() * 1000 - started_ms) < 1000  # else a reused pid
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.Error:
+        return True  # cannot tell: keep its folder
+
+
+def remove_stale_queues(state: Path) -> list[Path]:
+    """Remove the queue folders in `state` of this host's servers that no longer run; a live server's folder
+    and a folder of another host (the run folder may be shared) or of unknown form stay. Returns those removed."""
+    removed = []
+    for folder in state.glob(".queue.*") if state.is_dir() else []:
+        name = QUEUE_NAME.match(folder.name)
+        if name and name["host"] == _host() and not _running(int(name["pid"]), int(name["started"])):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
 
 
 def append_prediction_row(run_root: Path, result) -> None:
