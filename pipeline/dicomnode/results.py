@@ -215,8 +215,11 @@ def build_sr(src: pydicom.Dataset, result: dict, algorithm: Algorithm):
             referenced_region=region, finding_type=_finding_code(lesion), algorithm_id=algorithm_id,
             measurements=[_probability(codes.DCM.CertaintyOfFinding, lesion["detector_score"], algorithm_id),
                           _probability(codes.DCM.ProbabilityOfCancer, lesion["malignancy"], algorithm_id)]))
+    # The boxes first, the image-level group last: TID 1500 gives the order no meaning, but OHIF (3.13) opens an
+    # SR at its first group and shows nothing when that group has no region to draw.
     report = hd.sr.MeasurementReport(observation_context=_observer(algorithm),
-                                     procedure_reported=codes.SCT.Mammography, imaging_measurements=groups)
+                                     procedure_reported=codes.SCT.Mammography,
+                                     imaging_measurements=groups[1:] + groups[:1])
     with _silenced():
         return hd.sr.EnhancedSR(
             evidence=[src], content=report[0],
