@@ -262,6 +262,9 @@ class ListenConfig(_Checked):
     store_attempts: int = bounded(5, 1, 100)  # tries to store one image's results at the destination per start
     store_backoff: float = bounded(2.0, 0.0, 600.0)  # seconds before the second try, doubled for each next one
     timeout: float = bounded(30.0, 1.0, 3600.0)  # network timeout (seconds) of associations and HTTP requests
+    # a received object larger than this is refused (Out of Resources): a 2D mammogram is tens of MB; the bound keeps
+    # one sender from filling the disk
+    max_object_mb: float = bounded(512.0, 1.0, 4096.0)
 
 
 @dataclass(frozen=True)

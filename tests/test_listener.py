@@ -169,6 +169,28 @@ def test_a_failed_spool_write_is_answered_with_a_failure_status(standin_models, 
     assert len(events(out, "received")) == 1
 
 
+def test_an_object_over_the_size_limit_is_refused_and_the_next_one_taken(standin_models, tmp_path):
+    """listen.max_object_mb bounds what one C-STORE may leave on the disk: a 2.2 MB image against a 1 MB limit is
+    answered Out of Resources, kept nowhere, and logged without identifiers; a small one on the same association is
+    taken. The limit is checked when the config loads."""
+    rng = np.random.default_rng(0)
+    big = write_dicom(tmp_path / "big.dcm", rng.integers(0, 4096, (1100, 1000), dtype=np.uint16), bits_stored=12,
+                      PatientName="DOE^JANE", PatientID="MRN12345", StudyInstanceUID=generate_uid())
+    assert big.stat().st_size > 2 * 2**20
+    out = tmp_path / "out"
+    with running(listen_config("listen.max_object_mb=1"), standin_models, out) as listener:
+        statuses, _ = send(listener.port, [big, mammogram_dicom(tmp_path / "small.dcm")])
+        assert statuses == [0xA700, 0x0000]
+        wait_for(lambda: events(out, "stored"), what="the small image's analysis")
+    assert len(events(out, "received")) == 1 and len(list((out / "spool").glob("*.dcm"))) == 1
+    (line,) = [line for line in listener.lines if "refused an object of" in line]
+    assert "larger than listen.max_object_mb=1" in line and "MRN12345" not in line and "DOE" not in line
+    assert json.loads((out / STATUS).read_text())["this_start"]["too_large"] == 1
+    for bad in ("0", "5000"):
+        with pytest.raises(Exception, match="listen.max_object_mb"):
+            load_config(overrides=[f"listen.max_object_mb={bad}"])
+
+
 def test_an_unknown_calling_ae_title_is_rejected(standin_models, tmp_path):
     out = tmp_path / "out"
     with running(listen_config(), standin_models, out) as listener:

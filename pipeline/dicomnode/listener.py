@@ -3,7 +3,9 @@
 Why nothing received is lost:
 1. An association is accepted only from an allowed calling AE title, addressed to our own AE title (anything
    else: A-ASSOCIATE-RJ), on the configured bind address (loopback by default: DICOM has no login).
-2. C-STORE of a mammogram (Modality MG in an image SOP class the reader takes): the data set, as sent, is written
+2. pynetdicom writes each received data set to a temporary file as it arrives (never held whole in memory); one
+   larger than `listen.max_object_mb` is refused with Out of Resources (0xA700), logged without identifiers.
+   C-STORE of a mammogram (Modality MG in an image SOP class the reader takes): the data set, as sent, is copied
    to the spool as `<key>.dcm` (key: a salted hash of its SOP Instance UID, so no name or log line carries a
    patient identifier), fsynced, and journalled, and only then answered Success. If the write fails the answer
    is Out of Resources (0xA700): the sender still has the image and may send it again. Anything else (a CT, an SR,
@@ -27,6 +29,7 @@ import itertools
 import json
 import os
 import queue
+import shutil
 import statistics
 import threading
 import time
@@ -213,12 +216,12 @@ def apply_event(items: dict[str, Item], record: dict) -> Item:
     return item
 
 
-def write_durably(path: Path, data: bytes) -> None:
-    """Atomically, and on the disk (file and folder entry) before returning: a C-STORE is acknowledged after."""
+def write_durably(path: Path, source: Path) -> None:
+    """Copy `source` to `path` atomically, and on the disk (file and folder entry) before returning: a C-STORE is
+    acknowledged after."""
     with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
+        shutil.copyfile(source, tmp)
+        with open(tmp, "rb") as f:
             os.fsync(f.fileno())
     fd = os.open(path.parent, os.O_RDONLY)
     try:
@@ -261,8 +264,8 @@ class Listener:
         self._lock = threading.Lock()  # items, rows, counters and the status file
         self.items: dict[str, Item] = {}
         self.rows: dict[str, dict] = {}  # predictions.csv, by key
-        self.counts = {"received": 0, "skipped": 0, "rejected_associations": 0, "analysed": 0, "failed": 0,
-                       "stored": 0, "store_failures": 0}
+        self.counts = {"received": 0, "skipped": 0, "too_large": 0, "rejected_associations": 0, "analysed": 0,
+                       "failed": 0, "stored": 0, "store_failures": 0}
         self.latencies: list[float] = []  # received -> results stored (at the destination, else in the folder)
         self.analyse_queue: queue.Queue = queue.Queue()
         self.store_queue: queue.Queue = queue.Queue()
@@ -301,8 +304,12 @@ class Listener:
         return status
 
     def _start_server(self):
-        from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+        from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
         from pynetdicom.sop_class import Verification
+
+        # a received data set goes to a temporary file as it arrives (event.dataset_path), not into memory: its
+        # size is checked there before anything reads it (a process-wide setting; event.dataset still works)
+        _config.STORE_RECV_CHUNKED_DATASET = True
 
         ae = AE(ae_title=self.lc.ae_title)
         ae.require_calling_aet = list(self.lc.allowed_calling)
@@ -362,16 +369,27 @@ class Listener:
                  f"{event.assoc.requestor.address} (calling AE title not allowed, or called AE title not ours)")
 
     def _on_store(self, event) -> int:
+        import pydicom
+
         received = time.time()
         sender = event.assoc.requestor.ae_title
+        uid = str(event.request.AffectedSOPInstanceUID)
+        key = salted_hash(uid, self.salt, 16)
+        received_file = event.dataset_path  # deleted by pynetdicom once this handler returns
+        size = received_file.stat().st_size
+        if size > self.lc.max_object_mb * 2**20:  # refused before anything reads it
+            with self._lock:
+                self.counts["too_large"] += 1
+            self.log(f"{key}: refused an object of {size / 2**20:.1f} MB from {sender}, larger than "
+                     f"listen.max_object_mb={self.lc.max_object_mb:g}; answered Out of Resources")
+            return OUT_OF_RESOURCES
         try:
-            uid = str(event.request.AffectedSOPInstanceUID)
             sop_class = str(event.request.AffectedSOPClassUID)
-            modality = str(event.dataset.get("Modality", "") or "").strip().upper()
+            header = pydicom.dcmread(received_file, stop_before_pixels=True)
+            modality = str(header.get("Modality", "") or "").strip().upper()
         except Exception as exc:  # a data set that does not decode: the sender is told, nothing is kept
             self.log(f"refused an object from {sender}: its data set does not decode ({type(exc).__name__})")
             return CANNOT_UNDERSTAND
-        key = salted_hash(uid, self.salt, 16)
         reason = not_a_mammogram(sop_class, modality)
         if reason:
             record = self.journal.append("skipped", key, reason=reason, sender=sender)
@@ -382,7 +400,7 @@ class Listener:
             self._write_status()
             return SUCCESS
         try:
-            write_durably(self._spooled(key), event.encoded_dataset())
+            write_durably(self._spooled(key), received_file)
             record = self.journal.append("received", key, sender=sender, t_received=round(received, 3))
         except OSError as exc:
             self.log(f"{key}: could not be spooled ({type(exc).__name__}: {exc}); answered Out of Resources")
