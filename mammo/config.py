@@ -257,6 +257,9 @@ class ListenConfig(_Checked):
     allowed_calling: tuple[str, ...] = field(default=(), metadata={"empty_ok": False, "pattern": AE_TITLE})
     destination: str = text("", pattern=DESTINATION)  # where the DICOM results go besides the output folder
     spool: str = text()  # folder of received images ('' = <out>/spool); kept: the review app opens them
+    # an image whose results are stored stays in the spool (the review app opens it from there), or is deleted
+    # (false: a node that only forwards; the PACS keeps the original)
+    keep_received: bool = True
     max_associations: int = bounded(4, 1, 64)  # simultaneous senders
     analysis_attempts: int = bounded(3, 1, 20)  # analyses started for one image (over restarts) before giving up
     store_attempts: int = bounded(5, 1, 100)  # tries to store one image's results at the destination per start

@@ -354,6 +354,35 @@ def test_a_listener_killed_mid_analysis_resumes_it_at_restart(tmp_path):
     check_forwarded(dest.got, image)
 
 
+@pytest.mark.slow  # two child processes importing torch and keras
+def test_a_listener_that_keeps_nothing_cleans_its_spool_and_a_restart_resumes_what_it_left(tmp_path):
+    """listen.keep_received=false, in a real listener process: an image is deleted from the spool once its results
+    are stored. Killed, it left an image spooled but never journalled and a half-written temporary copy: the next
+    start analyses the image (then deletes it) and removes the temporary file."""
+    out = tmp_path / "out"
+    overrides = ["listen.port=0", f"listen.allowed_calling=[{SENDER}]", "listen.keep_received=false"]
+    proc, port = start_child(out, overrides, slow=False)
+    try:
+        assert send(port, [mammogram_dicom(tmp_path / "a.dcm")])[0] == [0x0000]
+        wait_for(lambda: events(out, "stored"), what="the first image's results", timeout=600)
+        wait_for(lambda: not list((out / "spool").glob("*.dcm")), what="the first image deleted from the spool")
+    finally:
+        proc.kill()
+        proc.wait()
+    spool = out / "spool"
+    mammogram_dicom(spool / "0123456789abcdef.dcm", seed=2)  # copied, then killed before the journal said so
+    (spool / ".fedcba9876543210.x1y2.partial.dcm").write_bytes(b"\0" * 100)  # killed mid-copy
+    proc, port = start_child(out, overrides, slow=False)
+    try:
+        wait_for(lambda: len(events(out, "stored")) == 2, what="the resumed image's results", timeout=600)
+        wait_for(lambda: not any(spool.iterdir()), what="an empty spool")
+        proc.terminate()
+        assert proc.wait(60) == 0
+    finally:
+        proc.kill()
+    assert len(list(out.glob("img_*.json"))) == 2 and len(events(out, "started")) == 2
+
+
 def test_orthanc_sends_a_study_by_c_store_and_gets_the_results_back(orthanc, standin_models, tmp_path):
     """A real PACS: the sample stored into Orthanc is sent to the listener by Orthanc's own C-STORE (REST
     /modalities/<name>/store), and the listener's SR and heatmap object arrive back in Orthanc, in the study,

@@ -19,8 +19,9 @@ Why nothing received is lost:
 The spool is the queue; the journal (`listen_journal.jsonl`: append-only, fsynced, one JSON event a line) says what
 is done. On start every spooled image not yet analysed is analysed, unless `analysis_attempts` analyses of it were
 already started (an image that kills the process must not do so forever; it stays in the spool, reported), and
-every analysed image whose results are not yet stored is stored. Received images stay in the spool: the outputs
-and the review app refer to them.
+every analysed image whose results are not yet stored is stored. Received images stay in the spool (the outputs
+and the review app refer to them) unless `keep_received` is false: then each is deleted once its results are stored
+(also at the next start, after a kill between the two). Temporary files a kill left in the spool are removed at start.
 """
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from mammo.atomic import atomic_path, atomic_write_text, folder_lock
+from mammo.atomic import atomic_path, atomic_write_text, folder_lock, remove_stale_partials
 from mammo.config import Config
 from mammo.errors import ConfigError, MammoError
 from pipeline.ids import resolve_salt, salted_hash
@@ -280,6 +281,8 @@ class Listener:
         """Listen until `self.stop` is set; returns the status written to listen_status.json."""
         with folder_lock(self.out):
             self.spool.mkdir(parents=True, exist_ok=True)
+            if removed := remove_stale_partials(self.spool):  # a kill mid-copy: never acknowledged, the sender has it
+                self.log(f"removed {removed} temporary files a stopped listener left in the spool")
             self.threshold, _, self.allocate = prepare_folder(self.out, self.models, self.cfg)
             self._recover()
             workers = [threading.Thread(target=self._analyse_loop, name="listen-analyse", daemon=True),
@@ -344,6 +347,8 @@ class Listener:
                 if self.destination and not item.stored:
                     self.store_queue.put(item.key)
                     stores += 1
+                elif item.stored and not self.lc.keep_received:  # killed before it was deleted
+                    self._spooled(item.key).unlink(missing_ok=True)
             elif not self._spooled(item.key).is_file():
                 self.log(f"{item.key}: journalled but not in the spool {self.spool}; not analysed")
             elif item.starts < self.lc.analysis_attempts:
@@ -497,6 +502,8 @@ class Listener:
             self.counts["stored"] += 1
             latency = time.time() - item.received
             self.latencies.append(latency)
+        if not self.lc.keep_received:  # its results are in the folder (and at the destination): done with it
+            self._spooled(key).unlink(missing_ok=True)
         where = self.destination or "the output folder"
         self.log(f"{key}: results stored ({where}), {latency:.1f} s after it was received")
         self._write_status()
