@@ -444,3 +444,42 @@ def test_results_reach_orthanc_by_stow_rs(orthanc, standin_models, tmp_path):
     found = orthanc.find("Instance", StudyInstanceUID=sent.StudyInstanceUID)
     assert sorted(orthanc.tags(i["ID"])["SOPClassUID"] for i in found) == [
         "1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.88.22"]  # segmentation, Enhanced SR
+
+
+def test_images_the_listener_received_open_in_the_review_app(standin_models, tmp_path):
+    """The listener's folder is a run folder: the review app, under a real server, lists the received images and
+    shows their pixels (tiles and thumbnail decoded from the spooled DICOMs, equal to what was sent) and
+    heatmaps, naming no spool path or patient."""
+    import cv2
+    import requests
+
+    pytest.importorskip("fastapi")
+    from live_server import serving
+    from pipeline.serve.app import create_app
+
+    images = [mammogram_dicom(tmp_path / f"{i}.dcm", seed=i) for i in (1, 2)]
+    out = tmp_path / "out"
+    with running(listen_config(), standin_models, out) as listener:
+        assert send(listener.port, images)[0] == [0x0000] * 2
+        wait_for(lambda: len(events(out, "stored")) == 2, what="both analyses")
+    sent = {pydicom.dcmread(p).SOPInstanceUID: pydicom.dcmread(p).pixel_array for p in images}
+    by_id = {json.loads(p.read_text())["image_id"]: pydicom.dcmread(json.loads(p.read_text())["source"])
+             for p in out.glob("img_*.json")}
+    with serving(create_app([out])) as base:
+        listed = requests.get(f"{base}/api/images", timeout=30).json()["images"]
+        assert sorted(r["image_id"] for r in listed) == sorted(by_id)
+        page = requests.get(base, timeout=30).text
+        for image_id, spooled in by_id.items():
+            assert f'data-href="/view/0/{image_id}"' in page
+            assert requests.get(f"{base}/view/0/{image_id}", timeout=30).status_code == 200
+            info = requests.get(f"{base}/api/images/0/{image_id}", timeout=30).json()
+            assert (info["width"], info["height"]) == (192, 256)
+            tile = requests.get(f"{base}/api/tiles/0/{image_id}/{info['max_level']}/0_0.jpg", timeout=30)
+            assert tile.status_code == 200
+            shown = cv2.imdecode(np.frombuffer(tile.content, np.uint8), cv2.IMREAD_GRAYSCALE).astype(float)
+            original = sent[spooled.SOPInstanceUID].astype(float)
+            assert shown.shape == original.shape and np.corrcoef(shown.ravel(), original.ravel())[0, 1] > 0.99
+            for url in (f"/api/thumb/0/{image_id}.jpg", f"/api/heatmap/0/{image_id}.png"):
+                assert requests.get(base + url, timeout=30).status_code == 200, url
+        said = page + json.dumps(listed)
+        assert str(out / "spool") not in said and "MRN12345" not in said and "DOE" not in said
