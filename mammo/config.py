@@ -260,11 +260,17 @@ class ListenConfig(_Checked):
     allowed_calling: tuple[str, ...] = field(default=(), metadata={"empty_ok": False, "pattern": AE_TITLE})
     destination: str = text("", pattern=DESTINATION)  # where the DICOM results go besides the output folder
     spool: str = text()  # folder of received images ('' = <out>/spool); kept: the review app opens them
+    # an image whose results are stored stays in the spool (the review app opens it from there), or is deleted
+    # (false: a node that only forwards; the PACS keeps the original)
+    keep_received: bool = True
     max_associations: int = bounded(4, 1, 64)  # simultaneous senders
     analysis_attempts: int = bounded(3, 1, 20)  # analyses started for one image (over restarts) before giving up
     store_attempts: int = bounded(5, 1, 100)  # tries to store one image's results at the destination per start
     store_backoff: float = bounded(2.0, 0.0, 600.0)  # seconds before the second try, doubled for each next one
     timeout: float = bounded(30.0, 1.0, 3600.0)  # network timeout (seconds) of associations and HTTP requests
+    # a received object larger than this is refused (Out of Resources): a 2D mammogram is tens of MB; the bound keeps
+    # one sender from filling the disk
+    max_object_mb: float = bounded(512.0, 1.0, 4096.0)
 
 
 @dataclass(frozen=True)

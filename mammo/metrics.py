@@ -6,6 +6,7 @@ report shows the gap. `bootstrap_ci` resamples PATIENTS, not rows: a woman's ima
 """
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import numpy as np
@@ -147,6 +148,19 @@ def bootstrap_ci(metric: Callable, y, p, groups, n: int = 1000, alpha: float = 0
         return point, float("nan"), float("nan")
     lo, hi = np.percentile(stats, [100 * alpha / 2, 100 * (1 - alpha / 2)])
     return point, float(lo), float(hi)
+
+
+def format_ci(entry) -> str:
+    """'value [low, high]' of a bootstrap CI, given as bootstrap_table's dict or bootstrap_ci's (value, low, high);
+    'n/a' when the value is missing or undefined, the value alone when its CI is (too few patients of one class)."""
+    if isinstance(entry, dict):
+        entry = entry["value"], entry["low"], entry["high"]
+    if not isinstance(entry, (list, tuple)) or not math.isfinite(entry[0]):
+        return "n/a"
+    value, low, high = entry
+    if not math.isfinite(low):
+        return f"{value:.3f}"
+    return f"{value:.3f} [{low:.3f}, {high:.3f}]"
 
 
 def bootstrap_table(y, p, groups, threshold, beta: float = 2.0, n: int = 1000, seed: int = 0) -> dict:

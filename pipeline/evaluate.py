@@ -7,7 +7,6 @@ the set being evaluated, which would flatter every threshold-dependent figure.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from mammo import metrics  # noqa: E402
 from mammo.calibration import calibration_report  # noqa: E402
 from mammo.atomic import atomic_path, atomic_write_text  # noqa: E402
 from mammo.errors import MammoError  # noqa: E402
+from mammo.metrics import format_ci  # noqa: E402
 from mammo.froc import FP_RATES, FrocCurve, froc_report, hit_matrix  # noqa: E402
 from pipeline.render import overlay_panel  # noqa: E402
 from pipeline.results import ImageResult, read_results  # noqa: E402
@@ -182,8 +182,8 @@ def plot_reliability(report: dict, y, p, out_dir: Path) -> str:
     top.errorbar(mean_p, rate, yerr=[rate - (centre - half), centre + half - rate], fmt="o-", capsize=3,
                  label="observed (95 % Wilson)")
     top.set(ylabel="observed malignant rate", xlim=(0, 1), ylim=(0, 1),
-            title=f"reliability: ECE {_fmt(report['ece'])}\nBrier {_fmt(report['brier'])}, base rate "
-                  f"{_fmt(report['brier_base_rate'])}")
+            title=f"reliability: ECE {format_ci(report['ece'])}\nBrier {format_ci(report['brier'])}, base rate "
+                  f"{format_ci(report['brier_base_rate'])}")
     top.title.set_fontsize(9)
     top.legend(fontsize=8, loc="upper left")
     bottom.hist([p[y == 0], p[y == 1]], bins=np.linspace(0, 1, 21), stacked=True,
@@ -227,14 +227,6 @@ def gradcam_grid(m: Matched, predictions_dir: Path, threshold: float, out_dir: P
     return path.name
 
 
-def _fmt(entry) -> str:
-    if not isinstance(entry, dict) or not math.isfinite(entry["value"]):
-        return "n/a"
-    if not math.isfinite(entry["low"]):
-        return f"{entry['value']:.3f}"
-    return f"{entry['value']:.3f} [{entry['low']:.3f}, {entry['high']:.3f}]"
-
-
 def metrics_table(report: dict) -> list[str]:
     """Markdown rows: one per level and system, each metric with its CI."""
     names = ["auroc", "aupr", f"f{report['beta']:g}", "sensitivity", "specificity"]
@@ -243,7 +235,7 @@ def metrics_table(report: dict) -> list[str]:
     for level in ("image", "lesion"):
         for system, table in report[level].items():
             lines.append(f"| {level} | {system} | {table['n']} ({table['n_positive']}) | "
-                         + " | ".join(_fmt(table[n]) for n in names) + " |")
+                         + " | ".join(format_ci(table[n]) for n in names) + " |")
     return lines
 
 
@@ -278,8 +270,8 @@ def markdown_report(report: dict) -> str:
     if cal:
         lines += ["", "## Calibration of the image probability", "",
                   "| ECE (10 bins) | Brier | Brier of the base rate | auROC | auPR |", "| --- | --- | --- | --- | --- |",
-                  f"| {_fmt(cal['ece'])} | {_fmt(cal['brier'])} | {_fmt(cal['brier_base_rate'])} | "
-                  f"{_fmt(cal['auroc'])} | {_fmt(cal['aupr'])} |"]
+                  "| " + " | ".join(format_ci(cal[k]) for k in ("ece", "brier", "brier_base_rate", "auroc", "aupr"))
+                  + " |"]
     lines += ["", "Figures: " + ", ".join(f"[{f}]({f})" for f in report["figures"])]
     return "\n".join(lines) + "\n"
 

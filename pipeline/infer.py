@@ -265,13 +265,20 @@ def dicom_outputs(cfg: Config) -> bool:
 
 def dicom_algorithm(models, cfg: Config, threshold: float):
     """Who made the DICOM results: the project's version and a hash of the output fingerprint (models and
-    settings), which every UID derives from: a rerun writes the same UIDs, other models or settings others."""
+    settings), which every UID derives from: a rerun writes the same UIDs, other models or settings others.
+    Made once per run and kept on `models` (a run's images share them; it reads pyproject.toml and hashes the
+    whole fingerprint), again when another config or threshold asks."""
     import hashlib
 
     from pipeline.dicomnode.results import Algorithm, project_version
 
+    cached = getattr(models, "_dicom_algorithm", None)
+    if cached and cached[0] is cfg and cached[1] == threshold:
+        return cached[2]
     fingerprint = json.dumps(output_fingerprint(models, cfg, threshold), sort_keys=True, default=str)
-    return Algorithm(project_version(), hashlib.sha256(fingerprint.encode()).hexdigest())
+    algorithm = Algorithm(project_version(), hashlib.sha256(fingerprint.encode()).hexdigest())
+    models._dicom_algorithm = (cfg, threshold, algorithm)
+    return algorithm
 
 
 def output_fingerprint(models, cfg: Config, threshold: float) -> dict:

@@ -288,3 +288,31 @@ def test_rerun_writes_the_same_uids_and_settings_decide_the_outputs(standin_mode
     from mammo.errors import MammoError  # a folder made without DICOM results is not resumed with them
     with pytest.raises(MammoError, match="pipeline.dicom_out"):
         run(scans, tmp_path / "off", standin_models)
+
+
+def test_the_algorithm_fingerprint_is_made_once_per_run(standin_models, scans, tmp_path, monkeypatch):
+    """Two DICOM inputs, one hash of the output fingerprint (it was made for every image); both images' objects
+    still name the run's fingerprint."""
+    import hashlib
+    import json
+
+    from mammo.config import load_config
+    from mammo.synthetic import synthetic_mammogram
+    from pipeline.dicomnode import results as results_module
+    from pipeline.infer import output_fingerprint
+
+    pixels = np.round(synthetic_mammogram(3, shape=(256, 192), n_lesions=1)[0].pixels * 255).astype(np.uint16)
+    write_dicom(scans / "second.dcm", pixels, bits_stored=8, **study_attributes())
+    calls = []
+    version = results_module.project_version
+    monkeypatch.setattr(results_module, "project_version", lambda: calls.append(1) or version())
+    out = tmp_path / "out"
+    cfg = load_config()
+    from pipeline.infer import run_inference
+    assert run_inference([scans], out, standin_models, cfg, progress=False)["failed"] == 0
+    assert len(calls) == 1
+    fingerprint = json.dumps(output_fingerprint(standin_models, cfg, standin_models.threshold), sort_keys=True,
+                             default=str)
+    expected = Algorithm(version(), hashlib.sha256(fingerprint.encode()).hexdigest()).software_version
+    maps = sorted(out.glob("dicom/*/heatmap_*.dcm"))
+    assert len(maps) == 2 and {pydicom.dcmread(m).SoftwareVersions for m in maps} == {expected}

@@ -169,6 +169,28 @@ def test_a_failed_spool_write_is_answered_with_a_failure_status(standin_models, 
     assert len(events(out, "received")) == 1
 
 
+def test_an_object_over_the_size_limit_is_refused_and_the_next_one_taken(standin_models, tmp_path):
+    """listen.max_object_mb bounds what one C-STORE may leave on the disk: a 2.2 MB image against a 1 MB limit is
+    answered Out of Resources, kept nowhere, and logged without identifiers; a small one on the same association is
+    taken. The limit is checked when the config loads."""
+    rng = np.random.default_rng(0)
+    big = write_dicom(tmp_path / "big.dcm", rng.integers(0, 4096, (1100, 1000), dtype=np.uint16), bits_stored=12,
+                      PatientName="DOE^JANE", PatientID="MRN12345", StudyInstanceUID=generate_uid())
+    assert big.stat().st_size > 2 * 2**20
+    out = tmp_path / "out"
+    with running(listen_config("listen.max_object_mb=1"), standin_models, out) as listener:
+        statuses, _ = send(listener.port, [big, mammogram_dicom(tmp_path / "small.dcm")])
+        assert statuses == [0xA700, 0x0000]
+        wait_for(lambda: events(out, "stored"), what="the small image's analysis")
+    assert len(events(out, "received")) == 1 and len(list((out / "spool").glob("*.dcm"))) == 1
+    (line,) = [line for line in listener.lines if "refused an object of" in line]
+    assert "larger than listen.max_object_mb=1" in line and "MRN12345" not in line and "DOE" not in line
+    assert json.loads((out / STATUS).read_text())["this_start"]["too_large"] == 1
+    for bad in ("0", "5000"):
+        with pytest.raises(Exception, match="listen.max_object_mb"):
+            load_config(overrides=[f"listen.max_object_mb={bad}"])
+
+
 def test_an_unknown_calling_ae_title_is_rejected(standin_models, tmp_path):
     out = tmp_path / "out"
     with running(listen_config(), standin_models, out) as listener:
@@ -332,6 +354,35 @@ def test_a_listener_killed_mid_analysis_resumes_it_at_restart(tmp_path):
     check_forwarded(dest.got, image)
 
 
+@pytest.mark.slow  # two child processes importing torch and keras
+def test_a_listener_that_keeps_nothing_cleans_its_spool_and_a_restart_resumes_what_it_left(tmp_path):
+    """listen.keep_received=false, in a real listener process: an image is deleted from the spool once its results
+    are stored. Killed, it left an image spooled but never journalled and a half-written temporary copy: the next
+    start analyses the image (then deletes it) and removes the temporary file."""
+    out = tmp_path / "out"
+    overrides = ["listen.port=0", f"listen.allowed_calling=[{SENDER}]", "listen.keep_received=false"]
+    proc, port = start_child(out, overrides, slow=False)
+    try:
+        assert send(port, [mammogram_dicom(tmp_path / "a.dcm")])[0] == [0x0000]
+        wait_for(lambda: events(out, "stored"), what="the first image's results", timeout=600)
+        wait_for(lambda: not list((out / "spool").glob("*.dcm")), what="the first image deleted from the spool")
+    finally:
+        proc.kill()
+        proc.wait()
+    spool = out / "spool"
+    mammogram_dicom(spool / "0123456789abcdef.dcm", seed=2)  # copied, then killed before the journal said so
+    (spool / ".fedcba9876543210.x1y2.partial.dcm").write_bytes(b"\0" * 100)  # killed mid-copy
+    proc, port = start_child(out, overrides, slow=False)
+    try:
+        wait_for(lambda: len(events(out, "stored")) == 2, what="the resumed image's results", timeout=600)
+        wait_for(lambda: not any(spool.iterdir()), what="an empty spool")
+        proc.terminate()
+        assert proc.wait(60) == 0
+    finally:
+        proc.kill()
+    assert len(list(out.glob("img_*.json"))) == 2 and len(events(out, "started")) == 2
+
+
 def test_orthanc_sends_a_study_by_c_store_and_gets_the_results_back(orthanc, standin_models, tmp_path):
     """A real PACS: the sample stored into Orthanc is sent to the listener by Orthanc's own C-STORE (REST
     /modalities/<name>/store), and the listener's SR and heatmap object arrive back in Orthanc, in the study,
@@ -393,3 +444,42 @@ def test_results_reach_orthanc_by_stow_rs(orthanc, standin_models, tmp_path):
     found = orthanc.find("Instance", StudyInstanceUID=sent.StudyInstanceUID)
     assert sorted(orthanc.tags(i["ID"])["SOPClassUID"] for i in found) == [
         "1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.88.22"]  # segmentation, Enhanced SR
+
+
+def test_images_the_listener_received_open_in_the_review_app(standin_models, tmp_path):
+    """The listener's folder is a run folder: the review app, under a real server, lists the received images and
+    shows their pixels (tiles and thumbnail decoded from the spooled DICOMs, equal to what was sent) and
+    heatmaps, naming no spool path or patient."""
+    import cv2
+    import requests
+
+    pytest.importorskip("fastapi")
+    from live_server import serving
+    from pipeline.serve.app import create_app
+
+    images = [mammogram_dicom(tmp_path / f"{i}.dcm", seed=i) for i in (1, 2)]
+    out = tmp_path / "out"
+    with running(listen_config(), standin_models, out) as listener:
+        assert send(listener.port, images)[0] == [0x0000] * 2
+        wait_for(lambda: len(events(out, "stored")) == 2, what="both analyses")
+    sent = {pydicom.dcmread(p).SOPInstanceUID: pydicom.dcmread(p).pixel_array for p in images}
+    by_id = {json.loads(p.read_text())["image_id"]: pydicom.dcmread(json.loads(p.read_text())["source"])
+             for p in out.glob("img_*.json")}
+    with serving(create_app([out])) as base:
+        listed = requests.get(f"{base}/api/images", timeout=30).json()["images"]
+        assert sorted(r["image_id"] for r in listed) == sorted(by_id)
+        page = requests.get(base, timeout=30).text
+        for image_id, spooled in by_id.items():
+            assert f'data-href="/view/0/{image_id}"' in page
+            assert requests.get(f"{base}/view/0/{image_id}", timeout=30).status_code == 200
+            info = requests.get(f"{base}/api/images/0/{image_id}", timeout=30).json()
+            assert (info["width"], info["height"]) == (192, 256)
+            tile = requests.get(f"{base}/api/tiles/0/{image_id}/{info['max_level']}/0_0.jpg", timeout=30)
+            assert tile.status_code == 200
+            shown = cv2.imdecode(np.frombuffer(tile.content, np.uint8), cv2.IMREAD_GRAYSCALE).astype(float)
+            original = sent[spooled.SOPInstanceUID].astype(float)
+            assert shown.shape == original.shape and np.corrcoef(shown.ravel(), original.ravel())[0, 1] > 0.99
+            for url in (f"/api/thumb/0/{image_id}.jpg", f"/api/heatmap/0/{image_id}.png"):
+                assert requests.get(base + url, timeout=30).status_code == 200, url
+        said = page + json.dumps(listed)
+        assert str(out / "spool") not in said and "MRN12345" not in said and "DOE" not in said

@@ -132,3 +132,17 @@ def test_bootstrap_table_judges_each_row_at_its_own_threshold():
     assert t["sensitivity"]["value"] == pytest.approx(2 / 3) and t["specificity"]["value"] == pytest.approx(2 / 3)
     assert t["auroc"]["value"] == pytest.approx(M.auroc(y, p))
     assert M.bootstrap_table(y, p, groups, np.full(6, 0.45), n=50) == M.bootstrap_table(y, p, groups, 0.45, n=50)
+
+
+def test_one_ci_format_for_evaluate_and_the_digital_report():
+    """Both reports print a CI through M.format_ci (the digital one had its own twin, which printed an undefined
+    auROC as 'nan [nan, nan]'); bootstrap_table's dict and bootstrap_ci's tuple read the same."""
+    from pipeline import evaluate
+    from pipeline.digital import report
+
+    nan = float("nan")
+    assert evaluate.format_ci is report.format_ci is M.format_ci
+    assert M.format_ci({"value": 0.81234, "low": 0.7, "high": 0.9}) == M.format_ci((0.81234, 0.7, 0.9)) \
+        == "0.812 [0.700, 0.900]"
+    assert M.format_ci((nan, nan, nan)) == M.format_ci(None) == "n/a"
+    assert M.format_ci({"value": 0.5, "low": nan, "high": nan}) == "0.500"

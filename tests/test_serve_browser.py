@@ -3,16 +3,13 @@ through worklist -> viewer -> heatmap -> threshold -> verdict -> CSV export. Ski
 playwright (fails under CI: tests/ci.py)."""
 import mammo.runtime  # noqa: F401  (must stay the first import)
 
-import contextlib
 import csv
 import shutil
-import socket
-import threading
-import time
 from pathlib import Path
 
 import pytest
 from ci import unavailable
+from live_server import serving
 from test_serve import KNOWN, served, write_probable  # noqa: F401  (the module fixture: run folder, models, app)
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -28,33 +25,12 @@ def chromium() -> str:
     return path
 
 
-@contextlib.contextmanager
-def running(app):
-    """`app` under uvicorn on a free port; yields its base URL."""
-    import uvicorn
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    end = time.time() + 30
-    while not server.started and time.time() < end:
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-
-
 @pytest.fixture()
 def live_server(served):  # noqa: F811
     client, run, models, cfg, _ = served
     from pipeline.serve.app import create_app
 
-    with running(create_app([run], models, cfg, models.threshold)) as base:
+    with serving(create_app([run], models, cfg, models.threshold)) as base:
         yield base, run
 
 
@@ -165,7 +141,7 @@ def test_slider_on_the_probability_shows_the_out_of_fold_curve(tmp_path):
     curve = operating_curve(y, np.clip(0.35 * y + rng.uniform(0, 0.65, 200), 0, 1))
     write_probable(run, curve)
     errors = []
-    with running(create_app([run])) as base, playwright.sync_playwright() as p:
+    with serving(create_app([run])) as base, playwright.sync_playwright() as p:
         browser, page = browser_page(p, errors)
         page.goto(base + "/view/0/prob_a")
         page.wait_for_selector("body[data-tiles-loaded='1']", state="attached", timeout=60_000)

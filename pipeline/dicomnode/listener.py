@@ -3,7 +3,9 @@
 Why nothing received is lost:
 1. An association is accepted only from an allowed calling AE title, addressed to our own AE title (anything
    else: A-ASSOCIATE-RJ), on the configured bind address (loopback by default: DICOM has no login).
-2. C-STORE of a mammogram (Modality MG in an image SOP class the reader takes): the data set, as sent, is written
+2. pynetdicom writes each received data set to a temporary file as it arrives (never held whole in memory); one
+   larger than `listen.max_object_mb` is refused with Out of Resources (0xA700), logged without identifiers.
+   C-STORE of a mammogram (Modality MG in an image SOP class the reader takes): the data set, as sent, is copied
    to the spool as `<key>.dcm` (key: a salted hash of its SOP Instance UID, so no name or log line carries a
    patient identifier), fsynced, and journalled, and only then answered Success. If the write fails the answer
    is Out of Resources (0xA700): the sender still has the image and may send it again. Anything else (a CT, an SR,
@@ -17,8 +19,9 @@ Why nothing received is lost:
 The spool is the queue; the journal (`listen_journal.jsonl`: append-only, fsynced, one JSON event a line) says what
 is done. On start every spooled image not yet analysed is analysed, unless `analysis_attempts` analyses of it were
 already started (an image that kills the process must not do so forever; it stays in the spool, reported), and
-every analysed image whose results are not yet stored is stored. Received images stay in the spool: the outputs
-and the review app refer to them.
+every analysed image whose results are not yet stored is stored. Received images stay in the spool (the outputs
+and the review app refer to them) unless `keep_received` is false: then each is deleted once its results are stored
+(also at the next start, after a kill between the two). Temporary files a kill left in the spool are removed at start.
 """
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ import itertools
 import json
 import os
 import queue
+import shutil
 import statistics
 import threading
 import time
@@ -34,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from mammo.atomic import atomic_path, atomic_write_text, folder_lock
+from mammo.atomic import atomic_path, atomic_write_text, folder_lock, remove_stale_partials
 from mammo.config import Config
 from mammo.errors import ConfigError, MammoError
 from pipeline.ids import resolve_salt, salted_hash
@@ -213,12 +217,12 @@ def apply_event(items: dict[str, Item], record: dict) -> Item:
     return item
 
 
-def write_durably(path: Path, data: bytes) -> None:
-    """Atomically, and on the disk (file and folder entry) before returning: a C-STORE is acknowledged after."""
+def write_durably(path: Path, source: Path) -> None:
+    """Copy `source` to `path` atomically, and on the disk (file and folder entry) before returning: a C-STORE is
+    acknowledged after."""
     with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
+        shutil.copyfile(source, tmp)
+        with open(tmp, "rb") as f:
             os.fsync(f.fileno())
     fd = os.open(path.parent, os.O_RDONLY)
     try:
@@ -261,8 +265,8 @@ class Listener:
         self._lock = threading.Lock()  # items, rows, counters and the status file
         self.items: dict[str, Item] = {}
         self.rows: dict[str, dict] = {}  # predictions.csv, by key
-        self.counts = {"received": 0, "skipped": 0, "rejected_associations": 0, "analysed": 0, "failed": 0,
-                       "stored": 0, "store_failures": 0}
+        self.counts = {"received": 0, "skipped": 0, "too_large": 0, "rejected_associations": 0, "analysed": 0,
+                       "failed": 0, "stored": 0, "store_failures": 0}
         self.latencies: list[float] = []  # received -> results stored (at the destination, else in the folder)
         self.analyse_queue: queue.Queue = queue.Queue()
         self.store_queue: queue.Queue = queue.Queue()
@@ -277,6 +281,8 @@ class Listener:
         """Listen until `self.stop` is set; returns the status written to listen_status.json."""
         with folder_lock(self.out):
             self.spool.mkdir(parents=True, exist_ok=True)
+            if removed := remove_stale_partials(self.spool):  # a kill mid-copy: never acknowledged, the sender has it
+                self.log(f"removed {removed} temporary files a stopped listener left in the spool")
             self.threshold, _, self.allocate = prepare_folder(self.out, self.models, self.cfg)
             self._recover()
             workers = [threading.Thread(target=self._analyse_loop, name="listen-analyse", daemon=True),
@@ -301,8 +307,12 @@ class Listener:
         return status
 
     def _start_server(self):
-        from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+        from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
         from pynetdicom.sop_class import Verification
+
+        # a received data set goes to a temporary file as it arrives (event.dataset_path), not into memory: its
+        # size is checked there before anything reads it (a process-wide setting; event.dataset still works)
+        _config.STORE_RECV_CHUNKED_DATASET = True
 
         ae = AE(ae_title=self.lc.ae_title)
         ae.require_calling_aet = list(self.lc.allowed_calling)
@@ -337,6 +347,8 @@ class Listener:
                 if self.destination and not item.stored:
                     self.store_queue.put(item.key)
                     stores += 1
+                elif item.stored and not self.lc.keep_received:  # killed before it was deleted
+                    self._spooled(item.key).unlink(missing_ok=True)
             elif not self._spooled(item.key).is_file():
                 self.log(f"{item.key}: journalled but not in the spool {self.spool}; not analysed")
             elif item.starts < self.lc.analysis_attempts:
@@ -362,16 +374,27 @@ class Listener:
                  f"{event.assoc.requestor.address} (calling AE title not allowed, or called AE title not ours)")
 
     def _on_store(self, event) -> int:
+        import pydicom
+
         received = time.time()
         sender = event.assoc.requestor.ae_title
+        uid = str(event.request.AffectedSOPInstanceUID)
+        key = salted_hash(uid, self.salt, 16)
+        received_file = event.dataset_path  # deleted by pynetdicom once this handler returns
+        size = received_file.stat().st_size
+        if size > self.lc.max_object_mb * 2**20:  # refused before anything reads it
+            with self._lock:
+                self.counts["too_large"] += 1
+            self.log(f"{key}: refused an object of {size / 2**20:.1f} MB from {sender}, larger than "
+                     f"listen.max_object_mb={self.lc.max_object_mb:g}; answered Out of Resources")
+            return OUT_OF_RESOURCES
         try:
-            uid = str(event.request.AffectedSOPInstanceUID)
             sop_class = str(event.request.AffectedSOPClassUID)
-            modality = str(event.dataset.get("Modality", "") or "").strip().upper()
+            header = pydicom.dcmread(received_file, stop_before_pixels=True)
+            modality = str(header.get("Modality", "") or "").strip().upper()
         except Exception as exc:  # a data set that does not decode: the sender is told, nothing is kept
             self.log(f"refused an object from {sender}: its data set does not decode ({type(exc).__name__})")
             return CANNOT_UNDERSTAND
-        key = salted_hash(uid, self.salt, 16)
         reason = not_a_mammogram(sop_class, modality)
         if reason:
             record = self.journal.append("skipped", key, reason=reason, sender=sender)
@@ -382,7 +405,7 @@ class Listener:
             self._write_status()
             return SUCCESS
         try:
-            write_durably(self._spooled(key), event.encoded_dataset())
+            write_durably(self._spooled(key), received_file)
             record = self.journal.append("received", key, sender=sender, t_received=round(received, 3))
         except OSError as exc:
             self.log(f"{key}: could not be spooled ({type(exc).__name__}: {exc}); answered Out of Resources")
@@ -479,6 +502,8 @@ class Listener:
             self.counts["stored"] += 1
             latency = time.time() - item.received
             self.latencies.append(latency)
+        if not self.lc.keep_received:  # its results are in the folder (and at the destination): done with it
+            self._spooled(key).unlink(missing_ok=True)
         where = self.destination or "the output folder"
         self.log(f"{key}: results stored ({where}), {latency:.1f} s after it was received")
         self._write_status()

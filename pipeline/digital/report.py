@@ -11,17 +11,10 @@ import numpy as np
 
 from mammo.atomic import atomic_path, atomic_write_text
 from mammo.imaging import read_mammogram
+from mammo.metrics import format_ci
 
 SHEET_PER_GROUP = 6
 SHEET_TILE = 220
-
-
-def _fmt(entry) -> str:
-    if isinstance(entry, dict):
-        return f"{entry['value']:.3f} [{entry['low']:.3f}, {entry['high']:.3f}]"
-    if isinstance(entry, (list, tuple)):
-        return f"{entry[0]:.3f} [{entry[1]:.3f}, {entry[2]:.3f}]"
-    return f"{entry:.3f}"
 
 
 def metrics_markdown(summary: dict) -> str:
@@ -32,13 +25,13 @@ def metrics_markdown(summary: dict) -> str:
              "95 % CIs from a bootstrap over women. Cross-fitted: each fold calibrated and thresholded by what the "
              "other folds chose.", "",
              "| figure | value |", "| --- | --- |",
-             f"| auROC (image logit, pooled out of fold) | {_fmt(f['logit_auroc'])} |",
-             f"| auROC / auPR (cross-fitted probability) | {_fmt(cf['auroc'])} / {_fmt(cf['aupr'])} |",
-             f"| sensitivity / specificity at each fold's threshold | {_fmt(cf['sensitivity'])} / "
-             f"{_fmt(cf['specificity'])} |",
+             f"| auROC (image logit, pooled out of fold) | {format_ci(f['logit_auroc'])} |",
+             f"| auROC / auPR (cross-fitted probability) | {format_ci(cf['auroc'])} / {format_ci(cf['aupr'])} |",
+             f"| sensitivity / specificity at each fold's threshold | {format_ci(cf['sensitivity'])} / "
+             f"{format_ci(cf['specificity'])} |",
              f"| sensitivity at specificity 0.8 (pooled logits) | {f['sensitivity_at_specificity_0.8']:.3f} |",
-             f"| ECE / Brier / Brier of the base rate | {_fmt(prob['ece'])} / {_fmt(prob['brier'])} / "
-             f"{_fmt(prob['brier_base_rate'])} |",
+             f"| ECE / Brier / Brier of the base rate | {format_ci(prob['ece'])} / {format_ci(prob['brier'])} / "
+             f"{format_ci(prob['brier_base_rate'])} |",
              f"| per-fold auROC (mean {f['per_fold']['mean_auroc']:.3f}) | "
              + ", ".join(f"{v['auroc']:.3f} ({v['chosen']})" for k, v in f["per_fold"].items()
                          if k != "mean_auroc") + " |", "",
