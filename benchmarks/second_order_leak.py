@@ -1,7 +1,7 @@
 """How much the cross-fitted figures of a digital-cv run flatter themselves: cross-fitted vs fully nested choice of
 calibration and threshold, on the same out-of-fold scores.
 
-    python benchmarks/second_order_leak.py --run runs/ffdm-cv [--out docs/cv/ffdm-k5/second_order_leak.json]
+    python benchmarks/second_order_leak.py --run runs/ffdm-cv [--out docs/cv/ffdm-k5-as-read/second_order_leak.json]
 
 Cross-fitting chooses fold k's calibration and threshold on the other folds' out-of-fold scores, but those were
 made by models trained on fold k: fold k's labels reach its own operating point at second order. Nesting removes
@@ -63,7 +63,7 @@ def main() -> None:
     if [r.image_id for r in records] != oof["image_id"]:
         raise SystemExit(f"{run}: its summary.json holds other images than the config's data section")
     y, fold = np.array(oof["label"]), np.array(oof["fold"])
-    women = np.array(oof["woman"])
+    women = np.array([r.patient_id for r in records])  # as digital-cv had them: its calibration groups hash them
     logits = np.array(oof["logit"])
     feats = pool_grid(extract_features(records, cfg, run / "features"), cfg.global_branch.grid)
     t0 = time.perf_counter()
