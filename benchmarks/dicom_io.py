@@ -7,8 +7,8 @@ grayscale conversion alone; then the writing of one image's outputs with one les
 the three-panel figure's rendering, and the PNG encoding of the heatmap and of the figure with OpenCV's default
 settings and at each `--levels` (cv2.IMWRITE_PNG_COMPRESSION), with the file sizes. Medians over images x
 repeats of the wall time and of the process CPU time (all threads): on the shared 2-core machine the wall time
-follows the load, printed beside the figures. The SHA-256 of the read pixels is printed so that two checkouts
-can be compared bit for bit (`git archive COMMIT | tar -x -C /tmp/old`, then `--tree /tmp/old`).
+follows the load, printed beside the figures. The SHA-256 of the read pixels and of the figure are printed so
+that two checkouts can be compared bit for bit (`git archive COMMIT | tar -x -C /tmp/old`, then `--tree /tmp/old`).
 """
 import argparse
 import hashlib
@@ -75,8 +75,8 @@ def main() -> None:
         params = dicom.grayscale_params(ds)
         walls, cpus, _ = timed(lambda: dicom.to_display(stored, params), repeats)
         add("  grayscale conversion", walls, cpus)
-        print(f"{Path(path).name}: {rows} x {cols}, pixels sha256 {hashlib.sha256(m.pixels.tobytes()).hexdigest()[:16]}",
-              flush=True)
+        digest = hashlib.sha256(m.pixels.tobytes()).hexdigest()[:16]
+        print(f"{Path(path).name}: {rows} x {cols}, pixels sha256 {digest}", flush=True)
         last = m
     print(f"read, median over {len(stages['read_dicom'][0])} reads (load average now {os.getloadavg()[0]:.1f}):")
     for name, (walls, cpus) in stages.items():
@@ -99,7 +99,8 @@ def main() -> None:
     reps = repeats * 3
     print(f"write, median over {reps} (load average now {os.getloadavg()[0]:.1f}):")
     walls, cpus, fig = timed(figure, reps)
-    print(row("render three-panel figure", walls, cpus, f"   {fig.shape[1]} x {fig.shape[0]}"))
+    print(row("render three-panel figure", walls, cpus, f"   {fig.shape[1]} x {fig.shape[0]}, sha256 "
+                                                        f"{hashlib.sha256(fig.tobytes()).hexdigest()[:16]}"))
     heat16 = canvas.as_uint16()
     for name, image in (("heatmap", heat16), ("figure", fig)):
         for level in [None] + list(args.levels):

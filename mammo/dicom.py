@@ -538,7 +538,7 @@ def _rle_decode(segment, size: int) -> np.ndarray:
     of padding allowed) and never more. imagecodecs' decoder (C) stops with OUTPUT_TOO_SMALL where the output is
     full and the data go on, and with INPUT_CORRUPT where a run is cut short; it skips the zero byte that pads a
     segment to an even length (PS3.5 G.5). Raises RleLengthError otherwise."""
-    from imagecodecs import PackbitsError, packbits_decode  # a requirement: one bounded pass, 3-5x pylibjpeg-rle
+    from imagecodecs import PackbitsError, packbits_decode  # a requirement: one bounded pass in C
 
     out = np.empty(size + 1, np.uint8)
     try:
