@@ -122,8 +122,14 @@ def three_panels(image: np.ndarray, heat: np.ndarray, boxes, labels, threshold_t
     heat_bgr = colorize(heat_small)
     cam = cv2.addWeighted(base, 1 - HEAT_ALPHA, heat_bgr, HEAT_ALPHA, 0)  # the anatomy under the whole map
     # Overlay: blend only where the map says something, so the anatomy stays readable elsewhere.
-    alpha = (0.55 * heat_small)[..., None]
-    overlay = (base * (1 - alpha) + heat_bgr * alpha).astype(np.uint8)
+    # Where the map is 0 the blend is the image itself, exactly: blended only in the box around the map's nonzero
+    # pixels (a lesion's footprint: the float64 blend of the whole panel was a fifth of the figure's rendering).
+    overlay = base.copy()
+    rows, cols = np.flatnonzero(heat_small.any(axis=1)), np.flatnonzero(heat_small.any(axis=0))
+    if len(rows):
+        window = np.s_[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+        alpha = (0.55 * heat_small[window])[..., None]
+        overlay[window] = (base[window] * (1 - alpha) + heat_bgr[window] * alpha).astype(np.uint8)
     for i, (box, label) in enumerate(zip(boxes, labels), start=1):
         x1, y1, x2, y2 = (int(round(v * s)) for v in box)
         (dashed_rectangle if dashed[i - 1] else cv2.rectangle)(overlay, (x1, y1), (x2, y2), (255, 255, 255), 2)

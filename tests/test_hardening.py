@@ -371,6 +371,70 @@ def test_jpeg_family_codestream_that_disagrees_with_the_header_is_refused(tmp_pa
     assert str(path) in str(err.value) and "before decoding" in str(err.value)
 
 
+@pytest.mark.parametrize("segment, size", [
+    (b"\x03\x01\x02\x03\x04", 4),  # one literal run
+    (b"\xfd\x07", 4),  # one replicate run: 257 - 0xfd = 4 bytes
+    (b"\x01\x05\x06\xfe\x07\x80\x00\x09", 6),  # literal, replicate, no-op (0x80), literal of one byte
+    (b"\x02\x01\x02\x03\x00", 3),  # odd length: the zero byte that pads a segment to an even length
+    (b"\xfc\x07", 4),  # a replicate run one byte past the end (a padded row): allowed
+    (b"\x04\x01\x02\x03\x04\x05", 4),  # a literal run one byte past the end: allowed
+])
+def test_rle_segment_decodes_as_pydicoms_reference_decoder(segment, size):
+    from pydicom.pixels.decoders.rle import _rle_decode_segment  # pure Python: the reference, unbounded
+
+    from mammo.dicom import _rle_decode
+
+    expected = np.frombuffer(bytes(_rle_decode_segment(segment))[:size], np.uint8)
+    np.testing.assert_array_equal(_rle_decode(segment, size), expected)
+
+
+@pytest.mark.parametrize("segment, size, more", [
+    (b"\xfb\x07", 4, True),  # a replicate run two bytes past the end
+    (b"\x03\x01\x02\x03\x04\x81\x00", 4, True),  # 128 more bytes after a complete segment
+    (b"\x03\x01\x02\x03\x04", 6, False),  # ends two bytes early
+    (b"\x05\x01\x02", 2, False),  # a literal run cut short (after enough bytes: still damaged data)
+    (b"\x01\x01\x02\xfe", 2, False),  # a replicate run without its byte
+])
+def test_rle_segment_of_another_length_or_damaged_is_refused(segment, size, more):
+    from mammo.dicom import RleLengthError, _rle_decode
+
+    with pytest.raises(RleLengthError) as err:
+        _rle_decode(segment, size)
+    assert err.value.more is more
+
+
+def test_rle_decoding_equals_pydicoms_reference_on_random_segments():
+    """Well-formed random segments (literal, replicate and no-op runs, zero pad) against pydicom's unbounded
+    decoder: the same bytes when the segment holds `size` bytes (or one more), refused otherwise."""
+    import random
+
+    from pydicom.pixels.decoders.rle import _rle_decode_segment
+
+    from mammo.dicom import RleLengthError, _rle_decode
+
+    rng = random.Random(22)
+    for _ in range(3000):
+        segment = bytearray()
+        for _ in range(rng.randint(1, 8)):
+            kind, n = rng.random(), rng.randint(1, 128)
+            if kind < 0.45:
+                segment += bytes([n - 1]) + rng.randbytes(n)
+            elif kind < 0.9 and n > 1:
+                segment += bytes([257 - n, rng.randrange(256)])
+            else:
+                segment += b"\x80"
+        if len(segment) % 2:
+            segment += b"\x00"
+        full = bytes(_rle_decode_segment(bytes(segment)))
+        size = max(1, len(full) + rng.randint(-3, 2))
+        if size <= len(full) <= size + 1:
+            np.testing.assert_array_equal(_rle_decode(bytes(segment), size), np.frombuffer(full[:size], np.uint8))
+        else:
+            with pytest.raises(RleLengthError) as err:
+                _rle_decode(bytes(segment), size)
+            assert err.value.more is (len(full) > size + 1)
+
+
 def black_rgb_png_with_a_bad_crc(path: Path, side: int) -> Path:
     """A side x side black RGB PNG (8000: about 200 KB) whose tEXt chunk has a wrong CRC: Pillow cannot read its
     header, OpenCV decodes it anyway."""

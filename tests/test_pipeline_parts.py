@@ -354,6 +354,29 @@ def test_overlay_draws_the_scoring_box_solid_and_other_findings_dashed():
     assert (plain[500, 120:280].min(axis=1) > 200).all()  # without `dashed`, every box solid as before
 
 
+def test_overlay_blend_only_around_the_map_equals_the_whole_panel_blend():
+    """The overlay panel is blended only in the box around the map's nonzero pixels: bit for bit the blend of the
+    whole panel (where the map is 0 the blend is the image itself), with a blob, with nothing, with a map at the
+    panel's edge."""
+    import cv2
+
+    from pipeline.render import PANEL_HEIGHT, _to_bgr, colorize, overlay_panel, three_panels
+
+    rng = np.random.default_rng(22)
+    image = rng.random((PANEL_HEIGHT * 2, 1200)).astype(np.float32)
+    yy, xx = np.mgrid[0:512, 0:300]
+    blob = np.exp(-(((yy - 200) / 30.0) ** 2 + ((xx - 150) / 30.0) ** 2)).astype(np.float32)
+    edge = np.zeros((512, 300), np.float32)
+    edge[-40:, -20:] = 0.7
+    for heat in (blob * (blob > 1e-3), np.zeros((512, 300), np.float32), edge):
+        size = (600, PANEL_HEIGHT)
+        base = _to_bgr(cv2.resize(image, size, interpolation=cv2.INTER_AREA))
+        heat_small = np.clip(cv2.resize(heat, size, interpolation=cv2.INTER_LINEAR), 0, 1)
+        alpha = (0.55 * heat_small)[..., None]
+        whole = (base * (1 - alpha) + colorize(heat_small) * alpha).astype(np.uint8)
+        np.testing.assert_array_equal(overlay_panel(three_panels(image, heat, [], [])), whole)
+
+
 def test_json_decision_stays_consistent_at_the_threshold(tmp_path):
     """A score a hair above the threshold must still read back as above it (no rounding of either)."""
     score, threshold = 0.99999403, 0.99999355
