@@ -1,20 +1,17 @@
-"""The shipped classifier exported to ONNX and run with onnxruntime, against the default torch-backend path
-(classifier/backends.py): import time, per-batch times, and the largest differences of predictions and Grad-CAM.
+"""The shipped classifier exported to ONNX and run with onnxruntime (classifier.inference_backend=onnx), against
+the torch-backend path (classifier/backends.py): import time, per-batch times, and the largest differences of
+predictions and Grad-CAM.
 
-    pip install onnxruntime tf2onnx     # measurement only: neither is in requirements.txt
+    pip install -r requirements-export.txt     # tf2onnx, for the export step
     python benchmarks/onnx_classifier.py [--model weights/classifier/model.keras] [--batches 1 10 32] [--repeats 5]
 
 Each part runs in a fresh child process, so the import times are cold-process figures (torch is imported before
 the clock starts in both, as in `infer`, where the detector has loaded it already):
-1. export (TensorFlow backend, tf2onnx): two graphs, the forward pass, and the pass with Grad-CAM. ONNX Runtime
-   has no gradients at inference (onnxruntime-training is a separate build) and tf2onnx cannot convert the
-   gradient tape's ops (StridedSliceGrad, DynamicStitch). The shipped head after the Grad-CAM feature map is
-   global average pooling, dropout (identity at inference) and one dense unit, so d logit / d map is that unit's
-   kernel / (h * w), the same for every crop: the exported pass computes the map from the kept feature map with
-   those constant weights. Exact for this head only; another head would need a gradient graph.
+1. export: classifier/export_onnx.py on a copy of the model (one graph, both outputs; why Grad-CAM needs no
+   gradient there is said in that module).
 2. torch: `MalignancyClassifier.load` and its backend's warm-up (the torch.jit trace), then `forward` and
    `predict_and_gradcam` per batch size, on crops of the sample DICOMs.
-3. onnx: `import onnxruntime`, two sessions, the same batches.
+3. onnx: `import classifier.onnx_backend` (onnxruntime), one session, the same batches.
 The load average is printed beside every timing (a shared 2-core machine: compare figures of one run).
 """
 import argparse
@@ -50,57 +47,15 @@ def timed_batches(run, crops, batches, repeats) -> dict:
 
 
 def child_export(model_path: Path, out: Path) -> dict:
-    import mammo.runtime as runtime
+    """classifier/export_onnx.py on a copy of the model (it writes classifier.onnx beside model.keras)."""
+    import shutil
 
-    runtime.use_keras_backend("tensorflow")
-    import keras
-    import numpy as np
-    import tensorflow as tf
-    import tf2onnx
+    from classifier.export_onnx import export_onnx
 
-    from classifier.backends import backend_for
-
-    model = keras.models.load_model(model_path, compile=False)
-    backend = backend_for(model, "gradcam")
-    head = [layer.name for layer in model.layers[[l.name for l in model.layers].index(backend.target_layer[0]) + 1:]]
-    kernel = model.get_layer("logit").kernel
-    if head != ["gap", "head_dropout", "logit", "malignancy"] or kernel.shape[1] != 1:
-        raise SystemExit(f"the head after the feature map is {head}: the constant-gradient Grad-CAM does not apply")
-    spec = [tf.TensorSpec((None,) + backend.input_shape, tf.float32, name="crops")]
-
-    def with_gradcam(x):
-        captured: dict = {}
-        from classifier.gradcam import run_capturing
-
-        probs = run_capturing(model, x, backend.target_layer, captured, lambda acts: acts)
-        acts = captured["activations"]
-        h, w = acts.shape[1], acts.shape[2]
-        grads = tf.broadcast_to(tf.reshape(kernel[:, 0] / (h * w), (1, 1, 1, -1)), tf.shape(acts))
-        return probs[:, 0], backend._maps(acts, grads)
-
-    import onnx
-    from onnx import numpy_helper
-
-    # Traced layer by layer (run_capturing), the Normalization layer's mean and variance come out of tf2onnx as
-    # graph inputs instead of constants: they become initializers again, with the layer's own values.
-    norm = model.get_layer("imagenet_norm")
-    constants = {"Sub/y": np.asarray(norm.mean, np.float32), "Sqrt/x": np.asarray(norm.variance, np.float32)}
-    seconds = {}
-    for name, fn in (("forward", lambda x: model(x, training=False)), ("gradcam", with_gradcam)):
-        t = time.perf_counter()
-        proto, _ = tf2onnx.convert.from_function(tf.function(fn, input_signature=spec), input_signature=spec,
-                                                 opset=17)
-        for graph_input in [i for i in proto.graph.input if i.name != "crops"]:
-            key = next((k for k in constants if k in graph_input.name), None)
-            if key is None:
-                raise SystemExit(f"unexpected graph input {graph_input.name} in the exported {name} graph")
-            dims = [d.dim_value for d in graph_input.type.tensor_type.shape.dim]
-            value = constants[key].reshape(dims) if dims and all(dims) else constants[key]
-            proto.graph.initializer.append(numpy_helper.from_array(value, graph_input.name))
-            proto.graph.input.remove(graph_input)
-        onnx.save(proto, str(out / f"{name}.onnx"))
-        seconds[name] = time.perf_counter() - t
-    return {"export_seconds": seconds, "load": os.getloadavg()[0]}
+    shutil.copyfile(model_path, out / "model.keras")
+    t = time.perf_counter()
+    export_onnx(out)
+    return {"export_seconds": time.perf_counter() - t, "load": os.getloadavg()[0]}
 
 
 def sample_crops(n: int):
@@ -156,26 +111,19 @@ def child_torch(model_path: Path, out: Path, batches, repeats) -> dict:
 def child_onnx(out: Path, batches, repeats) -> dict:
     import numpy as np
 
-    import mammo.runtime as runtime
-
     t = time.perf_counter()
-    import onnxruntime as ort
+    from classifier.onnx_backend import OnnxBackend
     imported = time.perf_counter() - t
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = runtime.default_threads()
     t = time.perf_counter()
-    sessions = {name: ort.InferenceSession(str(out / f"{name}.onnx"), options, providers=["CPUExecutionProvider"])
-                for name in ("forward", "gradcam")}
+    backend = OnnxBackend(out / "classifier.onnx")
     loaded = time.perf_counter() - t
     x = np.load(out / "crops.npy")
-    probs, maps = sessions["gradcam"].run(None, {"crops": x})
-    forward = sessions["forward"].run(None, {"crops": x})[0]
+    probs, maps = backend.predict_and_gradcam(x)
     np.save(out / "onnx_probs.npy", probs)
     np.save(out / "onnx_maps.npy", maps)
-    np.save(out / "onnx_forward.npy", forward)
+    # one graph gives both outputs: the forward pass costs what the pass with Grad-CAM does
     return {"import": imported, "load": loaded,
-            "forward": timed_batches(lambda b: sessions["forward"].run(None, {"crops": b}), x, batches, repeats),
-            "gradcam": timed_batches(lambda b: sessions["gradcam"].run(None, {"crops": b}), x, batches, repeats)}
+            "gradcam": timed_batches(backend.predict_and_gradcam, x, batches, repeats)}
 
 
 def run_child(part: str, args, out: Path) -> dict:
@@ -218,22 +166,18 @@ def main() -> None:
         onnx_r = run_child("onnx", args, out)
         diffs = {name: float(np.abs(np.load(out / f"onnx_{name}.npy") - np.load(out / f"torch_{name}.npy")).max())
                  for name in ("probs", "maps")}
-        forward_diff = float(np.abs(np.load(out / "onnx_forward.npy")[:, 0] - np.load(out / "torch_probs.npy")).max())
-    print(f"\nexport (tf2onnx, once): forward {export['export_seconds']['forward']:.0f} s, with Grad-CAM "
-          f"{export['export_seconds']['gradcam']:.0f} s ({load()})")
+    print(f"\nexport (classifier/export_onnx.py, once): {export['export_seconds']:.0f} s ({load()})")
     failed = f"; trace failed: {torch_r['trace_error']}" if torch_r["trace_error"] else ""
     print(f"torch path: import keras + classifier {torch_r['import']:.2f} s, load {torch_r['load']:.2f} s, "
           f"warm-up (trace) {torch_r['warmup']:.2f} s{failed}")
-    print(f"onnx path:  import onnxruntime {onnx_r['import']:.2f} s, two sessions {onnx_r['load']:.2f} s")
+    print(f"onnx path:  import onnxruntime {onnx_r['import']:.2f} s, session {onnx_r['load']:.2f} s")
     print("per batch, median (load average at the batch):")
-    print(f"{'batch':>6} {'torch forward':>16} {'onnx forward':>16} {'torch + Grad-CAM':>18} {'onnx + Grad-CAM':>18}")
+    print(f"{'batch':>6} {'torch forward':>16} {'torch + Grad-CAM':>18} {'onnx, both outputs':>20}")
     for n in args.batches:
-        cells = [torch_r["forward"][str(n)], onnx_r["forward"][str(n)], torch_r["gradcam"][str(n)],
-                 onnx_r["gradcam"][str(n)]]
-        print(f"{n:>6} " + " ".join(f"{s * 1e3:9.1f} ms ({l:.1f})".rjust(w)
-                                    for (s, l), w in zip(cells, (16, 16, 18, 18))))
-    print(f"max |difference| onnx - torch on {max(args.batches)} sample crops: predictions {diffs['probs']:.2e} "
-          f"(forward graph {forward_diff:.2e}), Grad-CAM maps {diffs['maps']:.2e}")
+        cells = [torch_r["forward"][str(n)], torch_r["gradcam"][str(n)], onnx_r["gradcam"][str(n)]]
+        print(f"{n:>6} " + " ".join(f"{s * 1e3:9.1f} ms ({l:.1f})".rjust(w) for (s, l), w in zip(cells, (16, 18, 20))))
+    print(f"max |difference| onnx - torch on {max(args.batches)} sample crops: predictions {diffs['probs']:.2e}, "
+          f"Grad-CAM maps {diffs['maps']:.2e}")
     print(load())
 
 

@@ -1,4 +1,4 @@
-"""Command line of the classifier stage: `python -m classifier {train,predict,crops} --help`."""
+"""Command line of the classifier stage: `python -m classifier {train,predict,crops,export-onnx} --help`."""
 import mammo.runtime  # noqa: F401  (must stay the first import)
 
 import argparse
@@ -33,6 +33,8 @@ examples:
   python -m classifier weights install
   python -m classifier train --config configs/mias.yaml classifier.backbone=mobilenet_v2 \\
       classifier.weights=imagenet-offline classifier.frozen_epochs=5 classifier.fine_tune_fraction=0.3
+  # the graph classifier.inference_backend=onnx runs (pip install -r requirements-export.txt first)
+  python -m classifier export-onnx weights/classifier
 """
 
 
@@ -40,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser, sub = command_parser("python -m classifier", __doc__, EXAMPLES)
     sub.add_parser("weights", help="install / check the offline ImageNet MobileNetV2 weights (weights install|status)",
                    add_help=False)  # its own small command line (mammo.weights_store.cli), dispatched in main
+    sub.add_parser("export-onnx", help="write classifier.onnx beside MODEL_DIR/model.keras for "
+                   "classifier.inference_backend=onnx", add_help=False)  # classifier.export_onnx.cli, as above
 
     def add(name, func, help_text):
         p = add_command(sub, name, func, help_text, EXAMPLES, "config overrides, e.g. classifier.epochs=5")
@@ -97,7 +101,7 @@ def cmd_predict(cfg, run_dir: Path, args) -> int:
 
     model = args.model or mammo.runtime.RUN_ROOT / "classifier" / "train" / cfg.run.name
     mammo.runtime.keras_backend_for_inference(cfg.classifier.inference_backend)  # inference only: torch spares TensorFlow
-    clf = MalignancyClassifier.load(model, cfg.run.threads)
+    clf = MalignancyClassifier.load(model, cfg.run.threads, cfg.classifier.inference_backend == "onnx")
     s = clf.input_size
     rows, crops = [], []
     if args.crops:
@@ -136,6 +140,10 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["weights"]:  # the offline weights store has its own small command line
         from mammo.weights_store import cli
+
+        return cli(argv[1:])
+    if argv[:1] == ["export-onnx"]:  # no run folder, no config: one file written beside model.keras
+        from classifier.export_onnx import cli
 
         return cli(argv[1:])
 

@@ -17,13 +17,12 @@ from typing import Callable
 import keras
 import numpy as np
 
+from classifier.batching import BatchedBackend
 from classifier.gradcam import METHODS, default_target, find_target_layer, maps_from, run_capturing
 
 
-class InferenceBackend:
+class InferenceBackend(BatchedBackend):
     """forward / predict_and_gradcam on numpy crops [N, S, S(, 1)] in batches; subclasses run one batch."""
-
-    name = ""
 
     def __init__(self, model: keras.Model, method: str = "gradcam", target_layer=None,
                  target: Callable | None = None, batch_size: int = 32):
@@ -38,42 +37,8 @@ class InferenceBackend:
         self.target = target or default_target
         self.batch_size = batch_size
 
-    def _batch(self, x: np.ndarray) -> np.ndarray:
-        x = np.asarray(x, dtype=np.float32)
-        if x.ndim == 3:
-            x = x[..., None]
-        if x.shape[1:] != self.input_shape:
-            raise ValueError(f"crops of shape {x.shape[1:]} but the model takes {self.input_shape}")
-        return x
-
-    def forward(self, x: np.ndarray) -> np.ndarray:
-        """The network alone on prepared crops -> [N, 1] sigmoid outputs (no gradient kept)."""
-        x = self._batch(x)
-        out = [self._forward(x[i:i + self.batch_size]) for i in range(0, len(x), self.batch_size)]
-        return np.concatenate(out) if out else np.zeros((0, 1), np.float32)
-
-    def predict_and_gradcam(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Prepared crops -> (sigmoid outputs [N], Grad-CAM maps [N, S, S] float32 in [0, 1])."""
-        x = self._batch(x)
-        pairs = [self._pass(x[i:i + self.batch_size]) for i in range(0, len(x), self.batch_size)]
-        if not pairs:
-            return np.zeros(0, np.float32), np.zeros((0,) + self.input_shape[:2], np.float32)
-        return np.concatenate([p for p, _ in pairs]), np.concatenate([m for _, m in pairs])
-
-    def warmup(self) -> None:
-        """Whatever the backend builds once (graphs, a trace), now, on blank crops rather than on an image."""
-        blank = np.zeros((1,) + self.input_shape, np.float32)
-        self.forward(blank)
-        self.predict_and_gradcam(blank)
-
     def _maps(self, acts, grads):
         return maps_from(acts, grads, self.channel_weights, self.input_shape[:2])
-
-    def _forward(self, x: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
-
-    def _pass(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        raise NotImplementedError
 
 
 class TorchBackend(InferenceBackend):

@@ -10,6 +10,7 @@ probabilities, Grad-CAM maps at crop resolution.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,10 +26,11 @@ from classifier.data import prepare
 
 class MalignancyClassifier:
     def __init__(self, model, calibrator: Calibrator, *, context_margin: float, threshold: float = 0.5,
-                 clahe: tuple[float, int] | None = None, source: str = ""):
-        self.model = model
+                 clahe: tuple[float, int] | None = None, source: str = "", onnx=None):
+        self.model = model  # None with `onnx` until a method the graph lacks asks for it (keras loaded then)
+        self.onnx = onnx  # classifier/onnx_backend.OnnxBackend: plain Grad-CAM and the forward pass, no keras
         self.calibrator = calibrator
-        self.input_size = int(model.inputs[0].shape[1])
+        self.input_size = int(onnx.input_shape[0] if onnx is not None else model.inputs[0].shape[1])
         self.context_margin = float(context_margin)
         self.threshold = float(threshold)  # F-beta operating point chosen on validation
         self.clahe = tuple(clahe) if clahe else None  # (clip limit, tile grid) of training, or None
@@ -36,25 +38,28 @@ class MalignancyClassifier:
         self._backends: dict = {}
 
     @classmethod
-    def load(cls, path, threads: int | None = None) -> "MalignancyClassifier":
+    def load(cls, path, threads: int | None = None, onnx: bool = False) -> "MalignancyClassifier":
         """From a training run folder (model.keras + calibration.json) or a .keras file (with a
-        calibration.json beside it, else uncalibrated with the default context margin)."""
+        calibration.json beside it, else uncalibrated with the default context margin). onnx: the exported
+        graph beside it when it can stand in (classifier/onnx_backend.open_onnx), else keras as below."""
         path = Path(path)
         model_path = path / "model.keras" if path.is_dir() else path
         if not model_path.is_file():
             raise WeightsError(model_path, "no trained classifier here (train one with `python -m classifier "
                                            "train`, or pass a run folder that has model.keras)")
-        import keras  # on the backend mammo.runtime.use_keras_backend chose (TensorFlow unless told otherwise)
+        graph = None
+        if onnx:
+            from classifier.onnx_backend import open_onnx
 
-        runtime.configure_keras(threads)
-        model = keras.models.load_model(model_path, compile=False)
+            graph = open_onnx(model_path.parent, threads)
+        model = None if graph is not None else _load_keras(model_path, threads)
         info_path = model_path.parent / "calibration.json"
         info = json.loads(info_path.read_text()) if info_path.is_file() else {}
         from mammo.config import ClassifierConfig
 
         return cls(model, Calibrator.from_dict(info), context_margin=info.get("context_margin",
                    ClassifierConfig.context_margin), threshold=info.get("threshold", 0.5),
-                   clahe=_clahe_of(info.get("clahe")), source=str(model_path))
+                   clahe=_clahe_of(info.get("clahe")), source=str(model_path), onnx=graph)
 
     @property
     def calibrated(self) -> bool:
@@ -80,6 +85,11 @@ class MalignancyClassifier:
     # --- scores and maps ------------------------------------------------------------------------------------
     def backend(self, method: str = "gradcam"):
         """The forward pass and Grad-CAM on the framework keras runs on (classifier/backends.py), per method."""
+        if self.onnx is not None and method == "gradcam":
+            return self.onnx
+        if self.model is None:  # e.g. gradcam++ under onnx: the graph holds plain Grad-CAM only
+            print(f"note: {method} is not in classifier.onnx; it runs on keras ({self.source})", file=sys.stderr)
+            self.model = _load_keras(Path(self.source), None)
         if method not in self._backends:
             from classifier.backends import backend_for
 
@@ -111,6 +121,13 @@ class MalignancyClassifier:
         """crops [N, S, S] -> maps [N, S, S] in [0, 1] (the malignant score's evidence); method 'gradcam' or
         'gradcam++'."""
         return self.predict_and_gradcam(crops, method)[1]
+
+
+def _load_keras(model_path: Path, threads: int | None):
+    import keras  # on the backend mammo.runtime.use_keras_backend chose (TensorFlow unless told otherwise)
+
+    runtime.configure_keras(threads)
+    return keras.models.load_model(model_path, compile=False)
 
 
 def _clahe_of(saved) -> tuple[float, int] | None:

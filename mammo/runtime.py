@@ -132,19 +132,25 @@ def use_keras_backend(name: str) -> str:
     return name
 
 
-def _check_backend_name(name: str) -> None:
+def _check_backend_name(name: str, known=None) -> None:
     from mammo.config import KERAS_BACKENDS
     from mammo.errors import ConfigError
 
-    if name not in KERAS_BACKENDS:
-        raise ConfigError(f"classifier.inference_backend: {name!r} is not one of {', '.join(KERAS_BACKENDS)}")
+    known = known or KERAS_BACKENDS
+    if name not in known:
+        raise ConfigError(f"classifier.inference_backend: {name!r} is not one of {', '.join(known)}")
 
 
 def keras_backend_for_inference(wanted: str) -> str:
     """The backend inference runs on: `wanted`, unless keras already runs on the other one in this process (a
     notebook or a test session that trained first), where switching is impossible and running there costs nothing
-    more (both give the same numbers within 1e-5: tests/test_backends.py). Said on stderr, not silently."""
-    _check_backend_name(wanted)  # an unknown name is an error even where keras runs elsewhere anyway
+    more (both give the same numbers within 1e-5: tests/test_backends.py). Said on stderr, not silently.
+    onnx needs no keras; keras is set for its fallback (classifier/onnx_backend.py): torch, or the one running."""
+    from mammo.config import INFERENCE_BACKENDS
+
+    _check_backend_name(wanted, INFERENCE_BACKENDS)  # an unknown name is an error even where keras runs elsewhere
+    if wanted == "onnx":
+        return use_keras_backend(keras_backend() or "torch")
     current = keras_backend()
     if current is not None and current != wanted:
         print(f"note: keras already runs on {current} in this process; the classifier runs there instead of "

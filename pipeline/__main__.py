@@ -527,7 +527,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="passes over the sample DICOMs (default: %(default)s)")
     p.add_argument("--folder-sizes", nargs="*", action=ListOption, convert=in_range(1, 1000),
                    help="folder runs for throughput and peak memory (default: 10 100; quick: 2; none: skip)")
-    p.add_argument("--backends", nargs="+", action=ListOption, convert=_backend, default=["torch", "tensorflow"],
+    p.add_argument("--backends", nargs="+", action=ListOption, convert=_backend,
+                   default=["onnx", "torch", "tensorflow"],
                    help="the classifier's backends to measure, each in a child process, side by side (default: "
                         "%(default)s; one: only that one, in this process)")
     p.add_argument("--out", help="report folder (default: runs/pipeline/benchmark/<run.name>)")

@@ -13,7 +13,7 @@ average is recorded beside it (the figures only compare on an otherwise idle mac
 Serve: `python -m pipeline serve` until it answers with the models loaded.
 Quality (with --data): inference on the validation split, evaluated with patient-bootstrap CIs beside the
 single-stage baseline shipped in the bundle.
-Backends: the classifier on torch and on TensorFlow (classifier.inference_backend), each in a child process of
+Backends: the classifier on onnx, torch and TensorFlow (classifier.inference_backend), each in a child process of
 its own (keras takes one backend per process), side by side; the load average is recorded beside every figure.
 """
 from __future__ import annotations
@@ -46,9 +46,9 @@ LOADED_BOXES = 10  # a busy image: at least this many boxes through the second s
 STEPS = ("read", "preprocess", "detect", "crop", "classify", "map_back", "write")  # classify: with Grad-CAM
 
 
-def machine() -> dict:
-    """The machine and the frameworks in this process (TensorFlow only when the classifier runs on it)."""
-    import keras
+def machine(classifier_backend: str = "") -> dict:
+    """The machine and the frameworks in this process (TensorFlow only when the classifier runs on it, keras not
+    on onnx: importing them here would count them in the onnx figures)."""
     import torch
 
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
@@ -58,7 +58,8 @@ def machine() -> dict:
             "platform": platform.platform(), "torch_threads": torch.get_num_threads(),
             "tensorflow_threads": tf.config.threading.get_intra_op_parallelism_threads() if tf else None,
             "torch": torch.__version__, "tensorflow": tf.__version__ if tf else "not imported",
-            "keras": keras.__version__, "keras_backend": keras.backend.backend()}
+            "keras": keras.__version__ if (keras := sys.modules.get("keras")) else "not imported",
+            "keras_backend": classifier_backend or runtime.keras_backend()}
 
 
 def load_average() -> float:
@@ -300,8 +301,8 @@ def markdown(report: dict) -> str:
     lines = ["# Pipeline benchmark", "",
              f"Machine: {mach['cpu']}, {mach['cores_available']} cores available; threads: torch "
              f"{mach['torch_threads']}, TensorFlow {mach['tensorflow_threads'] or 'default'}; Python {mach['python']}, "
-             f"torch {mach['torch']}, TensorFlow {mach['tensorflow']}, keras {mach.get('keras', '?')} on "
-             f"{mach.get('keras_backend', 'tensorflow')} (the classifier's backend).",
+             f"torch {mach['torch']}, TensorFlow {mach['tensorflow']}, keras {mach.get('keras', '?')}; the classifier "
+             f"on {mach.get('keras_backend', 'tensorflow')}.",
              f"Load average (1 min) during the speed passes: {_loads(speed)}; loaded: {_loads(speed_loaded)}.",
              f"Models: {report['models']} ({report['description']}).", "",
              f"## Speed: {speed['images']} full-size DICOMs x {speed['repeats']} repeats after "
@@ -385,7 +386,7 @@ def run_benchmark(bundle, cfg: Config, out: Path, *, config_path: str, overrides
     report = {"models": str(bundle.root), "description": bundle.description, "quick": quick,
               "config": to_dict(cfg), "data": data, "backend": backend}
     with PipelineModels.load(bundle, cfg) as models:
-        report["machine"] = machine()
+        report["machine"] = machine(models.classifier.backend_name)  # onnx, or where it fell back to
         print(f"== [{backend}] speed on {len(paths)} real DICOM(s), {repeats} repeat(s)", flush=True)
         report["speed"] = measure_speed(paths, models, cfg, repeats, progress=progress)
         # The shipped detector may keep few boxes on these scans; the loaded pass makes every image carry

@@ -37,7 +37,8 @@ from pipeline.models import bundle_fingerprint
 # GiB Ray reserves per actor, by classifier.inference_backend. TensorFlow: measured peak 1.70-1.72 GiB, one actor
 # with the shipped models on full-size DICOMs. torch (no TensorFlow in the process): single-process folder runs
 # peaked at 1.29-1.38 GiB (`pipeline benchmark`), plus ~0.1 GiB for Ray's worker runtime.
-WORKER_MEMORY_GB = {"torch": 1.5, "tensorflow": 1.8}
+# onnx: not measured under Ray; the torch figure, since keras-on-torch is its fallback (no classifier.onnx).
+WORKER_MEMORY_GB = {"onnx": 1.5, "torch": 1.5, "tensorflow": 1.8}
 IN_FLIGHT_PER_WORKER = 2  # one running, one queued: no idle gap between images, at most 2 lost if a worker dies
 ATTEMPTS = 2  # an image whose worker died is sent once more, then recorded as failed
 MAX_RESTARTS = 3  # a killed worker process is restarted (models reloaded) this many times

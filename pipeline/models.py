@@ -360,7 +360,8 @@ class PipelineModels:
         detector = LesionDetector.load(bundle.detector, cfg.detector, device=cfg.run.device, threads=cfg.run.threads)
         try:  # anything failing after it (backend choice, classifier, domains) must not leak the detector
             runtime.keras_backend_for_inference(cfg.classifier.inference_backend)  # before anything imports keras
-            classifier = _load_classifier(bundle.classifier, cfg.run.threads)
+            classifier = _load_classifier(bundle.classifier, cfg.run.threads,
+                                          cfg.classifier.inference_backend == "onnx")
             info = bundle.classifier / "calibration.json"
             calibrated = bool(json.loads(info.read_text()).get("calibrated")) if info.is_file() else None
             models = cls(detector, classifier, bundle.threshold, bundle.description, bundle_fingerprint(bundle),
@@ -391,11 +392,11 @@ class PipelineModels:
         self.close()
 
 
-def _load_classifier(path, threads):
+def _load_classifier(path, threads, onnx: bool = False):
     """The classifier, warmed up on a blank crop now (TensorFlow: its graphs traced) rather than on the first
     image that has boxes, which then took seconds longer than every other image."""
     from classifier.inference import MalignancyClassifier
 
-    clf = MalignancyClassifier.load(path, threads=threads)
+    clf = MalignancyClassifier.load(path, threads=threads, onnx=onnx)
     clf.warmup()
     return clf

@@ -27,9 +27,10 @@ def run_child(code: str, timeout: int = 900) -> subprocess.CompletedProcess:
                           text=True, timeout=timeout)
 
 
-def test_inference_backend_is_a_checked_setting_defaulting_to_torch():
-    assert load_config(None, []).classifier.inference_backend == "torch"
+def test_inference_backend_is_a_checked_setting_defaulting_to_onnx():
+    assert load_config(None, []).classifier.inference_backend == "onnx"
     assert load_config(None, ["classifier.inference_backend=tensorflow"]).classifier.inference_backend == "tensorflow"
+    assert load_config(None, ["classifier.inference_backend=torch"]).classifier.inference_backend == "torch"
     with pytest.raises(ConfigError, match="classifier.inference_backend"):
         load_config(None, ["classifier.inference_backend=jax"])
 
@@ -66,7 +67,7 @@ def test_an_unknown_backend_for_inference_is_refused_before_anything_changes(cap
     from mammo.runtime import keras_backend_for_inference
 
     monkeypatch.setenv("KERAS_BACKEND", "tensorflow")
-    with pytest.raises(ConfigError, match="'jax' is not one of torch, tensorflow"):
+    with pytest.raises(ConfigError, match="'jax' is not one of onnx, torch, tensorflow"):
         keras_backend_for_inference("jax")
     assert os.environ["KERAS_BACKEND"] == "tensorflow" and capsys.readouterr().err == ""
 
@@ -157,7 +158,8 @@ def test_torch_backend_gives_tensorflows_numbers_and_infers_without_tensorflow(t
 
 
 SHIPPED_PASS = """
-    mammo.runtime.use_keras_backend({backend!r})
+    if {backend!r} != "onnx":
+        mammo.runtime.use_keras_backend({backend!r})
     import dataclasses, json
     import numpy as np
     from mammo.config import load_config
@@ -188,18 +190,20 @@ SHIPPED_PASS = """
 
 
 @pytest.mark.slow
-def test_shipped_models_give_the_same_malignancy_and_gradcam_on_torch_and_tensorflow(tmp_path):
+def test_shipped_models_give_the_same_malignancy_and_gradcam_on_torch_tensorflow_and_onnx(tmp_path):
     """The sample DICOMs' detector boxes through the shipped classifier on each backend, each in its own
-    process: malignancy within 1e-5, Grad-CAM within 1e-4; the torch process never imports TensorFlow."""
-    if not (SHIPPED / "pipeline.json").is_file() or not (SHIPPED / "classifier" / "model.keras").is_file():
+    process: malignancy within 1e-5, Grad-CAM within 1e-4; the torch and onnx processes never import TensorFlow
+    (keras there is the digital global branch's, which has no ONNX graph: see the test below)."""
+    if not (SHIPPED / "pipeline.json").is_file() or not (SHIPPED / "classifier" / "classifier.onnx").is_file():
         pytest.skip(f"the shipped models are not in {SHIPPED} (weights/pipeline.json, weights/classifier/)")
     seen = {}
-    for backend in ("torch", "tensorflow"):  # torch first: it writes the crops both use
+    for backend in ("torch", "tensorflow", "onnx"):  # torch first: it writes the crops all use
         child = run_child(SHIPPED_PASS.format(backend=backend, weights=str(SHIPPED), out=str(tmp_path)))
         assert child.returncode == 0, child.stderr[-3000:]
         seen[backend] = json.loads(child.stdout.split("RESULT=")[-1])
     assert seen == {"torch": {"backend": "torch", "tensorflow": False},
-                    "tensorflow": {"backend": "tensorflow", "tensorflow": True}}
+                    "tensorflow": {"backend": "tensorflow", "tensorflow": True},
+                    "onnx": {"backend": "onnx", "tensorflow": False}}
     crops = np.load(tmp_path / "crops.npy")
     assert len(crops) >= 16, "enough boxes to compare"
     p_torch, p_tf = np.load(tmp_path / "torch_p.npy"), np.load(tmp_path / "tensorflow_p.npy")
@@ -208,3 +212,114 @@ def test_shipped_models_give_the_same_malignancy_and_gradcam_on_torch_and_tensor
     assert (maps_tf.max(axis=(1, 2)) > 0.99).sum() >= len(crops) // 2  # maps worth comparing
     np.testing.assert_allclose(p_torch, p_tf, atol=1e-5, rtol=0)
     np.testing.assert_allclose(maps_torch, maps_tf, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(np.load(tmp_path / "onnx_p.npy"), p_torch, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(np.load(tmp_path / "onnx_maps.npy"), maps_torch, atol=1e-4, rtol=0)
+
+
+NO_KERAS = """
+    from pipeline.__main__ import main
+    code = main(["infer", {source!r}, "--out", {out!r}, "--models", {models!r}, "classifier.inference_backend=onnx",
+                 *{extra!r}])
+    print("RESULT=" + json.dumps({{"code": code, "keras": "keras" in sys.modules,
+                                   "tensorflow": "tensorflow" in sys.modules}}))
+"""
+
+
+def _shipped_copy(tmp_path, film_only: bool = False) -> Path:
+    """The shipped bundle copied; film_only: without the digital global branch (a keras model, no ONNX graph)."""
+    if not (SHIPPED / "classifier" / "classifier.onnx").is_file():
+        pytest.skip(f"no shipped {SHIPPED / 'classifier' / 'classifier.onnx'}")
+    import shutil
+
+    from pipeline.models import BUNDLE_FILE, write_manifest
+
+    root = Path(shutil.copytree(SHIPPED, tmp_path / "models"))
+    if film_only:
+        shutil.rmtree(root / "global")
+        info = json.loads((root / BUNDLE_FILE).read_text())
+        info.pop("domains")
+        (root / BUNDLE_FILE).write_text(json.dumps(info))
+        write_manifest(root)
+    return root
+
+
+@pytest.mark.slow
+def test_infer_on_onnx_imports_neither_keras_nor_tensorflow(tmp_path):
+    """`pipeline infer` on a sample DICOM with the shipped film models (a copy without the digital global branch,
+    which is a keras model) and inference_backend=onnx, in a child: neither keras nor TensorFlow imported after.
+    (Not an import hook that raises: ultralytics probes for TensorFlow with find_spec without importing it.)"""
+    from pipeline.demo import sample_inputs
+
+    models = _shipped_copy(tmp_path, film_only=True)
+    child = run_child("import json\n" + textwrap.dedent(NO_KERAS).format(
+        source=str(sample_inputs()[0]), out=str(tmp_path / "out"), models=str(models), extra=[]))
+    assert child.returncode == 0, child.stderr[-3000:]
+    assert json.loads(child.stdout.split("RESULT=")[-1]) == {"code": 0, "keras": False, "tensorflow": False}, \
+        child.stderr[-3000:]
+    assert "runs on keras instead" not in child.stderr
+
+
+def test_an_onnx_graph_that_cannot_stand_in_falls_back_by_name_and_a_damaged_one_is_refused(tmp_path, capsys):
+    """Absent, or exported from another model.keras: keras (torch), said on stderr naming the file. Present but
+    not a graph: an error naming it. In the shipped bundle, a modified file is refused by its manifest first."""
+    from classifier.onnx_backend import ONNX_FILE, open_onnx
+    from mammo.errors import WeightsError
+    from pipeline.models import read_bundle
+
+    models = _shipped_copy(tmp_path)
+    clf_dir = models / "classifier"
+    assert open_onnx(clf_dir) is not None and capsys.readouterr().err == ""
+    graph, keras_file = (clf_dir / ONNX_FILE).read_bytes(), (clf_dir / "model.keras").read_bytes()
+    (clf_dir / "model.keras").write_bytes(keras_file + b"\0")  # "retrained" since the export
+    assert open_onnx(clf_dir) is None
+    assert f"{clf_dir / ONNX_FILE} was exported from another model.keras" in capsys.readouterr().err
+    (clf_dir / "model.keras").write_bytes(keras_file)
+    (clf_dir / ONNX_FILE).unlink()
+    assert open_onnx(clf_dir) is None
+    assert f"no {clf_dir / ONNX_FILE}; the classifier runs on keras instead" in capsys.readouterr().err
+    (clf_dir / ONNX_FILE).write_bytes(graph[:1000])  # damaged
+    with pytest.raises(WeightsError, match=f"{clf_dir / ONNX_FILE}.*not a readable ONNX graph"):
+        open_onnx(clf_dir)
+    with pytest.raises(WeightsError, match=f"{clf_dir / ONNX_FILE}.*SHA-256 differs"):
+        read_bundle(models)
+
+
+def test_export_of_a_gap_model_gives_kerass_numbers_without_keras_and_a_dense_head_is_refused(tmp_path, capsys):
+    """A small_cnn (random weights) exported: onnxruntime gives the TensorFlow pass's malignancy within 1e-5 and
+    Grad-CAM within 1e-4, and gradcam++ (not in the graph) still runs, on keras, saying so. The dense head's map
+    is not the constant-weight one: refused by name."""
+    try:
+        import tf2onnx  # noqa: F401
+    except ImportError:
+        from ci import unavailable
+
+        unavailable("tf2onnx is not installed (requirements-export.txt)")
+    import keras
+
+    from classifier.export_onnx import export_onnx
+    from classifier.inference import MalignancyClassifier
+    from classifier.model import build_model
+    from classifier.onnx_backend import ONNX_FILE
+    from mammo.config import ClassifierConfig
+    from mammo.errors import WeightsError
+
+    keras.utils.set_random_seed(5)
+    for head in ("gap", "dense"):
+        (tmp_path / head).mkdir()
+        build_model(ClassifierConfig(backbone="small_cnn", input_size=32, head=head)).save(
+            tmp_path / head / "model.keras")
+    with pytest.raises(WeightsError, match=f"{tmp_path / 'dense' / 'model.keras'}.*not the gap head"):
+        export_onnx(tmp_path / "dense")
+    assert not (tmp_path / "dense" / ONNX_FILE).exists()
+    export_onnx(tmp_path / "gap")
+    crops = _crops(5, 32, seed=6)
+    expected = MalignancyClassifier.load(tmp_path / "gap").predict_and_gradcam(crops)
+    assert expected[1].max() > 0.99  # a non-trivial map to compare with
+    clf = MalignancyClassifier.load(tmp_path / "gap", onnx=True)
+    assert clf.model is None and clf.backend_name == "onnx"
+    p, maps = clf.predict_and_gradcam(crops)
+    np.testing.assert_allclose(p, expected[0], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(maps, expected[1], atol=1e-4, rtol=0)
+    capsys.readouterr()
+    assert clf.gradcam(crops, "gradcam++").shape == crops.shape
+    assert "gradcam++ is not in classifier.onnx" in capsys.readouterr().err

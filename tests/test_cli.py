@@ -99,6 +99,10 @@ def resolve(program: str, argv: list[str]):
         from mammo.weights_store import cli as weights_cli
 
         return _parsed_by(weights_cli, argv[1:])
+    if program == "classifier" and argv[:1] == ["export-onnx"]:
+        from classifier.export_onnx import cli as export_cli
+
+        return _parsed_by(export_cli, argv[1:])
     main = importlib.import_module(f"{program}.__main__")
     args, overrides, inputs = cli.parse(main.build_parser(), argv)
     assert not inputs or args.command in INPUT_COMMANDS.get(program, ()), f"inputs {inputs} not taken"
