@@ -277,11 +277,11 @@ class GlobalBranch:
         self.polarity = polarity
 
     @classmethod
-    def load(cls, folder, threads: int | None = None) -> "GlobalBranch":
+    def check(cls, folder) -> tuple:
+        """(model file, top fraction, polarity) of a branch folder, checked without loading keras."""
         import json
         from pathlib import Path
 
-        import mammo.runtime as runtime
         from mammo.errors import WeightsError
 
         folder = Path(folder)
@@ -296,6 +296,14 @@ class GlobalBranch:
         polarity = info.get("polarity", "as_read")  # branches shipped before the setting saw pixels as read
         if polarity not in POLARITIES:
             raise WeightsError(info_path, f"polarity {polarity!r}: expected one of {', '.join(POLARITIES)}")
+        return model_path, frac, polarity
+
+    @classmethod
+    def load(cls, folder, threads: int | None = None) -> "GlobalBranch":
+        import mammo.runtime as runtime
+        from mammo.errors import WeightsError
+
+        model_path, frac, polarity = cls.check(folder)
         import keras
 
         runtime.configure_keras(threads)
@@ -324,6 +332,32 @@ class GlobalBranch:
         h, w = grid.shape
         return GlobalAnalysis(logit, grid.astype(np.float32),
                               to_square_t.then(Transform.resize((self.size, self.size), (h, w))), inverted)
+
+
+class LazyGlobalBranch:
+    """A branch loaded on its first image, not at start-up: keras and a 512 px network cost seconds and hundreds
+    of MB, and a run of film images never needs them (on the onnx backend it then never imports keras). The
+    folder is checked when this is made, so a broken bundle still fails at load, naming the file."""
+
+    def __init__(self, folder, threads: int | None = None):
+        import threading
+
+        GlobalBranch.check(folder)
+        self.folder, self.threads = folder, threads
+        self._branch, self._lock = None, threading.Lock()
+
+    @property
+    def loaded(self) -> bool:
+        return self._branch is not None
+
+    def get(self) -> GlobalBranch:
+        with self._lock:  # serve's and the folder loop's threads may ask at once
+            if self._branch is None:
+                self._branch = GlobalBranch.load(self.folder, self.threads)
+        return self._branch
+
+    def analyse(self, pixels: np.ndarray, mirror: bool = True) -> "GlobalAnalysis":
+        return self.get().analyse(pixels, mirror)
 
 
 class GlobalAnalysis(NamedTuple):

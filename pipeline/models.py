@@ -312,7 +312,7 @@ class DomainModels:
     """What a domain with models of its own runs with: the global branch and its operating point."""
 
     name: str
-    branch: object  # classifier.global_branch.GlobalBranch
+    branch: object  # classifier.global_branch.GlobalBranch, or LazyGlobalBranch (loaded on its first image)
     threshold: float  # on the score (sigmoid of the branch's logit)
     calibration: dict
     operating_curve: dict | None
@@ -367,12 +367,12 @@ class PipelineModels:
             models = cls(detector, classifier, bundle.threshold, bundle.description, bundle_fingerprint(bundle),
                          calibrated, bundle.info.get("stacker"), bundle.calibration, bundle.threshold_source,
                          bundle.findings, bundle.operating_curve)
-            from classifier.global_branch import GlobalBranch
+            from classifier.global_branch import LazyGlobalBranch
 
             for name, section in bundle.domains.items():
                 op = section.get("operating_point") or {}
                 models.domains[name] = DomainModels(
-                    name, GlobalBranch.load(bundle.root / section["global_branch"], threads=cfg.run.threads),
+                    name, LazyGlobalBranch(bundle.root / section["global_branch"], threads=cfg.run.threads),
                     float(section["threshold"]), section["calibration"], section.get("operating_curve"),
                     f"chosen on {op['source']} of {name} images" if op.get("source") else "shipped with the models")
             return models

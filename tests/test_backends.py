@@ -225,32 +225,25 @@ NO_KERAS = """
 """
 
 
-def _shipped_copy(tmp_path, film_only: bool = False) -> Path:
-    """The shipped bundle copied; film_only: without the digital global branch (a keras model, no ONNX graph)."""
+def _shipped_copy(tmp_path) -> Path:
+    """The shipped bundle, copied (tests change its files)."""
     if not (SHIPPED / "classifier" / "classifier.onnx").is_file():
         pytest.skip(f"no shipped {SHIPPED / 'classifier' / 'classifier.onnx'}")
     import shutil
 
-    from pipeline.models import BUNDLE_FILE, write_manifest
-
     root = Path(shutil.copytree(SHIPPED, tmp_path / "models"))
-    if film_only:
-        shutil.rmtree(root / "global")
-        info = json.loads((root / BUNDLE_FILE).read_text())
-        info.pop("domains")
-        (root / BUNDLE_FILE).write_text(json.dumps(info))
-        write_manifest(root)
     return root
 
 
 @pytest.mark.slow
 def test_infer_on_onnx_imports_neither_keras_nor_tensorflow(tmp_path):
-    """`pipeline infer` on a sample DICOM with the shipped film models (a copy without the digital global branch,
-    which is a keras model) and inference_backend=onnx, in a child: neither keras nor TensorFlow imported after.
-    (Not an import hook that raises: ultralytics probes for TensorFlow with find_spec without importing it.)"""
+    """`pipeline infer` on a sample DICOM (film) with the shipped models and inference_backend=onnx, in a child:
+    neither keras nor TensorFlow imported after. The digital global branch, a keras model, is in the bundle but is
+    loaded only on a digital image. (Not an import hook that raises: ultralytics probes for TensorFlow with
+    find_spec without importing it.)"""
     from pipeline.demo import sample_inputs
 
-    models = _shipped_copy(tmp_path, film_only=True)
+    models = _shipped_copy(tmp_path)
     child = run_child("import json\n" + textwrap.dedent(NO_KERAS).format(
         source=str(sample_inputs()[0]), out=str(tmp_path / "out"), models=str(models), extra=[]))
     assert child.returncode == 0, child.stderr[-3000:]

@@ -187,3 +187,33 @@ def test_a_branch_applies_the_polarity_its_head_json_names_and_refuses_others(tm
     (folder / "head.json").write_text(json.dumps({"top_fraction": 1.0, "polarity": "sideways"}))
     with pytest.raises(WeightsError, match="polarity"):
         GlobalBranch.load(folder)
+
+
+def test_a_lazy_branch_checks_its_folder_at_once_and_loads_keras_only_on_its_first_image(tmp_path, monkeypatch):
+    import json
+    import threading
+
+    from classifier import global_branch
+    from classifier.global_branch import GlobalBranch, LazyGlobalBranch, build_global_model
+    from mammo.errors import WeightsError
+    from standins import block_mean_extractor
+
+    folder = tmp_path / "global"
+    folder.mkdir()
+    with pytest.raises(WeightsError, match="head.json"):
+        LazyGlobalBranch(folder)  # a broken bundle fails at load, naming the file
+    head = MilHead(np.zeros(2, np.float32), np.ones(2, np.float32), np.array([1.0, 0.0], np.float32), 0.0,
+                   top_fraction=1.0)
+    build_global_model(block_mean_extractor(), head, grid=4).save(folder / "model.keras")
+    (folder / "head.json").write_text(json.dumps({"top_fraction": 1.0}))
+    loads = []
+    real_load = GlobalBranch.load.__func__
+    monkeypatch.setattr(global_branch.GlobalBranch, "load",
+                        classmethod(lambda cls, *a, **k: loads.append(1) or real_load(cls, *a, **k)))
+    lazy = LazyGlobalBranch(folder)
+    assert not lazy.loaded and loads == []
+    pixels = mammogram_like(False)
+    threads = [threading.Thread(target=lazy.analyse, args=(pixels,)) for _ in range(3)]
+    [t.start() for t in threads], [t.join() for t in threads]
+    assert lazy.loaded and loads == [1]  # once, whichever thread came first
+    assert lazy.analyse(pixels).logit == pytest.approx(GlobalBranch.load(folder).analyse(pixels).logit, abs=1e-6)
