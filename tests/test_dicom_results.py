@@ -316,3 +316,35 @@ def test_the_algorithm_fingerprint_is_made_once_per_run(standin_models, scans, t
     expected = Algorithm(version(), hashlib.sha256(fingerprint.encode()).hexdigest()).software_version
     maps = sorted(out.glob("dicom/*/heatmap_*.dcm"))
     assert len(maps) == 2 and {pydicom.dcmread(m).SoftwareVersions for m in maps} == {expected}
+
+
+def test_the_cheaper_fractional_check_builds_highdicoms_object_byte_for_byte_and_refuses_what_it_refuses(real):
+    """FractionalMap replaces highdicom's np.unique over the whole map by its min and max; the segmentation it
+    builds must be highdicom's own, and a map outside [0, 1] (or NaN) must still be refused."""
+    from pipeline.dicomnode.results import build_map, fractional_map_class, heatmap_on_grid
+
+    src = pydicom.dcmread(real["path"], stop_before_pixels=True)
+    grid = heatmap_on_grid(real["heatmap"], (int(src.Rows), int(src.Columns)))
+    _, ours = build_map(src, grid, ALGORITHM)
+    FractionalMap = fractional_map_class()
+    calls = []
+    with pytest.MonkeyPatch.context() as mp:  # the same build with highdicom's own check
+        mp.setattr(FractionalMap, "_check_and_cast_pixel_array", classmethod(
+            lambda cls, *a, **k: calls.append(1)
+            or hd.seg.Segmentation._check_and_cast_pixel_array.__func__(cls, *a, **k)))
+        _, reference = build_map(src, grid, ALGORITHM)
+    assert calls == [1]
+    assert ours.PixelData == reference.PixelData and ours.SegmentsOverlap == reference.SegmentsOverlap == "NO"
+    assert ours.file_meta.TransferSyntaxUID == pydicom.uid.JPEGLSLossless
+    segment = hd.seg.SegmentDescription(
+        segment_number=1, segment_label="x", segmented_property_category=hd.sr.CodedConcept("1", "99X", "x"),
+        segmented_property_type=hd.sr.CodedConcept("2", "99X", "y"),
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL)
+    for bad in (1.5, -0.1, np.nan):
+        fractions = grid.astype(np.float32) / 65535
+        fractions[0, 0] = bad
+        with pytest.raises(ValueError, match=r"range \[0, 1\]"):
+            FractionalMap([src], fractions, hd.seg.SegmentationTypeValues.FRACTIONAL, [segment],
+                          series_instance_uid=generate_uid(), series_number=1, sop_instance_uid=generate_uid(),
+                          instance_number=1, manufacturer="x", manufacturer_model_name="x", software_versions="x",
+                          device_serial_number="x")
