@@ -13,9 +13,10 @@ import pydicom
 import pytest
 from ci import unavailable
 from conftest import sample_dicom_paths
+from live_server import serving
 from orthanc_server import orthanc  # noqa: F401  (the session's Orthanc)
 from test_dicom_results import ALGORITHM, sample_heatmap, sample_result
-from test_serve_browser import CHROMIUM_ARGS, chromium, running
+from test_serve_browser import CHROMIUM_ARGS, chromium
 
 from pipeline.dicomnode.results import write_dicom_results
 from pipeline.dicomnode.viewer import create_app, deidentified_copy, ohif_dist
@@ -45,7 +46,7 @@ def viewer(orthanc, tmp_path):  # noqa: F811
                                   tmp_path / "results", ALGORITHM)
     for path in [source, *results]:
         assert orthanc.upload(path)["Status"] in ("Success", "AlreadyStored")
-    with running(create_app(orthanc.dicomweb_url, dist)) as base:
+    with serving(create_app(orthanc.dicomweb_url, dist)) as base:
         yield base, study
 
 
