@@ -321,7 +321,7 @@ def test_the_algorithm_fingerprint_is_made_once_per_run(standin_models, scans, t
 def test_the_cheaper_fractional_check_builds_highdicoms_object_byte_for_byte_and_refuses_what_it_refuses(real):
     """FractionalMap replaces highdicom's np.unique over the whole map by its min and max; the segmentation it
     builds must be highdicom's own, and a map outside [0, 1] (or NaN) must still be refused."""
-    from pipeline.dicomnode.results import build_map, fractional_map_class, heatmap_on_grid
+    from pipeline.dicomnode.results import _silenced, build_map, fractional_map_class, heatmap_on_grid
 
     src = pydicom.dcmread(real["path"], stop_before_pixels=True)
     grid = heatmap_on_grid(real["heatmap"], (int(src.Rows), int(src.Columns)))
@@ -343,7 +343,7 @@ def test_the_cheaper_fractional_check_builds_highdicoms_object_byte_for_byte_and
     for bad in (1.5, -0.1, np.nan):
         fractions = grid.astype(np.float32) / 65535
         fractions[0, 0] = bad
-        with pytest.raises(ValueError, match=r"range \[0, 1\]"):
+        with pytest.raises(ValueError, match=r"range \[0, 1\]"), _silenced():  # no patient name in the log
             FractionalMap([src], fractions, hd.seg.SegmentationTypeValues.FRACTIONAL, [segment],
                           series_instance_uid=generate_uid(), series_number=1, sop_instance_uid=generate_uid(),
                           instance_number=1, manufacturer="x", manufacturer_model_name="x", software_versions="x",
