@@ -47,5 +47,3 @@ class BatchedBackend:
 
     def _pass(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
-
-

@@ -261,9 +261,9 @@ def build_map(src: pydicom.Dataset, grid: np.ndarray, algorithm: Algorithm) -> t
     dimension index). Projection mammograms have none: Secondary Captures (the CBIS-DDSM samples) and Digital
     Mammography images alike. Those get a FRACTIONAL segmentation instead, which the Segmentation IOD allows on
     any image grid and which viewers overlay like a map; its 8 bits quantise the map to 1/255.
-    JPEG-LS lossless (pyjpegls, in requirements.txt) keeps the mostly-zero full-size map small (~35 kB instead
-    of 13-25 MB): 16 ms on a 4600 x 2740 map, where JPEG 2000 lossless takes 104 ms for the same size and RLE
-    118 ms for 9x the size."""
+    JPEG-LS lossless (pyjpegls, in requirements.txt) keeps the mostly-zero full-size map small (20-200 kB on
+    the sample DICOMs instead of 13-25 MB): 16 ms on a 4600 x 2740 map, where JPEG 2000 lossless takes 104 ms
+    for the same size and RLE 118 ms for 9x the size."""
     import highdicom as hd
 
     sop, fp = str(src.SOPInstanceUID), algorithm.fingerprint
