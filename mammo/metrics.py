@@ -150,17 +150,19 @@ def bootstrap_ci(metric: Callable, y, p, groups, n: int = 1000, alpha: float = 0
     return point, float(lo), float(hi)
 
 
-def format_ci(entry) -> str:
+def format_ci(entry, signed: bool = False) -> str:
     """'value [low, high]' of a bootstrap CI, given as bootstrap_table's dict or bootstrap_ci's (value, low, high);
-    'n/a' when the value is missing or undefined, the value alone when its CI is (too few patients of one class)."""
+    'n/a' when the value is missing or undefined, the value alone when its CI is (too few patients of one class).
+    `signed`: every number with its sign (differences)."""
     if isinstance(entry, dict):
         entry = entry["value"], entry["low"], entry["high"]
     if not isinstance(entry, (list, tuple)) or not math.isfinite(entry[0]):
         return "n/a"
     value, low, high = entry
+    fmt = "+.3f" if signed else ".3f"
     if not math.isfinite(low):
-        return f"{value:.3f}"
-    return f"{value:.3f} [{low:.3f}, {high:.3f}]"
+        return f"{value:{fmt}}"
+    return f"{value:{fmt}} [{low:{fmt}}, {high:{fmt}}]"
 
 
 def bootstrap_table(y, p, groups, threshold, beta: float = 2.0, n: int = 1000, seed: int = 0) -> dict:

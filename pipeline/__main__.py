@@ -393,6 +393,21 @@ def cmd_digital_cv(args, overrides, inputs) -> int:
     return 0
 
 
+def cmd_digital_baseline_cv(args, overrides, inputs) -> int:
+    from pipeline.digital.baseline import run_baseline_cv
+    from pipeline.digital.report import print_baseline_summary
+
+    cfg = load_config(args.config, overrides)
+    out = make_run_dir("pipeline", "digital-baseline-cv", cfg.run.name, args.out)
+    start_run(cfg, out)
+    summary = run_baseline_cv(cfg, out, against=args.against, only_fold=args.fold)
+    if summary is None:
+        print(f"fold {args.fold} done; run without --fold (or the other folds) for the out-of-fold figures")
+        return 0
+    print_baseline_summary(summary, out)
+    return 0
+
+
 def cmd_digital_train(args, overrides, inputs) -> int:
     from pipeline.digital.train import train_global_branch
 
@@ -549,6 +564,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fold", type=in_range(0, MAX_FOLDS - 1), help="run only this fold (0 .. global_branch.folds-1)")
     p.add_argument("--features", help="feature cache folder (default: RUN/features; a few GB)")
     p.add_argument("--out", help="run folder (default: runs/pipeline/digital-cv/<run.name>)")
+    p = add("digital-baseline-cv", cmd_digital_baseline_cv, "the single-stage whole-image baseline (the classifier "
+            "section fine-tuned on whole images, configs/rsna_ffdm_baseline.yaml) on the folds of `digital-cv`, "
+            "compared image by image with the global branch (resumable fold by fold)")
+    p.add_argument("--against", help="a finished `digital-cv` run on the same folds: paired comparison and fusion")
+    p.add_argument("--fold", type=in_range(0, MAX_FOLDS - 1), help="run only this fold (0 .. global_branch.folds-1)")
+    p.add_argument("--out", help="run folder (default: runs/pipeline/digital-baseline-cv/<run.name>)")
     p = add("digital-train", cmd_digital_train, "fit the global branch on every image with the settings "
             "`digital-cv` chose, as a model folder for the bundle")
     p.add_argument("--cv", required=True, help="the run folder of `pipeline digital-cv` (its summary.json)")

@@ -179,7 +179,9 @@ def plot_reliability(report: dict, y, p, out_dir: Path) -> str:
     half = z * np.sqrt(rate * (1 - rate) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(5.5, 6.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     top.plot([0, 1], [0, 1], color="0.6", ls="--", label="calibrated")
-    top.errorbar(mean_p, rate, yerr=[rate - (centre - half), centre + half - rate], fmt="o-", capsize=3,
+    # at a rate of 0 or 1 the interval's end equals the rate up to rounding, which can make an error bar -1e-17
+    yerr = np.maximum([rate - (centre - half), centre + half - rate], 0.0)
+    top.errorbar(mean_p, rate, yerr=yerr, fmt="o-", capsize=3,
                  label="observed (95 % Wilson)")
     top.set(ylabel="observed malignant rate", xlim=(0, 1), ylim=(0, 1),
             title=f"reliability: ECE {format_ci(report['ece'])}\nBrier {format_ci(report['brier'])}, base rate "

@@ -173,6 +173,26 @@ def _groups(women, n: int = CALIBRATION_GROUPS) -> np.ndarray:
     return np.array([zlib.crc32(str(w).encode()) % n for w in women])
 
 
+def oof_figures(y, logits, fold, women, n_boot: int, seed: int) -> tuple[dict, np.ndarray, dict]:
+    """The out-of-fold figures of one set of image logits (any model scored on these folds): cross-fitted
+    calibration and threshold, their figures with CIs over women, auROC per fold and pooled, sensitivity at
+    specificity 0.8. Returns (figures, the cross-fitted probabilities, each fold's calibration and threshold)."""
+    logits = np.asarray(logits, float)
+    prob, thr, base, per_fold_choice = cross_fitted(y, sigmoid(logits), fold, women)
+    per_fold = {str(int(k)): {"n": int((fold == k).sum()), "auroc": metrics.auroc(y[fold == k], logits[fold == k])}
+                for k in np.unique(fold)}
+    per_fold["mean_auroc"] = float(np.mean([v["auroc"] for v in per_fold.values()]))
+    figures = {
+        "cross_fitted": metrics.bootstrap_table(y, prob, women, thr, BETA, n_boot, seed),
+        "cross_fitted_probability": calibration_report(y, prob, base, women, n_boot, seed),
+        "logit_auroc": metrics.bootstrap_ci(metrics.auroc, y, logits, women, n=n_boot, seed=seed),
+        "sensitivity_at_specificity_0.8": sensitivity_at_specificity(y, logits, MIN_SPECIFICITY),
+        "per_fold": per_fold,
+        "operating_curve": operating_curve(y, prob),
+    }
+    return figures, prob, per_fold_choice
+
+
 def summarize(records, y, women, fold, folds_done: list[dict], cfg: Config, n_boot: int = 1000) -> dict:
     n = len(y)
     logits = np.full(n, np.nan)
@@ -184,22 +204,13 @@ def summarize(records, y, women, fold, folds_done: list[dict], cfg: Config, n_bo
             per_candidate[f][rows] = v
     seed = cfg.run.seed
     scores = sigmoid(logits)  # the calibration maps take scores in [0, 1] (Platt works on their logit)
-    prob, thr, base, per_fold_choice = cross_fitted(y, scores, fold, women)
-    figures = {
-        "cross_fitted": metrics.bootstrap_table(y, prob, women, thr, BETA, n_boot, seed),
-        "cross_fitted_probability": calibration_report(y, prob, base, women, n_boot, seed),
-        "logit_auroc": metrics.bootstrap_ci(metrics.auroc, y, logits, women, n=n_boot, seed=seed),
-        "sensitivity_at_specificity_0.8": sensitivity_at_specificity(y, logits, MIN_SPECIFICITY),
-        "per_fold": {str(d["fold"]): {"n": len(d["held_out_rows"]),
-                                      "auroc": metrics.auroc(y[d["held_out_rows"]], np.array(d["logits"])),
-                                      "chosen": name_of(tuple(d["chosen"].values()))} for d in folds_done},
-        "every_candidate (held-out folds, not used to choose)": {
-            f: {"auroc": metrics.auroc(y, v), "aupr": metrics.aupr(y, v),
-                "sensitivity_at_specificity_0.8": sensitivity_at_specificity(y, v, MIN_SPECIFICITY)}
-            for f, v in per_candidate.items()},
-        "operating_curve": operating_curve(y, prob),
-    }
-    figures["per_fold"]["mean_auroc"] = float(np.mean([v["auroc"] for v in figures["per_fold"].values()]))
+    figures, prob, per_fold_choice = oof_figures(y, logits, fold, women, n_boot, seed)
+    for d in folds_done:
+        figures["per_fold"][str(d["fold"])]["chosen"] = name_of(tuple(d["chosen"].values()))
+    figures["every_candidate (held-out folds, not used to choose)"] = {
+        f: {"auroc": metrics.auroc(y, v), "aupr": metrics.aupr(y, v),
+            "sensitivity_at_specificity_0.8": sensitivity_at_specificity(y, v, MIN_SPECIFICITY)}
+        for f, v in per_candidate.items()}
     # What ships: calibration and threshold chosen on every out-of-fold logit.
     calibration = choose_calibration(scores, y, _groups(women))
     p_all = apply_calibration(calibration, scores)

@@ -19,19 +19,8 @@ SHEET_TILE = 220
 
 def metrics_markdown(summary: dict) -> str:
     f = summary["figures"]
-    cf, prob = f["cross_fitted"], f["cross_fitted_probability"]
-    lines = [f"# Global branch, {summary['source']}",
-             f"{summary['n_images']} images of {summary['n_women']} women, {summary['n_positive']} with cancer. "
-             "95 % CIs from a bootstrap over women. Cross-fitted: each fold calibrated and thresholded by what the "
-             "other folds chose.", "",
-             "| figure | value |", "| --- | --- |",
-             f"| auROC (image logit, pooled out of fold) | {format_ci(f['logit_auroc'])} |",
-             f"| auROC / auPR (cross-fitted probability) | {format_ci(cf['auroc'])} / {format_ci(cf['aupr'])} |",
-             f"| sensitivity / specificity at each fold's threshold | {format_ci(cf['sensitivity'])} / "
-             f"{format_ci(cf['specificity'])} |",
-             f"| sensitivity at specificity 0.8 (pooled logits) | {f['sensitivity_at_specificity_0.8']:.3f} |",
-             f"| ECE / Brier / Brier of the base rate | {format_ci(prob['ece'])} / {format_ci(prob['brier'])} / "
-             f"{format_ci(prob['brier_base_rate'])} |",
+    lines = [f"# Global branch, {summary['source']}", intro(summary), "",
+             "| figure | value |", "| --- | --- |", *figure_rows(f),
              f"| per-fold auROC (mean {f['per_fold']['mean_auroc']:.3f}) | "
              + ", ".join(f"{v['auroc']:.3f} ({v['chosen']})" for k, v in f["per_fold"].items()
                          if k != "mean_auroc") + " |", "",
@@ -45,6 +34,75 @@ def metrics_markdown(summary: dict) -> str:
                   f"probability threshold {s['probability_threshold']:.4f} (F{summary['beta']:g} at specificity >= "
                   f"{summary['min_specificity']})."]
     return "\n".join(lines) + "\n"
+
+
+def intro(summary: dict) -> str:
+    return (f"{summary['n_images']} images of {summary['n_women']} women, {summary['n_positive']} with cancer. "
+            "95 % CIs from a bootstrap over women. Cross-fitted: each fold calibrated and thresholded by what the "
+            "other folds chose.")
+
+
+def figure_rows(f: dict) -> list[str]:
+    """The table rows every out-of-fold model is judged by (pipeline.digital.cross_validate.oof_figures)."""
+    cf, prob = f["cross_fitted"], f["cross_fitted_probability"]
+    return [f"| auROC (image logit, pooled out of fold) | {format_ci(f['logit_auroc'])} |",
+            f"| auROC / auPR (cross-fitted probability) | {format_ci(cf['auroc'])} / {format_ci(cf['aupr'])} |",
+            f"| sensitivity / specificity at each fold's threshold | {format_ci(cf['sensitivity'])} / "
+            f"{format_ci(cf['specificity'])} |",
+            f"| sensitivity at specificity 0.8 (pooled logits) | {f['sensitivity_at_specificity_0.8']:.3f} |",
+            f"| ECE / Brier / Brier of the base rate | {format_ci(prob['ece'])} / {format_ci(prob['brier'])} / "
+            f"{format_ci(prob['brier_base_rate'])} |"]
+
+
+def baseline_markdown(summary: dict) -> str:
+    """The whole-image baseline's figures, and beside the branch (and their fusion) when it was compared."""
+    m, f = summary["model"], summary["figures"]
+    lines = [f"# Whole-image baseline, {summary['source']}",
+             f"{m['backbone']} ({m['weights']}) fine-tuned on the whole image at {m['input_size']} px for "
+             f"{m['epochs']} epochs ({m['frozen_epochs']} with the backbone frozen), polarity {m['polarity']}. "
+             + intro(summary), "", "| figure | baseline |", "| --- | --- |", *figure_rows(f),
+             "| per-fold auROC (mean {:.3f}) | {} |".format(
+                 f["per_fold"]["mean_auroc"],
+                 ", ".join(f"{v['auroc']:.3f}" for k, v in f["per_fold"].items() if k != "mean_auroc")), "",
+             "| fold | training / validation images | best epoch | validation auROC | training time |",
+             "| --- | --- | --- | --- | --- |"]
+    lines += [f"| {k} | {d['n_train']} / {d['n_val']} | {d['best_epoch']} | {d['val_auroc']:.3f} | "
+              f"{d['train_seconds'] / 60:.1f} min |" for k, d in summary["folds"].items()]
+    if "against_branch" in summary:
+        a = summary["against_branch"]
+        fusion = a["fusion"]
+        lines += ["", "Against the global branch on the same images (paired, 95 % CI over women):", "",
+                  f"- auROC, baseline minus branch: {format_ci(a['auroc_baseline_minus_branch'], signed=True)}",
+                  f"- fusion (weight of the baseline per fold, chosen on the other folds: "
+                  f"{', '.join(f'{w:g}' for w in fusion['weights_per_fold'].values())}), auROC minus the branch: "
+                  f"{format_ci(fusion['auroc_fusion_minus_branch'], signed=True)}", "",
+                  "| figure | fusion |", "| --- | --- |", *figure_rows(fusion["figures"])]
+    return "\n".join(lines) + "\n"
+
+
+def print_baseline_summary(summary: dict, out: Path) -> None:
+    print(baseline_markdown(summary))
+    print(f"written: {out}/summary.json, {out}/evaluation/, {out}/folds/, {out}/folds.csv")
+
+
+def write_baseline_report(summary: dict, out: Path, branch_probability=None, n_boot: int = 300,
+                          seed: int = 0) -> list[str]:
+    """metrics.md, and the ROC / PR curves of the baseline (with the branch and the fusion when compared)."""
+    from pipeline.evaluate import plot_curves, plot_reliability
+
+    ev = Path(out) / "evaluation"
+    ev.mkdir(parents=True, exist_ok=True)
+    oof = summary["oof"]
+    y, groups = np.array(oof["label"]), np.array(oof["woman"])
+    atomic_write_text(ev / "metrics.md", baseline_markdown(summary))
+    curves = {"whole-image baseline": (y, np.array(oof["probability_cross_fitted"]), groups)}
+    if branch_probability is not None:
+        curves["global branch"] = (y, np.asarray(branch_probability), groups)
+        curves["fusion"] = (y, np.array(summary["against_branch"]["fusion"]["probability_cross_fitted"]), groups)
+    written = ["metrics.md"] + plot_curves(curves, ev, n_boot, seed)
+    written.append(plot_reliability(summary["figures"]["cross_fitted_probability"], y,
+                                    np.array(oof["probability_cross_fitted"]), ev))
+    return written
 
 
 def print_summary(summary: dict, out: Path) -> None:
