@@ -32,11 +32,9 @@ def export_onnx(model_dir) -> Path:
 
     runtime.use_keras_backend("tensorflow")  # tf2onnx converts TensorFlow graphs
     import keras
-    import numpy as np
     import onnx
     import tensorflow as tf
     import tf2onnx
-    from onnx import numpy_helper
 
     from classifier.backends import backend_for
     from classifier.gradcam import run_capturing
@@ -68,27 +66,72 @@ def export_onnx(model_dir) -> Path:
                                              opset=17)
     # Traced layer by layer (run_capturing), the Normalization layer's mean and variance come out of tf2onnx as
     # graph inputs instead of constants: they become initializers again, with the layer's own values.
-    norm = model.get_layer("imagenet_norm") if "imagenet_norm" in names else None
-    constants = {} if norm is None else {"Sub/y": np.asarray(norm.mean, np.float32),
-                                         "Sqrt/x": np.asarray(norm.variance, np.float32)}
-    used = {name for node in proto.graph.node for name in node.input}
-    for graph_input in [i for i in proto.graph.input if i.name != "crops"]:
-        if graph_input.name not in used:  # folded away by tf2onnx: dropped (onnxruntime warns at every load)
-            proto.graph.input.remove(graph_input)
-            continue
-        key = next((k for k in constants if k in graph_input.name), None)
-        if key is None:
-            raise WeightsError(model_path, f"unexpected graph input {graph_input.name} in the exported graph")
-        dims = [d.dim_value for d in graph_input.type.tensor_type.shape.dim]
-        value = constants[key].reshape(dims) if dims and all(dims) else constants[key]
-        proto.graph.initializer.append(numpy_helper.from_array(value, graph_input.name))
-        proto.graph.input.remove(graph_input)
+    bake_normalization(proto, model, "crops", model_path)
     # checked at inference (onnx_backend.open_onnx): a graph of another (older) model.keras is not used
     onnx.helper.set_model_props(proto, {"head": HEAD, "method": METHOD, "model_sha256": sha256_of(model_path)})
     onnx.checker.check_model(proto)
     with atomic_path(Path(model_dir) / ONNX_FILE) as tmp:
         onnx.save(proto, str(tmp))
     return Path(model_dir) / ONNX_FILE
+
+
+def bake_normalization(proto, model, keep: str, model_path) -> None:
+    """Every graph input but `keep` made a constant again: tf2onnx turns the mean and variance of keras'
+    Normalization layers into graph inputs (named <layer>[_n]/Sub/y and .../Sqrt/x); inputs the graph does not use
+    are dropped (onnxruntime warns about them at every load). Anything else is refused, naming the model."""
+    import re
+
+    import keras
+    import numpy as np
+    from onnx import numpy_helper
+
+    norms = {layer.name: layer for layer in model.layers if isinstance(layer, keras.layers.Normalization)}
+    used = {name for node in proto.graph.node for name in node.input}
+    for graph_input in [i for i in proto.graph.input if i.name != keep]:
+        if graph_input.name not in used:
+            proto.graph.input.remove(graph_input)
+            continue
+        found = re.search(r"([A-Za-z0-9_]+)/(Sub/y|Sqrt/x)", graph_input.name)
+        layer = None
+        if found:
+            name = found.group(1)
+            layer = norms.get(name) or norms.get(re.sub(r"_\d+$", "", name))
+        if layer is None:
+            raise WeightsError(model_path, f"unexpected graph input {graph_input.name} in the exported graph")
+        value = np.asarray(layer.mean if found.group(2) == "Sub/y" else layer.variance, np.float32)
+        dims = [d.dim_value for d in graph_input.type.tensor_type.shape.dim]
+        value = value.reshape(dims) if dims and all(dims) else value
+        proto.graph.initializer.append(numpy_helper.from_array(value, graph_input.name))
+        proto.graph.input.remove(graph_input)
+
+
+def export_global_onnx(folder) -> Path:
+    """Write folder/model.onnx from a global branch's folder/model.keras (atomically): the whole image in, the map
+    of position logits out, for the onnx inference backend (classifier/global_branch.py)."""
+    import mammo.runtime as runtime
+
+    runtime.use_keras_backend("tensorflow")
+    import keras
+    import onnx
+    import tensorflow as tf
+    import tf2onnx
+
+    from classifier.global_branch import GLOBAL_ONNX_FILE, GLOBAL_ONNX_KIND
+
+    model_path = Path(folder) / "model.keras"
+    if not model_path.is_file():
+        raise WeightsError(model_path, "no global branch here: nothing to export")
+    model = keras.models.load_model(model_path, compile=False)
+    size = int(model.inputs[0].shape[1])
+    spec = [tf.TensorSpec((None, size, size, 1), tf.float32, name="squares")]
+    proto, _ = tf2onnx.convert.from_function(tf.function(lambda x: model(x, training=False), input_signature=spec),
+                                             input_signature=spec, opset=17)
+    bake_normalization(proto, model, "squares", model_path)
+    onnx.helper.set_model_props(proto, {"kind": GLOBAL_ONNX_KIND, "model_sha256": sha256_of(model_path)})
+    onnx.checker.check_model(proto)
+    with atomic_path(Path(folder) / GLOBAL_ONNX_FILE) as tmp:
+        onnx.save(proto, str(tmp))
+    return Path(folder) / GLOBAL_ONNX_FILE
 
 
 def export_into_bundle(model_dir) -> Path:
@@ -100,7 +143,8 @@ def export_into_bundle(model_dir) -> Path:
     bundled = (root / BUNDLE_FILE).is_file() and (root / MANIFEST).is_file()
     if bundled:
         verify_manifest(root)  # the whole bundle as shipped, the old classifier.onnx too when there is one
-    out = export_onnx(model_dir)
+    # a global branch's folder holds head.json beside its model.keras; a classifier's, calibration.json
+    out = export_global_onnx(model_dir) if (Path(model_dir) / "head.json").is_file() else export_onnx(model_dir)
     if bundled:
         write_manifest(root)
     return out
@@ -111,8 +155,9 @@ def cli(argv=None) -> int:
     from mammo.errors import MammoError
 
     p = argparse.ArgumentParser(prog="python -m classifier export-onnx",
-                                description="write classifier.onnx beside MODEL_DIR/model.keras (gap head only; a "
-                                            "bundle's MANIFEST.sha256 is verified, then rewritten); needs "
+                                description="write classifier.onnx beside MODEL_DIR/model.keras (gap head only), "
+                                            "or model.onnx when MODEL_DIR is a global branch (head.json); a "
+                                            "bundle's MANIFEST.sha256 is verified, then rewritten; needs "
                                             "requirements-export.txt")
     p.add_argument("model_dir", metavar="MODEL_DIR")
     model_dir = p.parse_args(argv).model_dir

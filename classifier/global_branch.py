@@ -27,6 +27,10 @@ import numpy as np
 from mammo.geometry import Transform
 
 MAX_SIZE = 1024  # input side; the feature map grows with its square
+# The exported graph beside model.keras (classifier/export_onnx.py) that the onnx inference backend runs: no keras
+# imported, and MobileNetV2's depthwise convolutions at 512 px run several times faster than on keras' torch.
+GLOBAL_ONNX_FILE = "model.onnx"
+GLOBAL_ONNX_KIND = "global_branch_position_logits"
 
 
 @dataclass(frozen=True)
@@ -269,9 +273,10 @@ class GlobalBranch:
         logit, saliency = branch.analyse(mammogram.pixels)   # saliency: position logits, original (H, W)
     """
 
-    def __init__(self, model, top_fraction: float, source: str = "", polarity: str = "as_read"):
-        self.model = model
-        self.size = int(model.inputs[0].shape[1])
+    def __init__(self, model, top_fraction: float, source: str = "", polarity: str = "as_read",
+                 size: int | None = None):
+        self.model = model  # a keras model, or anything called the same way (OnnxPositionLogits)
+        self.size = int(size or model.inputs[0].shape[1])
         self.top_fraction = float(top_fraction)
         self.source = source
         self.polarity = polarity
@@ -299,11 +304,17 @@ class GlobalBranch:
         return model_path, frac, polarity
 
     @classmethod
-    def load(cls, folder, threads: int | None = None) -> "GlobalBranch":
+    def load(cls, folder, threads: int | None = None, backend: str = "keras") -> "GlobalBranch":
+        """backend 'onnx': the exported graph (model.onnx) when it was exported from this model.keras, else keras
+        (said on stderr, as for the classifier); any other value: keras."""
         import mammo.runtime as runtime
         from mammo.errors import WeightsError
 
         model_path, frac, polarity = cls.check(folder)
+        if backend == "onnx":
+            graph = OnnxPositionLogits.open(model_path, threads)
+            if graph is not None:
+                return cls(graph, frac, str(graph.path), polarity, size=graph.size)
         import keras
 
         runtime.configure_keras(threads)
@@ -334,16 +345,66 @@ class GlobalBranch:
                               to_square_t.then(Transform.resize((self.size, self.size), (h, w))), inverted)
 
 
+class OnnxPositionLogits:
+    """The exported branch (model.onnx) on onnxruntime, called as the keras model is: squares in, position logits
+    out. Only onnxruntime's built-in CPU ops run (no custom-op library is registered)."""
+
+    def __init__(self, session, path):
+        self.session, self.path = session, path
+        shape = session.get_inputs()[0].shape
+        self.size = int(shape[1])
+        self.input_name = session.get_inputs()[0].name
+
+    @classmethod
+    def open(cls, model_path, threads: int | None = None) -> "OnnxPositionLogits | None":
+        """The graph beside `model_path` (model.keras), or None with the reason on stderr: missing, or exported
+        from another model.keras. A graph that is there and unreadable, or of another input shape, is an error
+        naming it."""
+        import sys
+        from pathlib import Path
+
+        import onnxruntime as ort
+
+        import mammo.runtime as runtime
+        from mammo.errors import WeightsError
+        from mammo.weights_store import sha256_of
+
+        path = Path(model_path).with_name(GLOBAL_ONNX_FILE)
+        if not path.is_file():
+            print(f"note: inference_backend=onnx: no {path}; the global branch runs on keras", file=sys.stderr)
+            return None
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or runtime.default_threads()
+        options.inter_op_num_threads = 1
+        try:
+            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime's own errors have no common class
+            raise WeightsError(path, f"not a readable ONNX graph ({type(exc).__name__}: {exc}); re-export it with "
+                                     f"`python -m classifier export-onnx {path.parent}`") from None
+        meta = session.get_modelmeta().custom_metadata_map
+        if meta.get("kind") != GLOBAL_ONNX_KIND or meta.get("model_sha256") != sha256_of(model_path):
+            print(f"note: inference_backend=onnx: {path} was not exported from {model_path} (re-export: python -m "
+                  f"classifier export-onnx {path.parent}); the global branch runs on keras", file=sys.stderr)
+            return None
+        shape = session.get_inputs()[0].shape
+        if len(shape) != 4 or shape[1] != shape[2] or shape[3] != 1 or not 32 <= int(shape[1]) <= MAX_SIZE:
+            raise WeightsError(path, f"input shape {shape}: expected a grey square of 32..{MAX_SIZE}")
+        return cls(session, path)
+
+    def __call__(self, x, training: bool = False) -> np.ndarray:
+        return self.session.run(None, {self.input_name: np.asarray(x, np.float32)})[0]
+
+
 class LazyGlobalBranch:
     """A branch loaded on its first image, not at start-up: keras and a 512 px network cost seconds and hundreds
     of MB, and a run of film images never needs them (on the onnx backend it then never imports keras). The
     folder is checked when this is made, so a broken bundle still fails at load, naming the file."""
 
-    def __init__(self, folder, threads: int | None = None):
+    def __init__(self, folder, threads: int | None = None, backend: str = "keras"):
         import threading
 
         GlobalBranch.check(folder)
-        self.folder, self.threads = folder, threads
+        self.folder, self.threads, self.backend = folder, threads, backend
         self._branch, self._lock = None, threading.Lock()
 
     @property
@@ -353,7 +414,7 @@ class LazyGlobalBranch:
     def get(self) -> GlobalBranch:
         with self._lock:  # serve's and the folder loop's threads may ask at once
             if self._branch is None:
-                self._branch = GlobalBranch.load(self.folder, self.threads)
+                self._branch = GlobalBranch.load(self.folder, self.threads, self.backend)
         return self._branch
 
     def analyse(self, pixels: np.ndarray, mirror: bool = True) -> "GlobalAnalysis":

@@ -372,7 +372,8 @@ class PipelineModels:
             for name, section in bundle.domains.items():
                 op = section.get("operating_point") or {}
                 models.domains[name] = DomainModels(
-                    name, LazyGlobalBranch(bundle.root / section["global_branch"], threads=cfg.run.threads),
+                    name, LazyGlobalBranch(bundle.root / section["global_branch"], threads=cfg.run.threads,
+                                           backend=cfg.classifier.inference_backend),
                     float(section["threshold"]), section["calibration"], section.get("operating_curve"),
                     f"chosen on {op['source']} of {name} images" if op.get("source") else "shipped with the models")
             return models

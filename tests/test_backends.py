@@ -3,6 +3,7 @@ numbers on both, and a torch-backend inference that never imports TensorFlow. Ke
 first import, so every torch run here is a child process (this test process runs keras on TensorFlow)."""
 import mammo.runtime  # noqa: F401  (first: import order)
 
+import csv
 import json
 import os
 import subprocess
@@ -237,19 +238,23 @@ def _shipped_copy(tmp_path) -> Path:
 
 @pytest.mark.slow
 def test_infer_on_onnx_imports_neither_keras_nor_tensorflow(tmp_path):
-    """`pipeline infer` on a sample DICOM (film) with the shipped models and inference_backend=onnx, in a child:
-    neither keras nor TensorFlow imported after. The digital global branch, a keras model, is in the bundle but is
-    loaded only on a digital image. (Not an import hook that raises: ultralytics probes for TensorFlow with
+    """`pipeline infer` on a sample DICOM with the shipped models and inference_backend=onnx, in a child: neither
+    keras nor TensorFlow imported after, whether it is run as film (detector + classifier) or as digital (the
+    global branch's exported graph). (Not an import hook that raises: ultralytics probes for TensorFlow with
     find_spec without importing it.)"""
     from pipeline.demo import sample_inputs
 
     models = _shipped_copy(tmp_path)
-    child = run_child("import json\n" + textwrap.dedent(NO_KERAS).format(
-        source=str(sample_inputs()[0]), out=str(tmp_path / "out"), models=str(models), extra=[]))
-    assert child.returncode == 0, child.stderr[-3000:]
-    assert json.loads(child.stdout.split("RESULT=")[-1]) == {"code": 0, "keras": False, "tensorflow": False}, \
-        child.stderr[-3000:]
-    assert "runs on keras instead" not in child.stderr
+    for domain in ("film", "digital"):
+        child = run_child("import json\n" + textwrap.dedent(NO_KERAS).format(
+            source=str(sample_inputs()[0]), out=str(tmp_path / domain), models=str(models),
+            extra=[f"pipeline.domain={domain}"]))
+        assert child.returncode == 0, child.stderr[-3000:]
+        assert json.loads(child.stdout.split("RESULT=")[-1]) == {"code": 0, "keras": False, "tensorflow": False}, \
+            (domain, child.stderr[-3000:])
+        assert "runs on keras" not in child.stderr
+        (row,) = csv.DictReader(open(tmp_path / domain / "predictions.csv"))
+        assert json.loads((tmp_path / domain / f"{row['image_id']}.json").read_text())["domain"] == domain
 
 
 def test_an_onnx_graph_that_cannot_stand_in_falls_back_by_name_and_a_damaged_one_is_refused(tmp_path, capsys):
@@ -316,3 +321,68 @@ def test_export_of_a_gap_model_gives_kerass_numbers_without_keras_and_a_dense_he
     capsys.readouterr()
     assert clf.gradcam(crops, "gradcam++").shape == crops.shape
     assert "gradcam++ is not in classifier.onnx" in capsys.readouterr().err
+
+
+def _standin_branch_folder(folder: Path, weight=(2.0, -1.0)):
+    from classifier.global_branch import MilHead, build_global_model
+    from standins import block_mean_extractor
+
+    head = MilHead(np.array([0.2, -0.2], np.float32), np.array([0.1, 0.1], np.float32),
+                   np.array(weight, np.float32), 0.3, top_fraction=0.25)
+    folder.mkdir(parents=True, exist_ok=True)
+    build_global_model(block_mean_extractor(), head, grid=4).save(folder / "model.keras")
+    (folder / "head.json").write_text(json.dumps({"top_fraction": 0.25, "polarity": "dark_background"}))
+    return folder
+
+
+def test_global_branch_export_gives_kerass_map_and_a_stale_or_broken_graph_is_not_used(tmp_path, capsys):
+    """A stand-in branch (block means, a linear head, two Normalization layers) exported: onnxruntime gives keras'
+    logit and saliency grid. A graph exported from another model.keras falls back to keras, saying so; a file that
+    is not a graph is refused by name."""
+    try:
+        import tf2onnx  # noqa: F401
+    except ImportError:
+        from ci import unavailable
+
+        unavailable("tf2onnx is not installed (requirements-export.txt)")
+    from classifier.export_onnx import export_global_onnx
+    from classifier.global_branch import GLOBAL_ONNX_FILE, GlobalBranch, OnnxPositionLogits
+    from mammo.errors import WeightsError
+
+    folder = _standin_branch_folder(tmp_path / "global")
+    assert export_global_onnx(folder) == folder / GLOBAL_ONNX_FILE
+    pixels = np.random.default_rng(3).random((50, 40)).astype(np.float32) * 0.3
+    pixels[5:15, 25:35] = 1.0
+    keras_branch, onnx_branch = GlobalBranch.load(folder), GlobalBranch.load(folder, backend="onnx")
+    assert isinstance(onnx_branch.model, OnnxPositionLogits) and onnx_branch.size == keras_branch.size == 32
+    expected, got = keras_branch.analyse(pixels), onnx_branch.analyse(pixels)
+    assert abs(expected.logit) > 0.1  # not a trivial score to agree on
+    assert got.logit == pytest.approx(expected.logit, abs=1e-5)
+    np.testing.assert_allclose(got.grid, expected.grid, atol=1e-5, rtol=0)
+    np.testing.assert_array_equal(got.to_grid.matrix, expected.to_grid.matrix)
+    assert got.to_grid.dst_shape == expected.to_grid.dst_shape and got.inverted == expected.inverted
+    # retrained since the export: the old graph would give the old model's numbers
+    _standin_branch_folder(folder, weight=(-1.0, 2.0))
+    capsys.readouterr()
+    stale = GlobalBranch.load(folder, backend="onnx")
+    assert not isinstance(stale.model, OnnxPositionLogits)
+    assert "was not exported from" in capsys.readouterr().err
+    (folder / GLOBAL_ONNX_FILE).write_bytes(b"not a graph")
+    with pytest.raises(WeightsError, match=f"{folder / GLOBAL_ONNX_FILE}.*not a readable ONNX graph"):
+        GlobalBranch.load(folder, backend="onnx")
+
+
+def test_shipped_global_branch_on_onnx_gives_kerass_numbers_on_the_sample_dicoms():
+    """The shipped bundle's model.onnx is the shipped model.keras: the same logit and saliency on real DICOMs."""
+    from classifier.global_branch import GlobalBranch, OnnxPositionLogits
+    from mammo.imaging import read_mammogram
+    from pipeline.demo import sample_inputs
+
+    folder = SHIPPED / "global"
+    keras_branch, onnx_branch = GlobalBranch.load(folder), GlobalBranch.load(folder, backend="onnx")
+    assert isinstance(onnx_branch.model, OnnxPositionLogits)
+    for path in sample_inputs()[:2]:
+        pixels = read_mammogram(path).pixels
+        expected, got = keras_branch.analyse(pixels), onnx_branch.analyse(pixels)
+        assert got.logit == pytest.approx(expected.logit, abs=1e-4), path.name
+        np.testing.assert_allclose(got.grid, expected.grid, atol=1e-3, rtol=0)
