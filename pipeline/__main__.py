@@ -378,34 +378,33 @@ def cmd_cross_validate(args, overrides, inputs) -> int:
     return 0
 
 
+def _fold_command(args, overrides, command: str, run, show) -> int:
+    """A resumable cross-validation command: run(cfg, out) gives the summary once every fold is done, else None."""
+    cfg = load_config(args.config, overrides)
+    out = make_run_dir("pipeline", command, cfg.run.name, args.out)
+    start_run(cfg, out)
+    summary = run(cfg, out)
+    if summary is None:
+        print(f"fold {args.fold} done; run without --fold (or the other folds) for the out-of-fold figures")
+        return 0
+    show(summary, out)
+    return 0
+
+
 def cmd_digital_cv(args, overrides, inputs) -> int:
     from pipeline.digital.cross_validate import run_digital_cv
     from pipeline.digital.report import print_summary
 
-    cfg = load_config(args.config, overrides)
-    out = make_run_dir("pipeline", "digital-cv", cfg.run.name, args.out)
-    start_run(cfg, out)
-    summary = run_digital_cv(cfg, out, only_fold=args.fold, feature_cache=args.features)
-    if summary is None:
-        print(f"fold {args.fold} done; run without --fold (or the other folds) for the out-of-fold figures")
-        return 0
-    print_summary(summary, out)
-    return 0
+    return _fold_command(args, overrides, "digital-cv", lambda cfg, out: run_digital_cv(
+        cfg, out, only_fold=args.fold, feature_cache=args.features), print_summary)
 
 
 def cmd_digital_baseline_cv(args, overrides, inputs) -> int:
     from pipeline.digital.baseline import run_baseline_cv
     from pipeline.digital.report import print_baseline_summary
 
-    cfg = load_config(args.config, overrides)
-    out = make_run_dir("pipeline", "digital-baseline-cv", cfg.run.name, args.out)
-    start_run(cfg, out)
-    summary = run_baseline_cv(cfg, out, against=args.against, only_fold=args.fold)
-    if summary is None:
-        print(f"fold {args.fold} done; run without --fold (or the other folds) for the out-of-fold figures")
-        return 0
-    print_baseline_summary(summary, out)
-    return 0
+    return _fold_command(args, overrides, "digital-baseline-cv", lambda cfg, out: run_baseline_cv(
+        cfg, out, against=args.against, only_fold=args.fold), print_baseline_summary)
 
 
 def cmd_digital_train(args, overrides, inputs) -> int:

@@ -10,22 +10,13 @@ from mammo.config import ClassifierConfig, Config, GlobalBranchConfig, replace
 from mammo.errors import MammoError
 from pipeline.digital import baseline as dbl
 from pipeline.digital import cross_validate as dcv
-from test_digital_cv import SIZE, BlockFeatures, make_records, tiny_config
+from test_digital_cv import SIZE, BlockFeatures, dataset, tiny_config  # noqa: F401  (dataset: a fixture)
 
 
 def baseline_config() -> Config:
     cfg = tiny_config()
     return replace(cfg, classifier=ClassifierConfig(backbone="small_cnn", weights="none", input_size=SIZE,
                                                     epochs=1, batch_size=8, patience=1, augment_strength=0.0))
-
-
-@pytest.fixture
-def dataset(tmp_path, monkeypatch):
-    (tmp_path / "images").mkdir()
-    records = make_records(tmp_path / "images")
-    monkeypatch.setattr(dcv, "dataset_records", lambda cfg: records)
-    monkeypatch.setattr(dbl, "dataset_records", lambda cfg: records)
-    return records
 
 
 class MeanModel:

@@ -28,11 +28,11 @@ from tqdm import tqdm
 
 from mammo import metrics
 from mammo.atomic import atomic_write_text
-from mammo.config import Config, save_config
+from mammo.config import Config
 from mammo.errors import MammoError
 from mammo.imaging import read_mammogram
-from pipeline.cross_validate import assign_folds, write_folds_file
-from pipeline.digital.cross_validate import dataset_records, oof_figures, outer_folds
+from pipeline.cross_validate import assign_folds
+from pipeline.digital.cross_validate import oof_figures, start_run_folder
 
 VAL_FOLDS = 5  # one fifth of a fold's training women validate (the best epoch), as the film split's 0.2
 FUSION_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)  # weight of the baseline's standardized logit; 0 = the branch alone
@@ -137,21 +137,14 @@ def branch_oof(against, records) -> tuple[np.ndarray, np.ndarray]:
 def run_baseline_cv(cfg: Config, out, *, against=None, only_fold: int | None = None, progress: bool = True,
                     n_boot: int = 1000) -> dict | None:
     """Run (or resume) the folds; with every fold done, write summary.json and return it (else None)."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out)
-    records = dataset_records(cfg)
+    out, records, folds = start_run_folder(cfg, out, only_fold)
     k = cfg.global_branch.folds
-    if only_fold is not None and not 0 <= only_fold < k:
-        raise MammoError(f"--fold {only_fold}: expected 0 to {k - 1}")
-    folds = outer_folds(records, cfg)
     fold = np.array([folds[r.image_id] for r in records])
     branch = None
     if against is not None:
         branch, branch_fold = branch_oof(against, records)
         if not np.array_equal(branch_fold, fold):
             raise MammoError(f"{against}: its folds are not these (another data seed or global_branch.folds?)")
-    write_folds_file(out / "folds.csv", records, folds)
     y = np.array([r.label for r in records])
     women = np.array([r.patient_id for r in records])
     todo = [j for j in (range(k) if only_fold is None else [only_fold]) if not fold_file(out, j).is_file()]

@@ -254,9 +254,8 @@ def sensitivity_at_specificity(y, scores, specificity: float) -> float:
     return float(np.mean(s[y == 1] > t))
 
 
-def run_digital_cv(cfg: Config, out, *, only_fold: int | None = None, progress: bool = True,
-                   extractor=None, feature_cache=None, n_boot: int = 1000) -> dict | None:
-    """Run (or resume) the folds; with every fold done, write summary.json and return it (else None)."""
+def start_run_folder(cfg: Config, out, only_fold: int | None) -> tuple[Path, list, dict[str, int]]:
+    """The run folder made, with its resolved config and folds.csv: (folder, records, {image_id: fold})."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out)
@@ -266,6 +265,14 @@ def run_digital_cv(cfg: Config, out, *, only_fold: int | None = None, progress: 
         raise MammoError(f"--fold {only_fold}: expected 0 to {k - 1}")
     folds = outer_folds(records, cfg)
     write_folds_file(out / "folds.csv", records, folds)
+    return out, records, folds
+
+
+def run_digital_cv(cfg: Config, out, *, only_fold: int | None = None, progress: bool = True,
+                   extractor=None, feature_cache=None, n_boot: int = 1000) -> dict | None:
+    """Run (or resume) the folds; with every fold done, write summary.json and return it (else None)."""
+    out, records, folds = start_run_folder(cfg, out, only_fold)
+    k = cfg.global_branch.folds
     feats = pool_grid(extract_features(records, cfg, feature_cache or out / "features", progress=progress,
                                        extractor=extractor), cfg.global_branch.grid)
     y = np.array([r.label for r in records])
