@@ -137,3 +137,31 @@ def test_the_report_is_written_with_the_comparison(dataset, tmp_path):
     assert "baseline minus branch" in text and "| fusion |" in text
     for name in ("roc.png", "pr.png", "reliability.png"):
         assert (out / "evaluation" / name).stat().st_size > 0
+
+
+def test_both_digital_cross_validations_on_a_real_subset(tmp_path, monkeypatch):
+    """The real digital images (a subset of 16 women: 2 cancer images in 3) through the reader, the polarity rule,
+    the woman-level folds, the branch (stand-in features) and the whole-image baseline (a tiny CNN, one epoch):
+    every image scored once, out of fold, by woman. Contracts only: nothing here depends on what is learned."""
+    from test_image_labels import RSNA_DIR
+    from mammo.annotations import read_annotations
+
+    if not (RSNA_DIR / "malignant").is_dir():  # data, never in git: a visible skip, as the other real-data tests
+        pytest.skip(f"rsna-ffdm-640 not found at {RSNA_DIR} (set MAMMO_RSNA_DIR to run this test)")
+    images = read_annotations("folders", RSNA_DIR, aspect_squashed=True).images
+    by_woman = {}
+    for r in sorted(images, key=lambda r: r.image_id):
+        by_woman.setdefault((r.label, r.patient_id), []).append(r)
+    women = sorted(w for w in by_woman if w[0] == 1)[:6] + sorted(w for w in by_woman if w[0] == 0)[:10]
+    subset = sorted((r for w in women for r in by_woman[w]), key=lambda r: r.image_id)
+    monkeypatch.setattr(dcv, "dataset_records", lambda cfg: subset)
+    branch_run = tmp_path / "branch"
+    dcv.run_digital_cv(tiny_config(), branch_run, progress=False, extractor=BlockFeatures(), n_boot=20)
+    summary = dbl.run_baseline_cv(baseline_config(), tmp_path / "baseline", against=branch_run, progress=False,
+                                  n_boot=20)
+    oof = summary["oof"]
+    assert oof["image_id"] == [r.image_id for r in subset] and np.isfinite(oof["logit"]).all()
+    fold = np.array(oof["fold"])
+    for w in {r.patient_id for r in subset}:
+        assert len(set(fold[[r.patient_id == w for r in subset]])) == 1
+    assert sum(d["n"] for k, d in summary["figures"]["per_fold"].items() if k != "mean_auroc") == len(subset)
