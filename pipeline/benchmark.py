@@ -43,7 +43,8 @@ from pipeline.infer import StepTimer, infer_image
 
 LOADED_CONF = 1e-4  # low enough that the detector keeps max_det boxes on every image
 LOADED_BOXES = 10  # a busy image: at least this many boxes through the second stage, whatever max_det ships
-STEPS = ("read", "preprocess", "detect", "crop", "classify", "map_back", "write")  # classify: with Grad-CAM
+# classify: with Grad-CAM; global_branch: digital images only (0 on film)
+STEPS = ("read", "preprocess", "detect", "crop", "classify", "global_branch", "map_back", "write")
 
 
 def machine(classifier_backend: str = "") -> dict:
