@@ -41,7 +41,8 @@ def main() -> None:
     warm = sorted(times[len(images):] or times[1:])
     model = type(route.branch.get().model).__name__
     print(f"backend {args.backend} ({model}); global branch per full-size image, warm: median "
-          f"{1000 * warm[len(warm) // 2]:.0f} ms (min {1000 * warm[0]:.0f}, max {1000 * warm[-1]:.0f}; {len(warm)} runs; first {1000 * times[0]:.0f} ms)")
+          f"{1000 * warm[len(warm) // 2]:.0f} ms (min {1000 * warm[0]:.0f}, max {1000 * warm[-1]:.0f}; "
+          f"{len(warm)} runs; first {1000 * times[0]:.0f} ms)")
 
 
 if __name__ == "__main__":

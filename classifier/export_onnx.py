@@ -69,10 +69,17 @@ def export_onnx(model_dir) -> Path:
     bake_normalization(proto, model, "crops", model_path)
     # checked at inference (onnx_backend.open_onnx): a graph of another (older) model.keras is not used
     onnx.helper.set_model_props(proto, {"head": HEAD, "method": METHOD, "model_sha256": sha256_of(model_path)})
+    return checked_save(proto, Path(model_dir) / ONNX_FILE)
+
+
+def checked_save(proto, path: Path) -> Path:
+    """The graph checked by onnx, then written atomically to `path`."""
+    import onnx
+
     onnx.checker.check_model(proto)
-    with atomic_path(Path(model_dir) / ONNX_FILE) as tmp:
+    with atomic_path(path) as tmp:
         onnx.save(proto, str(tmp))
-    return Path(model_dir) / ONNX_FILE
+    return path
 
 
 def bake_normalization(proto, model, keep: str, model_path) -> None:
@@ -128,10 +135,7 @@ def export_global_onnx(folder) -> Path:
                                              input_signature=spec, opset=17)
     bake_normalization(proto, model, "squares", model_path)
     onnx.helper.set_model_props(proto, {"kind": GLOBAL_ONNX_KIND, "model_sha256": sha256_of(model_path)})
-    onnx.checker.check_model(proto)
-    with atomic_path(Path(folder) / GLOBAL_ONNX_FILE) as tmp:
-        onnx.save(proto, str(tmp))
-    return Path(folder) / GLOBAL_ONNX_FILE
+    return checked_save(proto, Path(folder) / GLOBAL_ONNX_FILE)
 
 
 def export_into_bundle(model_dir) -> Path:

@@ -363,9 +363,7 @@ class OnnxPositionLogits:
         import sys
         from pathlib import Path
 
-        import onnxruntime as ort
-
-        import mammo.runtime as runtime
+        from classifier.onnx_backend import open_session
         from mammo.errors import WeightsError
         from mammo.weights_store import sha256_of
 
@@ -373,14 +371,7 @@ class OnnxPositionLogits:
         if not path.is_file():
             print(f"note: inference_backend=onnx: no {path}; the global branch runs on keras", file=sys.stderr)
             return None
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or runtime.default_threads()
-        options.inter_op_num_threads = 1
-        try:
-            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime's own errors have no common class
-            raise WeightsError(path, f"not a readable ONNX graph ({type(exc).__name__}: {exc}); re-export it with "
-                                     f"`python -m classifier export-onnx {path.parent}`") from None
+        session = open_session(path, threads)
         meta = session.get_modelmeta().custom_metadata_map
         if meta.get("kind") != GLOBAL_ONNX_KIND or meta.get("model_sha256") != sha256_of(model_path):
             print(f"note: inference_backend=onnx: {path} was not exported from {model_path} (re-export: python -m "

@@ -47,6 +47,23 @@ def open_onnx(model_dir, threads: int | None = None) -> "OnnxBackend | None":
     return backend
 
 
+def open_session(path: Path, threads: int | None = None):
+    """An onnxruntime CPU session of `path` (the classifier's or the global branch's graph); a file that is not a
+    readable graph is an error naming it."""
+    import onnxruntime as ort
+
+    import mammo.runtime as runtime
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or runtime.default_threads()
+    options.inter_op_num_threads = 1  # one chain of ops: a second pool would only compete for the 2 cores
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime's own errors (protobuf, unknown op) have no common class
+        raise WeightsError(path, f"not a readable ONNX graph ({type(exc).__name__}: {exc}); re-export it with "
+                                 f"`python -m classifier export-onnx {Path(path).parent}`") from None
+
+
 def _fallback(reason: str) -> None:
     print(f"note: classifier.inference_backend=onnx: {reason}; the classifier runs on keras instead (torch, "
           f"unless this process runs keras on TensorFlow already)", file=sys.stderr)
@@ -60,18 +77,7 @@ class OnnxBackend(BatchedBackend):
     trace_error = ""  # nothing is traced: the interface of classifier.backends.TorchBackend
 
     def __init__(self, path: Path, threads: int | None = None, batch_size: int = 32):
-        import onnxruntime as ort
-
-        import mammo.runtime as runtime
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or runtime.default_threads()
-        options.inter_op_num_threads = 1  # one chain of ops: a second pool would only compete for the 2 cores
-        try:
-            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime's own errors (protobuf, unknown op) have no common class
-            raise WeightsError(path, f"not a readable ONNX graph ({type(exc).__name__}: {exc}); re-export it "
-                                     f"with `python -m classifier export-onnx`") from None
+        self.session = open_session(path, threads)
         self.metadata = self.session.get_modelmeta().custom_metadata_map
         self.input_shape = tuple(int(d) for d in self.session.get_inputs()[0].shape[1:])
         self.batch_size = batch_size
