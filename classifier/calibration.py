@@ -15,11 +15,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from scipy.optimize import minimize
+from scipy.optimize import minimize, minimize_scalar
 
 from mammo.atomic import atomic_write_text
 from mammo.config import CALIBRATIONS as METHODS
 _EPS = 1e-6
+# Temperatures searched. Scores with no signal on validation drive the likelihood's optimum to T -> infinity
+# (every probability 0.5); an unbounded search once reached T = 2e21, where float64 rounds every probability to
+# exactly 0.5 and the ranking the map promises to keep is lost. Within these bounds logit / T keeps every order.
+MAX_TEMPERATURE = 100.0
 
 
 def _logit(p) -> np.ndarray:
@@ -61,9 +65,14 @@ class Calibrator:
             return self
         z = _logit(p)
         if self.method == "temperature":
-            # optimise log T so that T stays positive
-            res = minimize(lambda v: _nll(y, _sigmoid(z / np.exp(v[0]))), x0=[0.0], method="Nelder-Mead")
-            self.params = {"temperature": float(np.exp(res.x[0]))}
+            # optimise log T (so that T stays positive) within [1 / MAX, MAX]
+            bound = np.log(MAX_TEMPERATURE)
+            res = minimize_scalar(lambda v: _nll(y, _sigmoid(z / np.exp(v))), bounds=(-bound, bound),
+                                  method="bounded", options={"xatol": 1e-6})
+            t = float(np.exp(res.x))
+            self.params = {"temperature": t}
+            if t > MAX_TEMPERATURE / 1.01 or t < 1.01 / MAX_TEMPERATURE:
+                self.fitted_on = f"{fitted_on}; temperature at its bound {t:.3g}: the scores carry little signal there"
         elif self.method == "platt":
             res = minimize(lambda v: _nll(y, _sigmoid(np.exp(v[0]) * z + v[1])), x0=[0.0, 0.0],
                            method="Nelder-Mead")

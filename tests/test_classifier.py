@@ -124,6 +124,21 @@ def test_calibration_keeps_the_ranking_and_improves_likelihood(method):
     np.testing.assert_allclose(again(p), q)
 
 
+def test_temperature_stays_bounded_and_keeps_the_ranking_of_scores_without_signal():
+    # Scores unrelated to the labels: the likelihood is best at T -> infinity (all 0.5). An unbounded fit once ran
+    # to T = 2e21, where every probability rounds to exactly 0.5 and auROC becomes 0.5.
+    from classifier.calibration import MAX_TEMPERATURE
+
+    rng = np.random.default_rng(4)
+    p = np.repeat(1 / (1 + np.exp(-rng.normal(0, 3, 200))), 2)
+    y = np.tile([0, 1], 200)  # every score once with each label: no signal at all
+    cal = Calibrator("temperature").fit(p, y, "val")
+    assert cal.params["temperature"] == pytest.approx(MAX_TEMPERATURE, rel=0.01)
+    assert "at its bound" in cal.fitted_on
+    q = cal(p)
+    assert len(np.unique(q)) == len(np.unique(p)) and M.auroc(y, q) == M.auroc(y, p)
+
+
 def test_isotonic_is_monotone_and_one_class_stays_uncalibrated():
     p, y = overconfident_scores(1)
     q = Calibrator("isotonic").fit(p, y)(p)
