@@ -233,14 +233,25 @@ def spec_dict(spec: HeadSpec) -> dict:
 
 
 # --- the network: frozen backbone + the head as layers, saved as one .keras file -------------------------------
-def build_feature_extractor(size: int, weights_path="imagenet-offline"):
-    """Grey (size, size, 1) in [0, 1] -> the 1280-channel feature map of the ImageNet MobileNetV2 twin, with the
-    ImageNet normalization as layers (so a saved model carries it)."""
+# The backbone's feature maps a head may read (ReLU outputs, so every channel is >= 0 like the last one): the last
+# map, the expansion of the last block (stride 32) and the expansion before the last stride-2 block (stride 16).
+# Earlier maps are less tied to ImageNet's classes; a mammogram's lesions are texture more than objects.
+FEATURE_LAYERS = {"features_18_2": (1280, 32), "features_17_conv_0_2": (960, 32), "features_14_conv_0_2": (576, 16)}
+
+
+def build_feature_extractor(size: int, weights_path="imagenet-offline", layer: str = "features_18_2"):
+    """Grey (size, size, 1) in [0, 1] -> a feature map of the ImageNet MobileNetV2 twin (`layer`, one of
+    FEATURE_LAYERS; the last by default), with the ImageNet normalization as layers (so a saved model carries it).
+    The layers after the tap are not part of the model."""
     import keras
 
     from classifier.imagenet_mobilenet import build_mobilenet_v2_torchvision_compatible, imagenet_input_layers
 
+    if layer not in FEATURE_LAYERS:
+        raise ValueError(f"global branch layer {layer!r}: expected one of {', '.join(FEATURE_LAYERS)}")
     backbone = build_mobilenet_v2_torchvision_compatible((size, size, 3), weights_path=weights_path)
+    if layer != backbone.layers[-1].name:
+        backbone = keras.Model(backbone.inputs, backbone.get_layer(layer).output, name=f"{backbone.name}_{layer}")
     inp = keras.Input((size, size, 1), name="grey")
     return keras.Model(inp, backbone(imagenet_input_layers(inp)), name="global_features")
 

@@ -144,6 +144,9 @@ def test_feature_cache_refuses_other_images_or_size(dataset, tmp_path):
     with pytest.raises(MammoError, match="polarity"):
         extract_features(dataset, tiny_config(polarity="as_read"), tmp_path / "cache", progress=False,
                          extractor=BlockFeatures())
+    with pytest.raises(MammoError, match="layer"):
+        extract_features(dataset, tiny_config(layer="features_14_conv_0_2"), tmp_path / "cache", progress=False,
+                         extractor=BlockFeatures())
 
 
 def test_feature_cache_resumes_a_killed_extraction(tmp_path, monkeypatch):

@@ -106,6 +106,33 @@ def test_pool_grid_by_hand():
         pool_grid(feats, 3)
 
 
+@pytest.mark.parametrize("layer", ["features_18_2", "features_17_conv_0_2", "features_14_conv_0_2"])
+def test_feature_extractor_reads_the_named_map_of_the_backbone(layer):
+    # random weights (no file needed): the tap must equal that layer's output inside the whole backbone
+    import keras
+
+    from classifier.global_branch import FEATURE_LAYERS, build_feature_extractor
+    from classifier.imagenet_mobilenet import imagenet_input_layers
+
+    keras.utils.set_random_seed(0)
+    whole = build_feature_extractor(64, weights_path=None).layers[-1]  # the backbone to its last map
+    keras.utils.set_random_seed(0)  # the same weights again
+    tap = build_feature_extractor(64, weights_path=None, layer=layer)
+    channels, stride = FEATURE_LAYERS[layer]
+    assert tuple(tap.outputs[0].shape[1:]) == (64 // stride, 64 // stride, channels)
+    assert tap.layers[-1].layers[-1].name == layer  # nothing after the tap is computed
+    inp = keras.Input((64, 64, 1))
+    probe = keras.Model(whole.inputs, whole.get_layer(layer).output)
+    by_hand = keras.Model(inp, probe(imagenet_input_layers(inp)))
+    x = np.random.default_rng(0).random((2, 64, 64, 1)).astype(np.float32)
+    out = np.asarray(tap(x))
+    scale = np.abs(out).max()  # random weights shrink the activations layer by layer: compare relative to it
+    assert scale > 0 and (out > 0).mean() > 0.1  # a map that varies, so the comparison means something
+    np.testing.assert_allclose(out / scale, np.asarray(by_hand(x)) / scale, atol=1e-4)
+    with pytest.raises(ValueError, match="layer"):
+        build_feature_extractor(64, weights_path=None, layer="features_3_conv_0_2")
+
+
 def test_saved_global_branch_scores_as_its_head_and_maps_back_to_the_original(tmp_path):
     import json
 

@@ -29,8 +29,8 @@ def backbone_identity() -> str:
     return sha256_of(imagenet_mobilenet_v2_path())
 
 
-def cache_manifest(records, size: int, backbone: str, polarity: str) -> dict:
-    return {"size": int(size), "backbone_sha256": backbone, "views": list(VIEWS), "chunk": CHUNK,
+def cache_manifest(records, size: int, backbone: str, polarity: str, layer: str) -> dict:
+    return {"size": int(size), "backbone_sha256": backbone, "layer": layer, "views": list(VIEWS), "chunk": CHUNK,
             "polarity": polarity, "image_ids": [r.image_id for r in records]}
 
 
@@ -54,11 +54,11 @@ def extract_features(records, cfg: Config, cache_dir, progress: bool = True, ext
     cache_dir = Path(cache_dir)
     (cache_dir / "chunks").mkdir(parents=True, exist_ok=True)
     backbone = backbone_identity() if extractor is None else f"stand-in:{extractor.name}"
-    manifest = cache_manifest(records, g.size, backbone, g.polarity)
+    manifest = cache_manifest(records, g.size, backbone, g.polarity, g.layer)
     manifest_path = cache_dir / "features.json"
     if manifest_path.is_file() and json.loads(manifest_path.read_text()) != manifest:
-        raise MammoError(f"{cache_dir}: holds features of other images, another input size, polarity or other "
-                         f"backbone weights; use another cache folder or delete it")
+        raise MammoError(f"{cache_dir}: holds features of other images, another input size, polarity, backbone "
+                         f"layer or other backbone weights; use another cache folder or delete it")
     atomic_write_text(manifest_path, json.dumps(manifest))
     final = cache_dir / "features.npy"
     if final.is_file():
@@ -66,7 +66,7 @@ def extract_features(records, cfg: Config, cache_dir, progress: bool = True, ext
     if extractor is None:
         from classifier.global_branch import build_feature_extractor
 
-        extractor = build_feature_extractor(g.size)
+        extractor = build_feature_extractor(g.size, layer=g.layer)
     chunks = [records[i:i + CHUNK] for i in range(0, len(records), CHUNK)]
     bar = tqdm(total=len(records), desc="global branch features", unit="img", disable=not progress)
     for c, chunk in enumerate(chunks):

@@ -31,10 +31,11 @@ def train_global_branch(cfg: Config, cv_dir, out, feature_cache=None, extractor=
     candidate = (float(settings["top_fraction"]), float(settings["weight_decay"]))
     grid = int(settings["grid"])
     polarity = settings.get("polarity", "as_read")  # runs before the setting saw pixels as read
+    layer = settings.get("layer", "features_18_2")  # runs before the setting read the last map
     g = cfg.global_branch
-    if (grid, int(settings["size"]), polarity) != (g.grid, g.size, g.polarity):
+    if (grid, int(settings["size"]), polarity, layer) != (g.grid, g.size, g.polarity, g.layer):
         raise MammoError(f"{summary_path}: cross-validated at size {settings['size']}, grid {grid}, polarity "
-                         f"{polarity}; this config says {g.size}, {g.grid}, {g.polarity}")
+                         f"{polarity}, layer {layer}; this config says {g.size}, {g.grid}, {g.polarity}, {g.layer}")
     records = dataset_records(cfg)
     cv_ids = summary["oof"]["image_id"]
     if [r.image_id for r in records] != cv_ids:
@@ -45,13 +46,13 @@ def train_global_branch(cfg: Config, cv_dir, out, feature_cache=None, extractor=
     head = fit_mil_head(feats, y, spec)
     folder = out / "global"
     folder.mkdir(parents=True, exist_ok=True)
-    model = build_global_model(extractor or build_feature_extractor(cfg.global_branch.size), head, grid)
+    model = build_global_model(extractor or build_feature_extractor(g.size, layer=g.layer), head, grid)
     with atomic_path(folder / "model.keras") as tmp:
         model.save(tmp)
     info = {"top_fraction": candidate[0], "size": cfg.global_branch.size, "grid": grid,
-            "polarity": cfg.global_branch.polarity, "head": head.to_dict(),
+            "polarity": cfg.global_branch.polarity, "layer": g.layer, "head": head.to_dict(),
             "spec": spec_dict(spec),
-            "backbone": "ImageNet MobileNetV2 (torchvision IMAGENET1K_V1), frozen",
+            "backbone": f"ImageNet MobileNetV2 (torchvision IMAGENET1K_V1), frozen, read at {g.layer}",
             "backbone_sha256": backbone_identity() if extractor is None else f"stand-in:{extractor.name}",
             "trained_on": {"dataset": cfg.data.format, "n_images": len(records), "n_positive": int(y.sum()),
                            "n_women": len({r.patient_id for r in records}),
