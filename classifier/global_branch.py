@@ -2,9 +2,10 @@
 
 The film-trained detector is blind on digital mammograms and the 2,518 digital training images carry no boxes, so
 this branch needs none. A frozen ImageNet MobileNetV2 (the project's torchvision twin) turns the whole image,
-squashed to a square as the training images were, into a grid of 1280-d feature vectors. A linear scorer gives
-every grid position a malignancy logit; the image logit is the mean of the k highest positions. That is
-multiple-instance learning with the image as the bag and the positions as instances: a cancer image needs a few
+squashed to a square as the training images were, into a grid of feature vectors (global_branch.layer: by default
+the last block's 960-channel expansion, chosen out of fold over the last 1280-channel map; benchmarks/ffdm_layers.py).
+A linear scorer gives every grid position a malignancy logit; the image logit is the mean of the k highest
+positions. That is multiple-instance learning with the image as the bag and the positions as instances: a cancer image needs a few
 positions that look malignant, a cancer-free image has none anywhere, so every position of a negative image is a
 hard negative for free. k = every position is plain global average pooling (a linear model on the image's mean
 feature); small k looks for a local lesion.

@@ -239,11 +239,12 @@ class GlobalBranchConfig(_Checked):
     # candidate shares of grid positions pooled (1.0 = global average); each fold picks one by inner CV
     top_fractions: tuple[float, ...] = bounded((1.0, 0.1), 0.001, 1.0)
     # candidate L2 strengths on the standardized weights; each fold picks one (with top_fractions) by inner CV
-    weight_decays: tuple[float, ...] = bounded((0.1, 0.3, 1.0), 0.0, 10.0)
+    weight_decays: tuple[float, ...] = bounded((0.01, 0.03, 0.1, 0.3, 1.0), 0.0, 10.0)
     grid: int = bounded(8, 1, 64)  # the feature map averaged down to grid x grid positions (must divide it)
-    # which of the frozen backbone's feature maps the head reads: the last (1280 channels, stride 32), or an earlier,
-    # less ImageNet-specific one (classifier/global_branch.py FEATURE_LAYERS)
-    layer: Literal["features_18_2", "features_17_conv_0_2", "features_14_conv_0_2"] = "features_18_2"
+    # which of the frozen backbone's feature maps the head reads (classifier/global_branch.py FEATURE_LAYERS): the
+    # last block's expansion (960 channels, stride 32), chosen over the last map and an earlier one out of fold
+    # (benchmarks/ffdm_layers.py)
+    layer: Literal["features_18_2", "features_17_conv_0_2", "features_14_conv_0_2"] = "features_17_conv_0_2"
     # dark_background: an image whose frame is bright (stored inverted, e.g. a MONOCHROME1 image saved as raw
     # greys) is inverted before the branch sees it; as_read: pixels as the reader gives them
     polarity: Literal["dark_background", "as_read"] = "dark_background"
