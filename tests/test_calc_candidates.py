@@ -125,14 +125,9 @@ def test_calc_settings_are_bounded(key, value):
 
 
 def _benchmark():
-    import importlib.util
-    from pathlib import Path
+    from conftest import load_benchmark
 
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "calc_candidates.py"
-    spec = importlib.util.spec_from_file_location("calc_candidates_benchmark", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("calc_candidates")
 
 
 @pytest.mark.parametrize("planted_fold", [0, 2])

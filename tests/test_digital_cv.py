@@ -252,17 +252,6 @@ def test_nested_choice_of_a_folds_operating_point_never_meets_its_labels_where_c
     assert again[3] == nested_a[3]  # the choices read only the cached inner scores
 
 
-def _layers_benchmark():
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "ffdm_layers.py"
-    spec = importlib.util.spec_from_file_location("ffdm_layers_benchmark", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_the_nested_choice_of_a_layer_takes_each_folds_best_inner_auroc_and_its_held_out_logits():
     def fold(j, rows, inner, logits):
         return {"fold": j, "held_out_rows": rows, "inner_auroc": inner, "candidates": logits}
@@ -271,7 +260,9 @@ def test_the_nested_choice_of_a_layer_takes_each_folds_best_inner_auroc_and_its_
          fold(1, [2, 3], {"x": 0.65, "y": 0.50}, {"x": [5.0, 6.0], "y": [7.0, 8.0]})]
     b = [fold(0, [0, 1], {"z": 0.70}, {"z": [-1.0, -2.0]}),  # ties with a's y: the earlier run wins
          fold(1, [2, 3], {"z": 0.90}, {"z": [-3.0, -4.0]})]
-    bench = _layers_benchmark()
+    from conftest import load_benchmark
+
+    bench = load_benchmark("ffdm_layers")
     logits, chosen = bench.nested_choice({"a": a, "b": b}, 4)
     assert logits.tolist() == [3.0, 4.0, -3.0, -4.0]
     assert [(c["run"], c["candidate"]) for c in chosen] == [("a", "y"), ("b", "z")]
