@@ -20,7 +20,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from mammo.atomic import atomic_write_text  # noqa: E402
-from mammo.metrics import bootstrap_ci  # noqa: E402
+from mammo.metrics import auroc, bootstrap_ci  # noqa: E402
 from pipeline.digital.cross_validate import oof_figures  # noqa: E402
 
 
@@ -70,10 +70,7 @@ def main() -> None:
     for c in chosen:
         c["layer"] = layer[c["run"]]
     figures, _, _ = oof_figures(y, logits, fold, women, args.boot, seed=0)
-    result = {"runs": {name: {"layer": layer[name],
-                              "logit_auroc": s["figures"]["logit_auroc"] if "figures" in s else None}
-                       for name, (s, _) in loaded.items()},
-              "nested_choice": chosen,
+    result = {"runs": {}, "nested_choice": chosen,
               "shipped_layer": Counter(c["layer"] for c in chosen).most_common(1)[0][0],
               "nested": {key: figures[key] for key in ("logit_auroc", "sensitivity_at_specificity_0.8", "per_fold",
                                                        "cross_fitted")}}
@@ -97,8 +94,7 @@ def main() -> None:
 
 
 def _auroc_rows(y, scores, rows) -> float:
-    from mammo.metrics import auroc
-
+    """auROC of the resampled rows (bootstrap_ci hands the row indices in as the 'scores')."""
     rows = np.asarray(rows).astype(int)
     return auroc(y[rows], scores[rows])
 

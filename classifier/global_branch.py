@@ -5,10 +5,10 @@ this branch needs none. A frozen ImageNet MobileNetV2 (the project's torchvision
 squashed to a square as the training images were, into a grid of feature vectors (global_branch.layer: by default
 the last block's 960-channel expansion, chosen out of fold over the last 1280-channel map; benchmarks/ffdm_layers.py).
 A linear scorer gives every grid position a malignancy logit; the image logit is the mean of the k highest
-positions. That is multiple-instance learning with the image as the bag and the positions as instances: a cancer image needs a few
-positions that look malignant, a cancer-free image has none anywhere, so every position of a negative image is a
-hard negative for free. k = every position is plain global average pooling (a linear model on the image's mean
-feature); small k looks for a local lesion.
+positions. That is multiple-instance learning with the image as the bag and the positions as instances: a cancer
+image needs a few positions that look malignant, a cancer-free image has none anywhere, so every position of a
+negative image is a hard negative for free. k = every position is plain global average pooling (a linear model on
+the image's mean feature); small k looks for a local lesion.
 
 The position logits are the branch's saliency map (a class activation map: exact for a linear scorer, no gradient
 needed), mapped back to the original pixel grid by the recorded resize.
@@ -236,7 +236,8 @@ def spec_dict(spec: HeadSpec) -> dict:
 # --- the network: frozen backbone + the head as layers, saved as one .keras file -------------------------------
 # The backbone's feature maps a head may read (ReLU outputs, so every channel is >= 0 like the last one): the last
 # map, the expansion of the last block (stride 32) and the expansion before the last stride-2 block (stride 16).
-# Earlier maps are less tied to ImageNet's classes; a mammogram's lesions are texture more than objects.
+# Why not only the last: it is the map trained to feed ImageNet's classifier, and on the digital set the last block's
+# expansion ranked better out of fold (benchmarks/ffdm_layers.py, the model card).
 FEATURE_LAYERS = {"features_18_2": (1280, 32), "features_17_conv_0_2": (960, 32), "features_14_conv_0_2": (576, 16)}
 
 
