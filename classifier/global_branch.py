@@ -241,6 +241,23 @@ def spec_dict(spec: HeadSpec) -> dict:
 FEATURE_LAYERS = {"features_18_2": (1280, 32), "features_17_conv_0_2": (960, 32), "features_14_conv_0_2": (576, 16)}
 
 
+def backbone_weights_file(weights: str):
+    """The weights file a global_branch.backbone_weights setting names: the offline store's ImageNet file, or a
+    local state-dict file (WeightsError naming it when it is not there)."""
+    from pathlib import Path
+
+    from mammo.errors import WeightsError
+    from mammo.weights_store import imagenet_mobilenet_v2_path
+
+    if weights == "imagenet-offline":
+        return imagenet_mobilenet_v2_path()
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise WeightsError(path, "global_branch.backbone_weights: no such file (a torchvision mobilenet_v2 state "
+                                 "dict, or imagenet-offline)")
+    return path
+
+
 def build_feature_extractor(size: int, weights_path="imagenet-offline", layer: str = "features_18_2"):
     """Grey (size, size, 1) in [0, 1] -> a feature map of the ImageNet MobileNetV2 twin (`layer`, one of
     FEATURE_LAYERS; the last by default), with the ImageNet normalization as layers (so a saved model carries it).

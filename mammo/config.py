@@ -245,6 +245,9 @@ class GlobalBranchConfig(_Checked):
     # last block's expansion (960 channels, stride 32), chosen over the last map and an earlier one out of fold
     # (benchmarks/ffdm_layers.py)
     layer: Literal["features_18_2", "features_17_conv_0_2", "features_14_conv_0_2"] = "features_17_conv_0_2"
+    # the frozen backbone's weights: 'imagenet-offline' (torchvision's ImageNet tensors from the offline store) or a
+    # local torchvision mobilenet_v2 state-dict file you trust, e.g. one pretrained on mammograms (read tensors-only)
+    backbone_weights: str = text("imagenet-offline", empty=False)
     # dark_background: an image whose frame is bright (stored inverted, e.g. a MONOCHROME1 image saved as raw
     # greys) is inverted before the branch sees it; as_read: pixels as the reader gives them
     polarity: Literal["dark_background", "as_read"] = "dark_background"

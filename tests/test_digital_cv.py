@@ -269,3 +269,75 @@ def test_the_nested_choice_of_a_layer_takes_each_folds_best_inner_auroc_and_its_
     b[1]["held_out_rows"] = [3, 2]  # other folds: refused
     with pytest.raises(SystemExit, match="different rows"):
         bench.nested_choice({"a": a, "b": b}, 4)
+
+
+def test_a_local_backbone_state_dict_is_what_the_features_come_from_and_names_the_cache(dataset, tmp_path):
+    """global_branch.backbone_weights = a local torchvision mobilenet_v2 state dict (say one pretrained on
+    mammograms): the extractor carries its tensors, the cache is keyed by its SHA-256, a missing file is named."""
+    import torch
+    import torchvision
+
+    from classifier.global_branch import backbone_weights_file, build_feature_extractor
+    from mammo.errors import WeightsError
+    from mammo.weights_store import sha256_of
+
+    files = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        files.append(tmp_path / f"mobilenet_v2_{seed}.pth")
+        torch.save(torchvision.models.mobilenet_v2(weights=None).state_dict(), files[-1])
+    cfg = tiny_config(size=64, grid=2, layer="features_17_conv_0_2", backbone_weights=str(files[0]))
+    feats = extract_features(dataset, cfg, tmp_path / "cache", progress=False)
+    assert feats.shape == (len(dataset), 2, 2, 2, 960)
+    manifest = json.loads((tmp_path / "cache" / "features.json").read_text())
+    assert manifest["backbone_sha256"] == sha256_of(files[0]) and manifest["layer"] == "features_17_conv_0_2"
+    extractor = build_feature_extractor(64, files[0], layer="features_17_conv_0_2")
+    kernel = extractor.layers[-1].get_layer("features_0_0").get_weights()[0]
+    expected = torch.load(files[0], weights_only=True)["features.0.0.weight"].numpy().transpose(2, 3, 1, 0)
+    np.testing.assert_array_equal(kernel, expected)  # the file's tensors, not ImageNet's
+    from classifier.global_branch import branch_input
+    from mammo.imaging import read_mammogram
+    from pipeline.digital.features import view_batch
+
+    square = branch_input(read_mammogram(dataset[0].path).pixels, 64, cfg.global_branch.polarity)[0]
+    by_hand = np.asarray(extractor.predict_on_batch(view_batch([square])))
+    # random weights shrink the activations to ~1e-7, where the float16 cache keeps steps of its smallest subnormal
+    assert np.abs(by_hand).max() > 0
+    np.testing.assert_allclose(np.asarray(feats[0], np.float32), by_hand, rtol=1e-3,
+                               atol=float(np.finfo(np.float16).smallest_subnormal))
+    with pytest.raises(MammoError, match="backbone weights"):  # features of other weights are other features
+        extract_features(dataset, replace(cfg, global_branch=replace(cfg.global_branch,
+                                                                     backbone_weights=str(files[1]))),
+                         tmp_path / "cache", progress=False)
+    with pytest.raises(WeightsError, match="no such file") as err:
+        backbone_weights_file(str(tmp_path / "absent.pth"))
+    assert "absent.pth" in str(err.value)
+
+
+def test_digital_train_fits_the_cross_validated_setting_and_its_model_scores_as_its_head(dataset, tmp_path):
+    """`pipeline digital-train`: the head fitted on every image with the setting the folds chose, joined to the
+    extractor; the saved branch scores an image as that head does on the cached features, it lists every image it
+    was fitted on, and a config of another layer or other backbone weights is refused."""
+    from classifier.global_branch import GlobalBranch, MilHead, pool_grid
+    from mammo.imaging import read_mammogram
+    from pipeline.digital.train import train_global_branch
+    from standins import block_mean_extractor
+
+    cfg, extractor = tiny_config(), block_mean_extractor()
+    summary = dcv.run_digital_cv(cfg, tmp_path / "cv", progress=False, extractor=extractor, n_boot=20)
+    folder = train_global_branch(cfg, tmp_path / "cv", tmp_path / "train", extractor=extractor)
+    info = json.loads((folder / "head.json").read_text())
+    assert (info["top_fraction"], info["spec"]["weight_decay"]) == (summary["settings"]["top_fraction"],
+                                                                   summary["settings"]["weight_decay"])
+    assert info["layer"] == cfg.global_branch.layer and info["trained_on"]["n_images"] == len(dataset)
+    assert (folder / "trained_on.txt").read_text().split() == sorted(r.image_id for r in dataset)
+    head = MilHead.from_dict(info["head"])
+    feats = pool_grid(extract_features(dataset, cfg, tmp_path / "cv" / "features", progress=False,
+                                       extractor=extractor), cfg.global_branch.grid)
+    branch = GlobalBranch.load(folder)
+    for i in (0, 5):
+        logit = branch.analyse(read_mammogram(dataset[i].path).pixels).logit
+        assert logit == pytest.approx(float(dcv.image_logits(head, feats[i:i + 1])[0]), abs=1e-3)
+    for other in ({"layer": "features_14_conv_0_2"}, {"backbone_weights": "/elsewhere/mammo_mobilenet_v2.pth"}):
+        with pytest.raises(MammoError, match="cross-validated at"):
+            train_global_branch(tiny_config(**other), tmp_path / "cv", tmp_path / "again", extractor=extractor)

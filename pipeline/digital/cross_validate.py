@@ -223,7 +223,7 @@ def summarize(records, y, women, fold, folds_done: list[dict], cfg: Config, n_bo
             "beta": BETA, "min_specificity": MIN_SPECIFICITY,
             "settings": {"top_fraction": final[0], "weight_decay": final[1], "grid": cfg.global_branch.grid,
                          "size": cfg.global_branch.size, "polarity": cfg.global_branch.polarity,
-                         "layer": cfg.global_branch.layer,
+                         "layer": cfg.global_branch.layer, "backbone_weights": cfg.global_branch.backbone_weights,
                          "calibration": calibration,
                          "probability_threshold": float(threshold),
                          # the same operating point on the score (sigmoid of the logit) the results carry

@@ -22,11 +22,13 @@ CHUNK = 64  # images per chunk file
 VIEWS = ("image", "mirror")
 
 
-def backbone_identity() -> str:
-    """The ImageNet weights file by content: features from other weights are other features."""
-    from mammo.weights_store import imagenet_mobilenet_v2_path, sha256_of
+def backbone_identity(weights: str = "imagenet-offline") -> str:
+    """The backbone's weights file (global_branch.backbone_weights) by content: features from other weights are
+    other features."""
+    from classifier.global_branch import backbone_weights_file
+    from mammo.weights_store import sha256_of
 
-    return sha256_of(imagenet_mobilenet_v2_path())
+    return sha256_of(backbone_weights_file(weights))
 
 
 def cache_manifest(records, size: int, backbone: str, polarity: str, layer: str) -> dict:
@@ -53,7 +55,7 @@ def extract_features(records, cfg: Config, cache_dir, progress: bool = True, ext
                          f"cache would not fit")
     cache_dir = Path(cache_dir)
     (cache_dir / "chunks").mkdir(parents=True, exist_ok=True)
-    backbone = backbone_identity() if extractor is None else f"stand-in:{extractor.name}"
+    backbone = backbone_identity(g.backbone_weights) if extractor is None else f"stand-in:{extractor.name}"
     manifest = cache_manifest(records, g.size, backbone, g.polarity, g.layer)
     manifest_path = cache_dir / "features.json"
     if manifest_path.is_file() and json.loads(manifest_path.read_text()) != manifest:
@@ -64,9 +66,10 @@ def extract_features(records, cfg: Config, cache_dir, progress: bool = True, ext
     if final.is_file():
         return np.load(final, mmap_mode="r")
     if extractor is None:
-        from classifier.global_branch import build_feature_extractor
+        from classifier.global_branch import backbone_weights_file, build_feature_extractor
 
-        extractor = build_feature_extractor(g.size, layer=g.layer)
+        extractor = build_feature_extractor(g.size, weights_path=backbone_weights_file(g.backbone_weights),
+                                            layer=g.layer)
     chunks = [records[i:i + CHUNK] for i in range(0, len(records), CHUNK)]
     bar = tqdm(total=len(records), desc="global branch features", unit="img", disable=not progress)
     for c, chunk in enumerate(chunks):

@@ -20,7 +20,8 @@ from pipeline.models import ids_digest
 
 
 def train_global_branch(cfg: Config, cv_dir, out, feature_cache=None, extractor=None) -> Path:
-    from classifier.global_branch import build_feature_extractor, build_global_model, fit_mil_head, pool_grid, spec_dict
+    from classifier.global_branch import (backbone_weights_file, build_feature_extractor, build_global_model,
+                                          fit_mil_head, pool_grid, spec_dict)
 
     cv_dir, out = Path(cv_dir), Path(out)
     summary_path = cv_dir / "summary.json"
@@ -32,10 +33,13 @@ def train_global_branch(cfg: Config, cv_dir, out, feature_cache=None, extractor=
     grid = int(settings["grid"])
     polarity = settings.get("polarity", "as_read")  # runs before the setting saw pixels as read
     layer = settings.get("layer", "features_18_2")  # runs before the setting read the last map
+    weights = settings.get("backbone_weights", "imagenet-offline")  # runs before the setting: ImageNet
     g = cfg.global_branch
-    if (grid, int(settings["size"]), polarity, layer) != (g.grid, g.size, g.polarity, g.layer):
+    if (grid, int(settings["size"]), polarity, layer, weights) != (g.grid, g.size, g.polarity, g.layer,
+                                                                   g.backbone_weights):
         raise MammoError(f"{summary_path}: cross-validated at size {settings['size']}, grid {grid}, polarity "
-                         f"{polarity}, layer {layer}; this config says {g.size}, {g.grid}, {g.polarity}, {g.layer}")
+                         f"{polarity}, layer {layer}, backbone weights {weights}; this config says {g.size}, "
+                         f"{g.grid}, {g.polarity}, {g.layer}, {g.backbone_weights}")
     records = dataset_records(cfg)
     cv_ids = summary["oof"]["image_id"]
     if [r.image_id for r in records] != cv_ids:
@@ -46,14 +50,18 @@ def train_global_branch(cfg: Config, cv_dir, out, feature_cache=None, extractor=
     head = fit_mil_head(feats, y, spec)
     folder = out / "global"
     folder.mkdir(parents=True, exist_ok=True)
-    model = build_global_model(extractor or build_feature_extractor(g.size, layer=g.layer), head, grid)
+    weights_file = backbone_weights_file(g.backbone_weights) if extractor is None else None
+    model = build_global_model(extractor or build_feature_extractor(g.size, weights_file, layer=g.layer), head, grid)
     with atomic_path(folder / "model.keras") as tmp:
         model.save(tmp)
     info = {"top_fraction": candidate[0], "size": cfg.global_branch.size, "grid": grid,
             "polarity": cfg.global_branch.polarity, "layer": g.layer, "head": head.to_dict(),
             "spec": spec_dict(spec),
-            "backbone": f"ImageNet MobileNetV2 (torchvision IMAGENET1K_V1), frozen, read at {g.layer}",
-            "backbone_sha256": backbone_identity() if extractor is None else f"stand-in:{extractor.name}",
+            "backbone": (f"MobileNetV2, frozen, read at {g.layer}; weights: "
+                         + ("ImageNet (torchvision IMAGENET1K_V1)" if g.backbone_weights == "imagenet-offline"
+                            else f"a local state dict ({Path(g.backbone_weights).name})")),
+            "backbone_sha256": (backbone_identity(g.backbone_weights) if extractor is None
+                                else f"stand-in:{extractor.name}"),
             "trained_on": {"dataset": cfg.data.format, "n_images": len(records), "n_positive": int(y.sum()),
                            "n_women": len({r.patient_id for r in records}),
                            "image_ids_sha256": ids_digest(cv_ids)}}
