@@ -425,6 +425,11 @@ def cmd_bundle_digital(args, overrides, inputs) -> int:
     summary = json.loads((Path(args.cv) / "summary.json").read_text())
     path = add_domain(args.out, "digital", args.global_branch, summary, args.description or "")
     print(f"{path}: domains.digital added (global branch, threshold and calibration chosen out of fold)")
+    from classifier.global_branch import GLOBAL_ONNX_FILE
+
+    if not (Path(args.out) / "global" / GLOBAL_ONNX_FILE).is_file():
+        print(f"note: no global/{GLOBAL_ONNX_FILE}: until `python -m classifier export-onnx "
+              f"{Path(args.out) / 'global'}` writes it, the onnx backend runs this branch on keras")
     return 0
 
 

@@ -192,6 +192,13 @@ def add_domain(root, name: str, branch_dir, cv_summary: dict, description: str =
         if not (branch_dir / file).is_file():
             raise WeightsError(branch_dir / file, "missing: not a global branch folder of `pipeline digital-train`")
         _copy(branch_dir / file, root / "global" / file)
+    from classifier.global_branch import GLOBAL_ONNX_FILE
+
+    graph = root / "global" / GLOBAL_ONNX_FILE
+    if (branch_dir / GLOBAL_ONNX_FILE).is_file():  # exported from this model.keras (checked by SHA-256 at load)
+        _copy(branch_dir / GLOBAL_ONNX_FILE, graph)
+    elif graph.is_file():  # exported from the model just replaced: the manifest must not vouch for it
+        graph.unlink()
     data = json.loads((root / BUNDLE_FILE).read_text())
     s, f = cv_summary["settings"], cv_summary["figures"]
     section = {"global_branch": "global", "threshold": s["score_threshold"], "calibration": s["calibration"],

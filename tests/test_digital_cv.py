@@ -341,3 +341,34 @@ def test_digital_train_fits_the_cross_validated_setting_and_its_model_scores_as_
     for other in ({"layer": "features_14_conv_0_2"}, {"backbone_weights": "/elsewhere/mammo_mobilenet_v2.pth"}):
         with pytest.raises(MammoError, match="cross-validated at"):
             train_global_branch(tiny_config(**other), tmp_path / "cv", tmp_path / "again", extractor=extractor)
+
+
+def test_bundle_digital_adds_the_branch_with_its_folds_operating_point_and_drops_a_stale_graph(dataset, tmp_path):
+    """`pipeline bundle-digital`: the branch's files copied, pipeline.json's domains.digital carrying the
+    threshold and calibration the cross-validation chose, the manifest rewritten; a model.onnx exported from the
+    replaced model is removed (the manifest would otherwise vouch for a graph of another model)."""
+    import shutil
+
+    from pipeline.digital.train import train_global_branch
+    from pipeline.models import MANIFEST, add_domain, verify_manifest
+    from standins import block_mean_extractor
+
+    cfg, extractor = tiny_config(), block_mean_extractor()
+    summary = dcv.run_digital_cv(cfg, tmp_path / "cv", progress=False, extractor=extractor, n_boot=20)
+    folder = train_global_branch(cfg, tmp_path / "cv", tmp_path / "train", extractor=extractor)
+    root = tmp_path / "bundle"
+    (root / "global").mkdir(parents=True)
+    from conftest import REPO
+
+    shutil.copy(REPO / "weights" / "pipeline.json", root / "pipeline.json")
+    (root / "global" / "model.onnx").write_bytes(b"a graph of the previous model")
+    add_domain(root, "digital", folder, summary)
+    section = json.loads((root / "pipeline.json").read_text())["domains"]["digital"]
+    assert section["threshold"] == summary["settings"]["score_threshold"]
+    assert section["calibration"] == summary["settings"]["calibration"]
+    assert section["probability_threshold"] == summary["settings"]["probability_threshold"]
+    for name in ("model.keras", "head.json", "trained_on.txt"):
+        assert (root / "global" / name).read_bytes() == (folder / name).read_bytes()
+    assert not (root / "global" / "model.onnx").exists()
+    assert "model.onnx" not in (root / MANIFEST).read_text()
+    verify_manifest(root)
