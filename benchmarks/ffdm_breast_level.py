@@ -27,6 +27,7 @@ from mammo.annotations import read_annotations  # noqa: E402
 from mammo.config import load_config  # noqa: E402
 from mammo.imaging import read_mammogram  # noqa: E402
 from mammo.metrics import auroc, bootstrap_ci  # noqa: E402
+from pipeline.digital.baseline import paired_auroc_difference  # noqa: E402
 
 
 def breast_side(pixels: np.ndarray) -> str:
@@ -57,16 +58,14 @@ def main() -> None:
     one_side = [len(set(side[women == w])) == 1 for w in np.unique(women[y == 1])]
     print(f"{len(np.unique(breast))} breasts by (woman, measured side); with both labels among their images: {mixed}; "
           f"women with cancer whose images are all on one side: {sum(one_side)} of {len(one_side)}")
-    rows = np.arange(len(y))
     for run in args.cv:
         oof = json.loads((Path(run) / "summary.json").read_text())["oof"]
         logit = dict(zip(oof["image_id"], oof["logit"]))
         image = np.array([logit[r.image_id] for r in records])
         mean = group_means(image, breast)  # a breast lies in one fold: its woman does
-        pick = lambda s: (lambda y_, r: auroc(y[r.astype(int)], s[r.astype(int)]))  # noqa: E731
-        a_img = bootstrap_ci(pick(image), y, rows, women, n=args.boot)
-        a_br = bootstrap_ci(pick(mean), y, rows, women, n=args.boot)
-        diff = bootstrap_ci(lambda y_, r: pick(mean)(y_, r) - pick(image)(y_, r), y, rows, women, n=args.boot)
+        a_img = bootstrap_ci(auroc, y, image, women, n=args.boot)
+        a_br = bootstrap_ci(auroc, y, mean, women, n=args.boot)
+        diff = paired_auroc_difference(y, image, mean, women, args.boot, seed=0)
         print(f"{run}: auROC image {a_img[0]:.3f} [{a_img[1]:.3f}, {a_img[2]:.3f}]; breast mean {a_br[0]:.3f} "
               f"[{a_br[1]:.3f}, {a_br[2]:.3f}]; difference {diff[0]:+.3f} [{diff[1]:+.3f}, {diff[2]:+.3f}]")
 

@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from mammo.atomic import atomic_write_text  # noqa: E402
 from mammo.metrics import auroc, bootstrap_ci  # noqa: E402
+from pipeline.digital.baseline import paired_auroc_difference  # noqa: E402
 from pipeline.digital.cross_validate import oof_figures  # noqa: E402
 
 
@@ -76,9 +77,8 @@ def main() -> None:
                                                        "cross_fitted")}}
     for name, (s, _) in loaded.items():
         own = np.array(s["oof"]["logit"])
-        auc = bootstrap_ci(lambda y_, r: _auroc_rows(y, own, r), y, np.arange(len(y)), women, n=args.boot)
-        diff = bootstrap_ci(lambda y_, r: _auroc_rows(y, logits, r) - _auroc_rows(y, own, r), y, np.arange(len(y)),
-                            women, n=args.boot)
+        auc = bootstrap_ci(auroc, y, own, women, n=args.boot)
+        diff = paired_auroc_difference(y, own, logits, women, args.boot, seed=0)
         result["runs"][name] = {"layer": layer[name], "logit_auroc": auc, "nested_minus_this": diff}
         print(f"{name} ({layer[name]}): pooled auROC {auc[0]:.3f} [{auc[1]:.3f}, {auc[2]:.3f}]; nested choice "
               f"minus this {diff[0]:+.3f} [{diff[1]:+.3f}, {diff[2]:+.3f}]")
@@ -91,12 +91,6 @@ def main() -> None:
     if args.out:
         atomic_write_text(Path(args.out), json.dumps(result, indent=1, default=float))
         print(f"written: {args.out}")
-
-
-def _auroc_rows(y, scores, rows) -> float:
-    """auROC of the resampled rows (bootstrap_ci hands the row indices in as the 'scores')."""
-    rows = np.asarray(rows).astype(int)
-    return auroc(y[rows], scores[rows])
 
 
 if __name__ == "__main__":
