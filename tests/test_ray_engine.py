@@ -139,6 +139,16 @@ def worker_pids(driver_pid: int) -> list[int]:
     return pids
 
 
+def cpu_seconds(pid: int) -> float:
+    import psutil
+
+    try:
+        times = psutil.Process(pid).cpu_times()
+    except psutil.Error:
+        return 0.0
+    return times.user + times.system
+
+
 def wait_for(predicate, timeout=600, poll=0.2):
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -161,7 +171,10 @@ def test_killed_worker_or_driver_loses_only_images_in_flight(ray_installed, tiny
         wait_for(lambda: len(list(out.glob("syn*.json"))) >= 3 or proc.poll() is not None)
         assert proc.poll() is None, "finished before the kill: give it more images"
         if victim == "worker":
-            pid = wait_for(lambda: worker_pids(proc.pid))[0]
+            # the worker furthest along: both start together and load the same models, so the one that has used
+            # more CPU is the one taking images (a worker still loading on a busy machine holds none, and killing
+            # it once made this test fail with nothing lost)
+            pid = max(wait_for(lambda: worker_pids(proc.pid)), key=cpu_seconds)
             os.kill(pid, signal.SIGKILL)
             _, err = proc.communicate(timeout=900)
             summary = json.loads((out / "run_summary.json").read_text())
